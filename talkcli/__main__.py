@@ -1,0 +1,3 @@
+from talkcli.cli import main
+
+main()

@@ -1,0 +1,206 @@
+"""``talkcli weights``: list, verify, fetch and locate the model files of the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.console import console, info
+from talkcli.errors import ModelFileError, UserError
+from talkcli.weights import registry
+from talkcli.weights.fetch import fetch
+from talkcli.weights.verify import check_file, status_all, verify_file
+
+weights_app = typer.Typer(
+    help="Model files: list, verify (sha256), fetch, locate.",
+    no_args_is_help=True,
+)
+
+_STATE_STYLE = {
+    "missing": "red",
+    "present": "yellow",
+    "verified": "green",
+    "mismatch": "bold red",
+}
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def status_table(statuses) -> Table:
+    """The model-file table used by ``weights list`` and ``doctor``."""
+    table = Table(show_lines=False, header_style="bold")
+    for col in ("name", "status", "file", "size", "needed by", "location"):
+        table.add_column(col, overflow="fold")
+    for st in statuses:
+        e = st.entry
+        size = st.path.stat().st_size if st.path else e.size
+        state = st.state + (" (optional)" if e.optional and st.state == "missing" else "")
+        table.add_row(
+            e.name,
+            f"[{_STATE_STYLE[st.state]}]{state}[/]",
+            str(e.relpath),
+            _human_size(size),
+            ", ".join(e.used_by),
+            str(st.path) if st.path else "-",
+        )
+    return table
+
+
+@weights_app.command("list")
+def list_cmd(
+    verify: bool = typer.Option(False, "--verify", help="Hash every present file now."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Show every model file talkcli uses: missing, present or verified, and where it is."""
+    wd = weights_dir(wdir)
+    statuses = status_all(wd, verify=verify)
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": s.entry.name,
+                    "state": s.state,
+                    "file": str(s.entry.relpath),
+                    "path": str(s.path) if s.path else None,
+                    "url": s.entry.url,
+                    "sha256": s.entry.sha256,
+                    "sha256_prefix": s.entry.sha256_prefix,
+                    "size": s.entry.size,
+                    "license": s.entry.license,
+                    "used_by": list(s.entry.used_by),
+                    "description": s.entry.description,
+                }
+                for s in statuses
+            ]
+        )
+        return
+    console.print(status_table(statuses))
+    info(f"search order: {registry.search_path(wd).describe()}")
+    info(f"fetch folder: {registry.fetch_dir(wd)}")
+
+
+@weights_app.command("verify")
+def verify_cmd(
+    names: list[str] = typer.Argument(None, help="Registry names (default: every present file)."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Check present model files against their sha256; exit 2 on the first mismatch."""
+    wd = weights_dir(wdir)
+    entries = [registry.get(n) for n in names] if names else list(registry.MANIFEST)
+    checked = 0
+    for entry in entries:
+        path = registry.locate(entry.name, wd)
+        if path is None:
+            if names:
+                registry.resolve(entry.name, wd)  # raises the one-line "not found" error
+            continue
+        st = verify_file(entry, path, use_cache=False)
+        if st.state == "mismatch":
+            check_file(entry, path)  # raises with the standard message
+        checked += 1
+        info(f"[green]{st.state}[/green] {entry.name}: {path} ({st.detail})")
+    if checked == 0:
+        info("no model files present; `talkcli weights list` shows where they go")
+
+
+@weights_app.command("fetch")
+def fetch_cmd(
+    names: list[str] = typer.Argument(None, help="Registry names to download."),
+    all_: bool = typer.Option(False, "--all", help="Fetch every required (non-optional) file."),
+    force: bool = typer.Option(False, "--force", help="Download again even if present."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Download model files (resumable, checksummed, atomic). Offline: says what to get by hand."""
+    if not names and not all_:
+        raise UserError("weights fetch: name at least one file or pass --all (see `weights list`)")
+    wd = weights_dir(wdir)
+    entries = [e for e in registry.MANIFEST if not e.optional] if all_ else []
+    entries += [registry.get(n) for n in names or []]
+    failures: list[str] = []
+    for entry in dict.fromkeys(entries):
+        try:
+            path = fetch(entry, wd, force=force)
+            info(f"[green]ok[/green] {entry.name}: {path}")
+        except ModelFileError as exc:
+            if len(entries) == 1:
+                raise
+            failures.append(str(exc))
+            console.print(f"[red]failed[/red] {exc}", soft_wrap=True)
+    if failures:
+        raise UserError(
+            f"{len(failures)} of {len(entries)} file(s) could not be fetched (see above)"
+        )
+
+
+def _summarise(obj, prefix: str = "", limit: int = 12) -> list[str]:
+    """Readable lines for a loaded checkpoint: nested dict keys with tensor shapes."""
+    import numpy as np
+    import torch
+
+    lines: list[str] = []
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor | np.ndarray)}
+        others = {k: v for k, v in obj.items() if k not in tensors}
+        if tensors:
+            n = sum(int(np.prod(tuple(v.shape))) for v in tensors.values())
+            lines.append(f"{prefix or '.'}: {len(tensors)} tensors, {n:,} values")
+            for k in list(tensors)[:limit]:
+                v = tensors[k]
+                lines.append(
+                    f"  {prefix}{k}: {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+                )
+            if len(tensors) > limit:
+                lines.append(f"  ... {len(tensors) - limit} more")
+        for k, v in others.items():
+            if isinstance(v, dict):
+                lines.extend(_summarise(v, f"{prefix}{k}.", limit))
+            else:
+                lines.append(f"{prefix}{k}: {type(v).__name__} {str(v)[:60]}")
+    else:
+        lines.append(f"{prefix or '.'}: {type(obj).__name__}")
+    return lines
+
+
+@weights_app.command("inspect")
+def inspect_cmd(
+    name_or_path: str = typer.Argument(..., help="Registry name or path of a model file."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Load a model file safely (no code can run) and print its keys and shapes."""
+    from talkcli.weights.safe_load import load_numpy_file, load_torch_file
+
+    if name_or_path in {e.name for e in registry.MANIFEST}:
+        path = registry.resolve(name_or_path, weights_dir(wdir))
+    else:
+        from talkcli.io.files import require_file
+
+        path = require_file(name_or_path, "model file")
+    obj = load_numpy_file(path) if path.suffix == ".npy" else load_torch_file(path)
+    print(path)
+    for line in _summarise(obj):
+        print(line)
+
+
+@weights_app.command("path")
+def path_cmd(
+    name: str = typer.Argument(..., help="Registry name, e.g. stylegan2-ffhq."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Print the path of a model file (exit 2 if it is missing)."""
+    print(registry.resolve(name, weights_dir(wdir)))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")

@@ -1,0 +1,45 @@
+"""Torch device selection for ``--device auto|cpu|cuda[:N]|mps``."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from talkcli.errors import UserError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a user's ``--device`` value into a ``torch.device``, checking that it exists."""
+    spec = (spec or "auto").strip().lower()
+    if not _DEVICE_RE.match(spec):
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available here (use --device cpu)")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    if spec == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("--device mps: MPS is not available here (use --device cpu)")
+    return torch.device(spec)
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable name of a device for ``doctor`` and run manifests."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

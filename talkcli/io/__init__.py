@@ -1,0 +1,1 @@
+"""Input/output: files written atomically, audio decoding, ffmpeg video reading and writing."""

@@ -1,0 +1,1 @@
+"""Model files: the registry of every external file talkcli loads, safe loading, fetching."""
