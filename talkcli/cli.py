@@ -57,7 +57,9 @@ def _global_options(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
-    settings.device = device
+    from talkcli.device import validate_device_spec
+
+    settings.device = validate_device_spec(device)
     settings.weights_dir = weights_dir
     settings.quiet = quiet
     settings.debug = debug

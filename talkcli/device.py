@@ -11,11 +11,17 @@ from talkcli.errors import UserError
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn a user's ``--device`` value into a ``torch.device``, checking that it exists."""
+def validate_device_spec(spec: str) -> str:
+    """Check the syntax of ``--device`` (availability is checked when a command uses it)."""
     spec = (spec or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
         raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return spec
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a user's ``--device`` value into a ``torch.device``, checking that it exists."""
+    spec = validate_device_spec(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

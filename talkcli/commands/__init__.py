@@ -12,6 +12,8 @@ import typer
 COMMAND_MODULES = (
     "doctor",
     "weights",
+    "media",
+    "align",
 )
 
 

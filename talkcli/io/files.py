@@ -23,7 +23,8 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
     if not p.exists():
         raise InputFileError(p, f"{what} not found", "check the path")
     if p.is_dir():
-        raise InputFileError(p, f"is a directory, expected a {what}", "pass a file")
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise InputFileError(p, f"is a directory, expected {article} {what}", "pass a file")
     if not p.is_file():
         raise InputFileError(p, f"is not a regular file, expected a {what}")
     if not os.access(p, os.R_OK):

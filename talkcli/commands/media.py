@@ -1,0 +1,86 @@
+"""``talkcli media``: inspect audio/video files and prepare speech as 16 kHz mono WAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from talkcli.commands._common import print_json
+from talkcli.console import console, info
+from talkcli.errors import InputFileError, UserError
+from talkcli.io.audio import SAMPLE_RATE, load_audio, save_wav
+from talkcli.io.files import check_output_path, require_file
+from talkcli.io.video import probe_video
+
+media_app = typer.Typer(
+    help="Audio/video files: probe, convert speech to WAV.", no_args_is_help=True
+)
+
+
+def probe_media(path: Path) -> dict:
+    """Facts about a media file: video stream (size, fps, frames) and/or audio (duration)."""
+    p = require_file(path, "media file")
+    facts: dict = {"path": str(p)}
+    try:
+        v = probe_video(p)
+        facts["video"] = {
+            "width": v.width,
+            "height": v.height,
+            "fps": v.fps,
+            "frames": v.n_frames,
+            "duration": v.duration,
+        }
+        has_audio = v.has_audio
+    except InputFileError as exc:
+        if "video stream" not in str(exc):
+            raise
+        has_audio = True  # audio-only file: decoding below decides
+    if has_audio:
+        samples = load_audio(p, SAMPLE_RATE)
+        facts["audio"] = {"duration": len(samples) / SAMPLE_RATE, "decoded_rate": SAMPLE_RATE}
+    return facts
+
+
+@media_app.command("probe")
+def probe_cmd(
+    files: list[Path] = typer.Argument(..., help="Audio or video files."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Print each file's video stream (size, fps, frame count) and audio duration."""
+    rows = [probe_media(f) for f in files]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        parts = []
+        if "video" in row:
+            v = row["video"]
+            parts.append(
+                f"video {v['width']}x{v['height']} {v['fps']:.3f} fps, {v['frames']} frames "
+                f"({v['duration']:.2f} s)"
+            )
+        if "audio" in row:
+            parts.append(f"audio {row['audio']['duration']:.2f} s")
+        console.print(f"{row['path']}: " + ("; ".join(parts) or "no streams"), soft_wrap=True)
+
+
+@media_app.command("to-wav")
+def to_wav_cmd(
+    source: Path = typer.Argument(
+        ..., help="Any audio file ffmpeg reads, or a video's soundtrack."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .wav (16-bit PCM, mono)."),
+    rate: int = typer.Option(SAMPLE_RATE, "--rate", min=8000, help="Sample rate of the WAV."),
+) -> None:
+    """Decode speech to the mono WAV the audio model reads (16 kHz by default)."""
+    out = check_output_path(out)
+    if out.suffix.lower() != ".wav":
+        raise UserError(f"{out}: the output must end in .wav")
+    samples = load_audio(source, rate)
+    save_wav(out, samples, rate)
+    info(f"wrote {out}: {len(samples) / rate:.2f} s at {rate} Hz mono")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(media_app, name="media")
