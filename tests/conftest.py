@@ -57,3 +57,32 @@ def shared_fixtures() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip("../shared/fixtures is not present beside the checkout")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory) -> Path:
+    """A 32x32 random-weight pack (generator, pSp, LPIPS alex+vgg) in the official formats."""
+    from talkcli.weights.tiny import write_tiny_pack
+
+    folder = tmp_path_factory.mktemp("tiny_pack")
+    write_tiny_pack(folder, size=32, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def face_images(tmp_path_factory) -> list[Path]:
+    """Three 32x32 crops of the astronaut photo's face, slightly shifted (a tiny 'clip')."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("faces")
+    photo = Image.fromarray(data.astronaut())
+    paths = []
+    for i in range(3):
+        crop = photo.crop((150 + 4 * i, 20, 310 + 4 * i, 180)).resize((32, 32), Image.LANCZOS)
+        path = folder / f"frame_{i:02d}.png"
+        crop.save(path)
+        paths.append(path)
+    assert np.asarray(Image.open(paths[0])).shape == (32, 32, 3)
+    return paths

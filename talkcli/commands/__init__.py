@@ -13,7 +13,8 @@ COMMAND_MODULES = (
     "doctor",
     "weights",
     "media",
-    "align",
+    "invert",
+    "tune_pti",
 )
 
 

@@ -193,6 +193,23 @@ def inspect_cmd(
         print(line)
 
 
+@weights_app.command("tiny")
+def tiny_cmd(
+    folder: Path = typer.Argument(
+        ..., help="Folder to write the pack into (use as --weights-dir)."
+    ),
+    size: int = typer.Option(64, "--size", help="Generator output size: 16, 32, ..., 1024."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+) -> None:
+    """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
+    from talkcli.weights.tiny import write_tiny_pack
+
+    written = write_tiny_pack(folder, size=size, seed=seed)
+    for name, path in written.items():
+        info(f"{name}: {path}")
+    info(f"random weights; use with --weights-dir {folder} (outputs will not look like faces)")
+
+
 @weights_app.command("path")
 def path_cmd(
     name: str = typer.Argument(..., help="Registry name, e.g. stylegan2-ffhq."),

@@ -49,6 +49,15 @@ def check_output_path(path: str | Path) -> Path:
     return p
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def temporary_sibling(path: Path) -> Path:
     """A unique temporary name in the same folder as ``path``, keeping its extension.
 
@@ -77,6 +86,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputError(f"{final}: nothing was written")
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,0 +1,156 @@
+"""``talkcli invert``: aligned images or an aligned video -> W+ latents (.npz)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.console import info, progress, settings
+from talkcli.device import resolve_device
+from talkcli.errors import UserError
+from talkcli.inversion.invert import (
+    METHODS,
+    invert,
+    load_frames,
+    plot_trajectory,
+    save_latents,
+    save_reconstructions,
+)
+from talkcli.inversion.project import ProjectionConfig
+from talkcli.io.files import check_output_path
+from talkcli.weights import registry
+
+LPIPS_FILES = {"vgg": ("vgg16", "lpips-vgg"), "alex": ("alexnet", "lpips-alex")}
+
+
+def invert_cmd(
+    inputs: list[str] = typer.Argument(
+        ..., help="Aligned images, folders, globs, or an aligned video (see `talkcli align`)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (w, names, meta)."),
+    method: str = typer.Option(
+        "psp", "--method", "-m", help="psp (encoder), optimize (thesis Alg. 1/2), hybrid."
+    ),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="pSp checkpoint (default: registry)."
+    ),
+    generator: Path | None = typer.Option(
+        None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
+    ),
+    steps: int = typer.Option(500, "--steps", help="Optimisation steps per frame."),
+    first_steps: int | None = typer.Option(
+        None, "--first-steps", help="Steps for the first frame (default: 10x --steps for optimize)."
+    ),
+    space: str = typer.Option("wplus", "--space", help="w or wplus."),
+    sequence: bool = typer.Option(
+        True,
+        "--sequence/--independent",
+        help="Alg. 2: start each frame from the previous result (smooth); or Alg. 1.",
+    ),
+    lr: float = typer.Option(0.01, "--lr", help="Adam learning rate."),
+    l2_weight: float = typer.Option(1.0, "--l2-weight", help="Weight of the pixel L2 loss."),
+    lpips_net: str = typer.Option("vgg", "--lpips", help="LPIPS backbone: vgg or alex."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Frames per encoder batch."),
+    max_frames: int | None = typer.Option(
+        None, "--max-frames", min=1, help="Use at most N frames, sampled evenly."
+    ),
+    save_recon: Path | None = typer.Option(
+        None, "--save-recon", help="Folder for reconstructions and input|recon comparisons."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="PNG of the codes' first two principal components (frame order)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Invert aligned faces into StyleGAN2's W+ space (pSp, optimisation, or both)."""
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if space not in ("w", "wplus"):
+        raise UserError(f"--space {space!r}: expected w or wplus")
+    if lpips_net not in LPIPS_FILES:
+        raise UserError(f"--lpips {lpips_net!r}: expected vgg or alex")
+    if steps < 0 or (first_steps is not None and first_steps < 0):
+        raise UserError("--steps and --first-steps must be >= 0")
+    check_output_path(out)
+    if plot is not None:
+        check_output_path(plot)
+    wd = weights_dir(wdir)
+    device = resolve_device(settings.device)
+    frames = load_frames(inputs, max_frames)
+
+    encoder_path = None
+    if method in ("psp", "hybrid"):
+        encoder_path = registry.resolve_option(
+            encoder, "psp-ffhq-encode", wd, f"invert --method {method}"
+        )
+    needs_generator = method != "psp" or save_recon is not None
+    generator_path = None
+    if generator is not None:
+        generator_path = registry.resolve_option(generator, "stylegan2-ffhq", wd)
+    elif needs_generator:
+        generator_path = registry.locate("stylegan2-ffhq", wd) or encoder_path
+        if generator_path is None:
+            generator_path = registry.resolve("stylegan2-ffhq", wd, purpose="invert")
+    lpips_paths = None
+    if method != "psp":
+        backbone, heads = LPIPS_FILES[lpips_net]
+        lpips_paths = (
+            registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
+            registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
+        )
+    if first_steps is None and method == "optimize":
+        first_steps = 10 * steps
+    cfg = ProjectionConfig(
+        steps=steps,
+        first_steps=first_steps,
+        lr=lr,
+        l2_weight=l2_weight,
+        space=space,
+        sequence=sequence,
+    )
+    info(f"inverting {len(frames.names)} frame(s) with {method} on {device}")
+    with progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = invert(
+            frames,
+            method=method,
+            generator_path=generator_path,
+            encoder_path=encoder_path,
+            lpips_paths=lpips_paths,
+            lpips_net=lpips_net,
+            cfg=cfg,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            want_reconstructions=save_recon is not None,
+            on_progress=on_progress,
+        )
+    path = save_latents(out, result)
+    info(f"wrote {path}: w {tuple(result.w.shape)}")
+    for row in result.losses:
+        info(
+            f"  {row['name']}: loss {row['loss_start']:.4f} -> {row['loss_end']:.4f} "
+            f"(LPIPS {row['lpips']:.4f}, L2 {row['l2']:.4f}, {row['steps']} steps)"
+        )
+    if save_recon is not None:
+        written = save_reconstructions(save_recon, result, frames)
+        info(f"wrote {len(written)} reconstruction images to {save_recon}")
+    if plot is not None:
+        plot_trajectory(plot, result.w, f"{method}: {len(result.names)} frames")
+        info(f"wrote {plot}")
+    if as_json:
+        print_json({"out": str(path), "shape": list(result.w.shape), **result.meta})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("invert")(invert_cmd)

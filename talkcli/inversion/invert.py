@@ -1,0 +1,332 @@
+"""``invert``: aligned images or an aligned video -> W+ codes (.npz), reconstructions, plot.
+
+Methods: ``psp`` (encoder only, a fraction of a second per frame), ``optimize`` (thesis Alg. 1/2
+from the average latent), ``hybrid`` (pSp codes refined by optimisation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkcli import __version__
+from talkcli.errors import InputFileError, UserError
+from talkcli.inversion.project import ProjectionConfig, mean_latent_step, project_frames
+from talkcli.io.files import atomic_output, check_output_path, sha256_file
+from talkcli.io.images import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    expand_inputs,
+    read_image_rgb,
+    to_tensor_images,
+    to_uint8_images,
+    write_png,
+)
+
+METHODS = ("psp", "optimize", "hybrid")
+
+
+@dataclass
+class Frames:
+    """Input frames with their names and where they came from."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    names: list[str]
+    sources: list[str]
+    fps: float | None = None
+
+
+@dataclass
+class InvertResult:
+    w: np.ndarray  # (N, n_latent, 512) float32
+    names: list[str]
+    meta: dict
+    reconstructions: np.ndarray | None = None  # (N, S, S, 3) uint8
+    losses: list[dict] = field(default_factory=list)
+
+
+def load_frames(inputs: list[str] | list[Path], max_frames: int | None = None) -> Frames:
+    """Read aligned images (files, folders, globs) or the frames of aligned video(s)."""
+    paths = expand_inputs(inputs, IMAGE_EXTS + VIDEO_EXTS)
+    images: list[np.ndarray] = []
+    names: list[str] = []
+    sources: list[str] = []
+    fps = None
+    for p in paths:
+        if p.suffix.lower() in VIDEO_EXTS:
+            from talkcli.io.video import VideoReader
+
+            with VideoReader(p) as reader:
+                fps = reader.fps
+                for i, frame in enumerate(reader):
+                    images.append(frame)
+                    names.append(f"{p.stem}_{i:05d}")
+                    sources.append(f"{p}#{i}")
+        else:
+            images.append(read_image_rgb(p))
+            names.append(p.stem)
+            sources.append(str(p))
+    if max_frames is not None and len(images) > max_frames:
+        idx = np.linspace(0, len(images) - 1, max_frames).round().astype(int)
+        images = [images[i] for i in idx]
+        names = [names[i] for i in idx]
+        sources = [sources[i] for i in idx]
+    if not images:
+        raise UserError("no frames to invert")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise UserError(f"input frames have different sizes {sorted(shapes)}: align them first")
+    h, w = images[0].shape[:2]
+    if h != w:
+        raise InputFileError(sources[0], f"is {w}x{h}, not square", "run `talkcli align` first")
+    return Frames(np.stack(images), names, sources, fps)
+
+
+def frames_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, size, size) in [-1, 1], resized with antialiasing."""
+    x = to_tensor_images(images).to(device)
+    if x.shape[-1] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x
+
+
+def _hash(path: Path | None) -> str | None:
+    return sha256_file(path) if path is not None else None
+
+
+def invert(
+    frames: Frames,
+    *,
+    method: str,
+    generator_path: Path | None,
+    encoder_path: Path | None,
+    lpips_paths: tuple[Path, Path] | None,
+    lpips_net: str = "vgg",
+    cfg: ProjectionConfig | None = None,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    want_reconstructions: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> InvertResult:
+    """Invert ``frames`` with ``method``; returns codes, per-frame losses and run metadata.
+
+    ``on_progress(stage, done, total)`` is called per encoded batch and per optimisation step.
+    """
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    cfg = cfg or ProjectionConfig()
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    from talkcli.models.stylegan2 import load_generator
+
+    G = None
+    if generator_path is not None:
+        G = load_generator(generator_path, device=device).eval()
+        for p in G.parameters():
+            p.requires_grad_(False)
+
+    n = len(frames.names)
+    codes: torch.Tensor | None = None
+    if method in ("psp", "hybrid"):
+        if encoder_path is None:
+            raise UserError(f"--method {method} needs the pSp encoder (--encoder)")
+        from talkcli.models.psp import load_encoder
+
+        E = load_encoder(encoder_path, device=device).eval()
+        chunks = []
+        for start in range(0, n, batch_size):
+            batch = frames.images[start : start + batch_size]
+            with torch.no_grad():
+                chunks.append(E.encode_images(batch).float())  # (b, 18, 512)
+            if on_progress:
+                on_progress("encode", min(start + batch_size, n), n)
+        codes = torch.cat(chunks)
+        del E
+    losses: list[dict] = []
+    if method in ("optimize", "hybrid"):
+        if G is None or lpips_paths is None:
+            raise UserError(f"--method {method} needs the generator and LPIPS files")
+        from talkcli.models.perceptual import load_lpips
+
+        lpips = load_lpips(
+            lpips_net,
+            device=device,
+            backbone_path=lpips_paths[0],
+            heads_path=lpips_paths[1],
+        )
+        if codes is not None and codes.shape[1:] != (G.n_latent, G.style_dim):
+            raise UserError(
+                f"encoder gives {tuple(codes.shape[1:])} codes but the generator expects "
+                f"({G.n_latent}, {G.style_dim}): use matching files"
+            )
+        targets = frames_to_tensor(frames.images, G.size, device)
+        total_steps = sum(
+            cfg.steps if (cfg.sequence and t > 0) else (cfg.first_steps or cfg.steps)
+            for t in range(n)
+        )
+        done = 0
+
+        def step_cb(_step: int, _loss: float) -> None:
+            nonlocal done
+            done += 1
+            if on_progress:
+                on_progress("optimize", done, total_steps)
+
+        results = project_frames(G, lpips, targets, cfg, init=codes, seed=seed, on_step=step_cb)
+        codes = torch.stack([r.w for r in results]).to(device)
+        losses = [
+            {
+                "name": frames.names[i],
+                "steps": r.steps,
+                "loss_start": r.loss_start,
+                "loss_end": r.loss_end,
+                "lpips": r.lpips_end,
+                "l2": r.l2_end,
+            }
+            for i, r in enumerate(results)
+        ]
+    assert codes is not None
+    recon = None
+    if want_reconstructions:
+        if G is None:
+            raise UserError("reconstructions need a generator (--generator)")
+        outs = []
+        for start in range(0, n, batch_size):
+            with torch.no_grad():
+                img = G.synthesis(codes[start : start + batch_size].to(device), noise_mode="const")
+            outs.append(to_uint8_images(img))
+        recon = np.concatenate(outs)
+    w = codes.detach().float().cpu().numpy().astype(np.float32)
+    meta = {
+        "method": method,
+        "space": cfg.space if method != "psp" else "wplus",
+        "steps": cfg.steps if method != "psp" else 0,
+        "first_steps": (cfg.first_steps or cfg.steps) if method != "psp" else 0,
+        "sequence": cfg.sequence,
+        "lr": cfg.lr,
+        "l2_weight": cfg.l2_weight,
+        "lpips": lpips_net if method != "psp" else None,
+        "seed": seed,
+        "talkcli": __version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "sources": frames.sources,
+        "fps": frames.fps,
+        "weights": {
+            "generator": {"path": str(generator_path), "sha256": _hash(generator_path)},
+            "encoder": {"path": str(encoder_path), "sha256": _hash(encoder_path)},
+            "lpips": [{"path": str(p), "sha256": _hash(p)} for p in lpips_paths or ()],
+        },
+        "mean_latent_step": mean_latent_step(torch.from_numpy(w)),
+        "losses": losses,
+    }
+    return InvertResult(w=w, names=frames.names, meta=meta, reconstructions=recon, losses=losses)
+
+
+def write_latents(file: str | Path, result: InvertResult) -> None:
+    """Write ``w``, ``names`` and JSON ``meta`` to ``file`` (no atomic rename; see save_latents)."""
+    with open(file, "wb") as f:
+        np.savez(
+            f,
+            w=result.w,
+            names=np.array(result.names),
+            meta=np.array(json.dumps(result.meta)),
+        )
+
+
+def save_latents(path: str | Path, result: InvertResult) -> Path:
+    """Write the latents .npz via a temporary name, renamed when complete."""
+    final = check_output_path(path)
+    if final.suffix != ".npz":
+        raise UserError(f"{final}: latents are saved as .npz (use a name ending in .npz)")
+    with atomic_output(final) as tmp:
+        write_latents(tmp, result)
+    return final
+
+
+def load_latents(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
+    """Read an .npz written by ``save_latents`` -> (w (N, n_latent, 512), names, meta)."""
+    from talkcli.io.files import require_file
+
+    p = require_file(path, "latents file")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            w = data["w"].astype(np.float32)
+            names = [str(s) for s in data["names"]] if "names" in data else []
+            meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    except (ValueError, KeyError, OSError) as exc:
+        raise InputFileError(
+            p, f"not a talkcli latents .npz ({exc})", "create it with `talkcli invert`"
+        ) from None
+    if w.ndim != 3:
+        raise InputFileError(p, f"w has shape {w.shape}, expected (N, n_latent, 512)")
+    return w, names, meta
+
+
+def save_reconstructions(folder: str | Path, result: InvertResult, frames: Frames) -> list[Path]:
+    """Write ``<name>.png`` (reconstruction) and ``<name>_compare.png`` (input | reconstruction)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    assert result.reconstructions is not None
+    written = []
+    size = result.reconstructions.shape[1]
+    inputs = frames_to_tensor(frames.images, size, torch.device("cpu"))
+    inputs_u8 = to_uint8_images(inputs)
+    for name, rec, src in zip(result.names, result.reconstructions, inputs_u8, strict=True):
+        written.append(write_png(out / f"{name}.png", rec))
+        written.append(write_png(out / f"{name}_compare.png", np.concatenate([src, rec], axis=1)))
+    return written
+
+
+def pca_2d(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project flattened codes on their first two principal components -> ((N, 2), ratio (2,))."""
+    x = w.reshape(w.shape[0], -1).astype(np.float64)
+    x = x - x.mean(axis=0)
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], 2)), np.zeros(2)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    comps = vt[:2]
+    if comps.shape[0] < 2:
+        comps = np.vstack([comps, np.zeros_like(comps)])
+    var = s**2
+    ratio = (var[:2] / var.sum()) if var.sum() > 0 else np.zeros(2)
+    return x @ comps.T, np.pad(ratio, (0, 2 - len(ratio)))
+
+
+def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
+    """Thesis figure 3.8: codes on their first two principal components, frames joined in order."""
+    from PIL import Image, ImageDraw
+
+    pts, ratio = pca_2d(w)
+    size, margin = 640, 60
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
+    xy = margin + (pts - lo) / span * (size - 2 * margin)
+    xy[:, 1] = size - xy[:, 1]  # y up
+    draw.rectangle([margin, margin, size - margin, size - margin], outline=(180, 180, 180))
+    if len(xy) > 1:
+        draw.line([tuple(p) for p in xy], fill=(70, 110, 200), width=2)
+    n = len(xy)
+    for i, (x, y) in enumerate(xy):
+        t = i / max(n - 1, 1)
+        color = (int(255 * t), 60, int(255 * (1 - t)))  # blue (first) -> red (last)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+    draw.text((margin, 15), title or f"latent trajectory, {n} frames", fill="black")
+    draw.text((margin, size - 40), f"PC1 ({ratio[0]:.0%} of variance)", fill="black")
+    draw.text((5, margin - 20), f"PC2 ({ratio[1]:.0%})", fill="black")
+    draw.text((size - margin - 140, 15), "blue: first  red: last", fill="black")
+    final = Path(path)
+    with atomic_output(final) as tmp:
+        img.save(tmp, format="PNG")
+    return final

@@ -1,0 +1,70 @@
+"""Tiny packs: a complete set of random-weight model files in the official formats.
+
+``talkcli weights tiny DIR`` writes them where the registry looks (``DIR`` works as
+``--weights-dir``), so tests, ``make demo`` and new users can run every command without the real
+weights. The files load through exactly the same code as the real ones; only widths are small.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from talkcli import __version__
+from talkcli.errors import UserError
+from talkcli.io.files import atomic_output
+from talkcli.weights import registry
+
+PACK_NOTE = "TINY-PACK.json"
+SIZES = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[str, Path]:
+    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads; return name -> path."""
+    from talkcli.models.stylegan2 import generator_from_state_dict
+    from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
+    from talkcli.weights.tiny_psp import (
+        n_styles_for_size,
+        tiny_encoder_state_dict,
+        write_psp_checkpoint,
+    )
+    from talkcli.weights.tiny_stylegan2 import tiny_generator_state_dict
+
+    if size not in SIZES:
+        raise UserError(f"--size {size}: expected one of {', '.join(map(str, SIZES))}")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    g_sd = tiny_generator_state_dict(size, seed=seed)
+    G = generator_from_state_dict(g_sd)
+    latent_avg = G.mean_latent(10_000, seed=seed)  # (512,)
+    g_path = root / registry.get("stylegan2-ffhq").relpath
+    with atomic_output(g_path) as tmp:
+        torch.save({"g_ema": g_sd, "latent_avg": latent_avg}, tmp)
+    written["stylegan2-ffhq"] = g_path
+
+    n_styles = n_styles_for_size(size)
+    e_sd = tiny_encoder_state_dict(n_styles=n_styles, seed=seed)
+    psp_path = root / registry.get("psp-ffhq-encode").relpath
+    write_psp_checkpoint(psp_path, e_sd, g_sd, latent_avg.repeat(n_styles, 1))
+    written["psp-ffhq-encode"] = psp_path
+
+    for net in ("alex", "vgg"):
+        files = write_tiny_lpips_files(root, net, seed=seed)
+        backbone, heads = ("alexnet", "lpips-alex") if net == "alex" else ("vgg16", "lpips-vgg")
+        written[backbone] = files["backbone"]
+        written[heads] = files["heads"]
+
+    note = {
+        "warning": "random weights for tests and demos; outputs are not faces",
+        "size": size,
+        "seed": seed,
+        "talkcli": __version__,
+        "files": {name: str(path.relative_to(root)) for name, path in written.items()},
+    }
+    with atomic_output(root / PACK_NOTE) as tmp:
+        tmp.write_text(json.dumps(note, indent=2) + "\n")
+    return written
