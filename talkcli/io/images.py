@@ -71,7 +71,7 @@ def to_tensor_images(images: np.ndarray):
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float tensor in [-1, 1]."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    t = torch.from_numpy(np.require(images, requirements=("C", "W"))).permute(0, 3, 1, 2).float()
     return t / 127.5 - 1.0
 
 

@@ -481,7 +481,7 @@ def images_to_tensor(images: np.ndarray | Tensor) -> Tensor:
         arr = images[None] if images.ndim == 3 else images
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"expected RGB images (B, H, W, 3) or (H, W, 3), got {images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.require(arr, requirements=("C", "W"))).permute(0, 3, 1, 2)
     elif isinstance(images, Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[1] != 3:

@@ -1,0 +1,193 @@
+"""`talkcli tune-pti` (thesis stage 2, PTI) on the tiny pack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from talkcli.inversion.invert import frames_to_tensor, load_latents
+from talkcli.inversion.pti import PTIConfig, evaluate_pivots, tune
+from talkcli.io.files import sha256_file
+from talkcli.models.perceptual import load_lpips
+from talkcli.models.psp import load_encoder
+from talkcli.models.stylegan2 import load_generator
+from talkcli.weights import registry
+from tests.conftest import assert_user_error, run_cli
+
+
+def _gen_path(pack):
+    return pack / registry.get("stylegan2-ffhq").relpath
+
+
+def _setup(tiny_pack, face_images):
+    G = load_generator(_gen_path(tiny_pack))
+    lpips = load_lpips("alex", weights_dir=tiny_pack)
+    images = np.stack([np.asarray(Image.open(p)) for p in face_images])
+    E = load_encoder(tiny_pack / registry.get("psp-ffhq-encode").relpath)
+    pivots = E.encode_images(images).float()  # (N, n_latent, 512)
+    targets = frames_to_tensor(images, G.size, torch.device("cpu"))
+    return G, lpips, pivots, targets
+
+
+def test_cli_tuning_halves_l2_and_lpips_and_loads_back(tiny_pack, face_images, tmp_path):
+    out = tmp_path / "tuned.pt"
+    result = run_cli(
+        "--weights-dir",
+        str(tiny_pack),
+        "tune-pti",
+        str(face_images[0]),
+        "--out",
+        str(out),
+        "--steps",
+        "200",
+        "--lr",
+        "1e-3",
+        "--stop-lpips",
+        "0",
+        "--json",
+    )
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    losses = summary["losses"]
+    # the numbers: both losses at least halve on the tiny pack
+    assert losses["lpips_end"] <= 0.5 * losses["lpips_start"], losses
+    assert losses["l2_end"] <= 0.5 * losses["l2_start"], losses
+    assert summary["steps_run"] == 200 and not summary["stopped_early"]
+
+    tuned = load_generator(out)
+    assert tuned.metadata["base_generator"]["sha256"] == sha256_file(_gen_path(tiny_pack))
+    assert tuned.metadata["pivot_source"]["kind"] == "psp"
+    pivots, names, _ = load_latents(out.with_name("tuned.pivots.npz"))
+    assert names == ["frame_00"]
+    base = load_generator(_gen_path(tiny_pack))
+    target = frames_to_tensor(np.asarray(Image.open(face_images[0]))[None], 32, torch.device("cpu"))
+    w = torch.from_numpy(pivots)
+    with torch.no_grad():
+        err_tuned = ((tuned.synthesis(w) - target) ** 2).mean()
+        err_base = ((base.synthesis(w) - target) ** 2).mean()
+    assert err_tuned < 0.5 * err_base
+    assert torch.allclose(tuned.latent_avg, base.latent_avg)
+
+
+def test_multi_frame_tuning_with_batches(tiny_pack, face_images):
+    G, lpips, pivots, targets = _setup(tiny_pack, face_images)
+    cfg = PTIConfig(steps=40, lr=1e-3, batch=2, stop_lpips=0.0)
+    result = tune(G, lpips, pivots, targets, cfg)
+    assert result.steps_run == 40
+    assert result.lpips_end < result.lpips_start and result.l2_end < result.l2_start
+
+
+def test_early_stop_stops_early(tiny_pack, face_images):
+    G, lpips, pivots, targets = _setup(tiny_pack, face_images[:1])
+    start_lpips, _ = evaluate_pivots(G, lpips, pivots, targets)
+    result = tune(
+        G, lpips, pivots, targets, PTIConfig(steps=300, lr=1e-3, stop_lpips=0.6 * start_lpips)
+    )
+    assert result.stopped_early
+    assert result.steps_run < 300
+    assert result.history[-1]["lpips"] < 0.6 * start_lpips
+    assert all(row["lpips"] >= 0.6 * start_lpips for row in result.history[:-1])
+
+
+@pytest.mark.slow
+def test_locality_keeps_far_latents_closer_to_the_base(tiny_pack, face_images):
+    base = load_generator(_gen_path(tiny_pack))
+    gen = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        far = base.mapping(torch.randn(16, 512, generator=gen))  # random identities, psi 1
+        far = far.unsqueeze(1).expand(-1, base.n_latent, -1)
+        reference = base.synthesis(far)
+
+    def drift(locality: bool) -> float:
+        G, lpips, pivots, targets = _setup(tiny_pack, face_images[:1])
+        tune(
+            G,
+            lpips,
+            pivots,
+            targets,
+            PTIConfig(steps=60, lr=1e-3, stop_lpips=0.0, locality=locality, seed=3),
+        )
+        with torch.no_grad():
+            return float(((G.synthesis(far) - reference) ** 2).mean())
+
+    plain, local = drift(False), drift(True)
+    assert local < 0.7 * plain, (local, plain)
+
+
+def test_bad_inputs_exit_2(tiny_pack, face_images, tmp_path):
+    base = ["--weights-dir", str(tiny_pack), "tune-pti"]
+    out = tmp_path / "t.pt"
+    # pivots whose count does not match the frames
+    lat = tmp_path / "lat.npz"
+    assert (
+        run_cli(
+            "--weights-dir", str(tiny_pack), "invert", *map(str, face_images[:2]), "--out", str(lat)
+        ).code
+        == 0
+    )
+    result = run_cli(*base, str(face_images[0]), "--out", str(out), "--pivots", str(lat))
+    assert_user_error(result, str(lat), "2 pivots for 1 input frame")
+    # pivots of the wrong shape
+    bad_shape = tmp_path / "shape.npz"
+    np.savez(
+        bad_shape, w=np.zeros((1, 5, 512), np.float32), names=np.array(["a"]), meta=np.array("{}")
+    )
+    result = run_cli(*base, str(face_images[0]), "--out", str(out), "--pivots", str(bad_shape))
+    assert_user_error(result, str(bad_shape), "shape")
+    # a generator file that is not a generator
+    not_gen = tmp_path / "not_a_generator.pt"
+    torch.save({"weights": torch.zeros(3)}, not_gen)
+    result = run_cli(*base, str(face_images[0]), "--out", str(out), "--generator", str(not_gen))
+    assert_user_error(result, str(not_gen))
+    # an empty folder
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(*base, str(empty), "--out", str(out))
+    assert_user_error(result, str(empty))
+    assert not out.exists()
+    assert not (tmp_path / "t.pivots.npz").exists()
+
+
+def test_ctrl_c_leaves_no_partial_output(tiny_pack, face_images, tmp_path):
+    out = tmp_path / "tuned.pt"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "talkcli",
+            "--weights-dir",
+            str(tiny_pack),
+            "tune-pti",
+            str(face_images[0]),
+            "--out",
+            str(out),
+            "--steps",
+            "100000",
+            "--stop-lpips",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "tuning" in line:
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130
+    assert sorted(os.listdir(tmp_path)) == []
