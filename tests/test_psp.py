@@ -307,7 +307,7 @@ def test_missing_key_is_named(tmp_path, tiny_sd):
     path = _write(tmp_path, sd)
     with pytest.raises(ModelFileError) as info:
         load_encoder(path)
-    _assert_one_line(info.value, path, "missing key encoder.body.4.res_layer.4.running_var")
+    _assert_one_line(info.value, path, "missing keys: encoder.body.4.res_layer.4.running_var")
 
 
 def test_missing_structural_key_is_named(tmp_path, tiny_sd):
@@ -328,7 +328,7 @@ def test_unexpected_and_misshaped_keys_are_named(tmp_path, tiny_sd):
     _assert_one_line(
         info.value,
         path,
-        "unexpected key encoder.styles.0.extra.weight",
+        "unexpected keys: encoder.styles.0.extra.weight",
         "encoder.latlayer2.bias (7,)",
     )
 

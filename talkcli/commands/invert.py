@@ -6,7 +6,12 @@ from pathlib import Path
 
 import typer
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import (
+    WEIGHTS_DIR_OPTION,
+    generator_file,
+    print_json,
+    weights_dir,
+)
 from talkcli.console import info, progress, settings
 from talkcli.device import resolve_device
 from talkcli.errors import UserError
@@ -89,12 +94,8 @@ def invert_cmd(
         )
     needs_generator = method != "psp" or save_recon is not None
     generator_path = None
-    if generator is not None:
-        generator_path = registry.resolve_option(generator, "stylegan2-ffhq", wd)
-    elif needs_generator:
-        generator_path = registry.locate("stylegan2-ffhq", wd) or encoder_path
-        if generator_path is None:
-            generator_path = registry.resolve("stylegan2-ffhq", wd, purpose="invert")
+    if generator is not None or needs_generator:
+        generator_path = generator_file(generator, wd, encoder_path, "invert")
     lpips_paths = None
     if method != "psp":
         backbone, heads = LPIPS_FILES[lpips_net]

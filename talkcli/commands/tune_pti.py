@@ -10,7 +10,12 @@ import typer
 from rich.progress import TextColumn
 
 from talkcli import __version__
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import (
+    WEIGHTS_DIR_OPTION,
+    generator_file,
+    print_json,
+    weights_dir,
+)
 from talkcli.commands.invert import LPIPS_FILES
 from talkcli.console import info, progress, settings
 from talkcli.device import resolve_device
@@ -85,12 +90,7 @@ def tune_pti_cmd(
     encoder_path = None
     if pivots is None and pivot_method == "psp":
         encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
-    if generator is not None:
-        generator_path = registry.resolve_option(generator, "stylegan2-ffhq", wd)
-    else:
-        generator_path = registry.locate("stylegan2-ffhq", wd) or encoder_path
-        if generator_path is None:
-            generator_path = registry.resolve("stylegan2-ffhq", wd, purpose="tune-pti")
+    generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
     backbone, heads = LPIPS_FILES[lpips_net]
     backbone_path = registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}")
     heads_path = registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}")

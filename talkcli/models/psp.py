@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkcli.errors import ModelFileError
+from talkcli.models.state_dict import describe_mismatch
 from talkcli.weights.safe_load import load_torch_file
 
 INPUT_SIZE = 256  # pSp's encoder input resolution
@@ -354,36 +355,13 @@ def encoder_state_dict_shapes(n_styles: int = 18) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _describe(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
-
-
 def check_state_dict(
     expected: Mapping[str, Tensor], sd: Mapping[str, Any], prefix: str = "", limit: int = 3
 ) -> None:
     """Raise ValueError (one line) naming missing, unexpected and mis-shaped keys."""
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{prefix}{k} {_describe(sd[k])} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in sd and (not isinstance(sd[k], Tensor) or sd[k].shape != expected[k].shape)
-    ]
-
-    def names(keys: list[str], with_prefix: bool = True) -> str:
-        shown = [f"{prefix}{k}" if with_prefix else k for k in keys[:limit]]
-        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-        return ", ".join(shown) + more
-
-    problems = []
-    if missing:
-        problems.append(f"missing key{'s' if len(missing) > 1 else ''} {names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected key{'s' if len(unexpected) > 1 else ''} {names(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape for {names(wrong, with_prefix=False)}")
-    if problems:
-        raise ValueError("; ".join(problems))
+    problem = describe_mismatch({k: v.shape for k, v in expected.items()}, sd, prefix, limit)
+    if problem:
+        raise ValueError(problem)
 
 
 def encoder_from_state_dict(sd: Mapping[str, Any], prefix: str = "") -> GradualStyleEncoder:

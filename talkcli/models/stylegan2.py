@@ -42,6 +42,7 @@ from talkcli.models.ops import (
     upfirdn2d,
     upsample_pad,
 )
+from talkcli.models.state_dict import describe_mismatch, short_list
 from talkcli.weights.safe_load import load_torch_file
 
 BLUR_KERNEL = (1, 3, 3, 1)
@@ -495,11 +496,6 @@ def _styled(layer: nn.Module, x: Tensor, style: Tensor, noise: Tensor | None, ad
 # -- reading checkpoints ---------------------------------------------------------------------------
 
 
-def _short_list(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
 def _shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -600,28 +596,15 @@ def check_state_dict(
         raise ModelFileError(
             source,
             "StyleGAN2 state dict has entries that are not float tensors: "
-            + _short_list([str(k) for k in bad_values]),
+            + short_list([str(k) for k in bad_values]),
             _FORMAT_HINT,
         )
-    missing = [k for k in expected if k not in sd]
-    unexpected = [str(k) for k in sd if k not in expected]
-    wrong = [
-        f"{k} {_shape(sd[k].shape)} expected {_shape(shape)}"
-        for k, shape in expected.items()
-        if k in sd and tuple(sd[k].shape) != shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes: {_short_list(wrong)}")
+    problem = describe_mismatch(expected, sd)
+    if problem:
         arch = f"{config.size}x{config.size}, style_dim {config.style_dim}, n_mlp {config.n_mlp}"
         raise ModelFileError(
             source,
-            f"does not match the StyleGAN2 generator layout ({arch}): " + "; ".join(parts),
+            f"does not match the StyleGAN2 generator layout ({arch}): {problem}",
             "the file is damaged or not a rosinality-layout generator",
         )
     return {k: sd[k].detach().to(torch.float32).contiguous() for k in expected}
@@ -647,7 +630,7 @@ def generator_from_state_dict(
 def _describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
         keys = [str(k) for k in obj]
-        return f"a dict with keys {_short_list(keys)}" if keys else "an empty dict"
+        return f"a dict with keys {short_list(keys)}" if keys else "an empty dict"
     if isinstance(obj, Tensor):
         return f"a tensor of shape {_shape(obj.shape)}"
     return f"a {type(obj).__name__}"
