@@ -227,3 +227,24 @@ def test_invert_without_weights_names_the_fetch_command(face_images, tmp_path):
         env={"XDG_CACHE_HOME": str(tmp_path)},
     )
     assert_user_error(result, "talkcli weights fetch psp-ffhq-encode")
+
+
+def test_invert_an_aligned_video(tiny_pack, face_images, tmp_path):
+    from talkcli.io.video import VideoWriter
+
+    clip = tmp_path / "clip.mp4"
+    frames = np.stack([np.asarray(Image.open(p)) for p in face_images])
+    with VideoWriter(clip, fps=25) as writer:
+        writer.write(frames)
+    out = tmp_path / "clip.npz"
+    result = run_cli("--weights-dir", str(tiny_pack), "invert", str(clip), "--out", str(out))
+    assert result.code == 0, result.stderr
+    w, names, meta = load_latents(out)
+    assert w.shape == (3, 8, 512)
+    assert names == ["clip_00000", "clip_00001", "clip_00002"]
+    assert meta["fps"] == 25
+    result = run_cli(
+        "--weights-dir", str(tiny_pack), "invert", str(clip), "--out", str(out), "--max-frames", "2"
+    )
+    assert result.code == 0, result.stderr
+    assert load_latents(out)[1] == ["clip_00000", "clip_00002"]

@@ -191,3 +191,26 @@ def test_ctrl_c_leaves_no_partial_output(tiny_pack, face_images, tmp_path):
             proc.kill()
     assert code == 130
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_w_project_pivots(tiny_pack, face_images, tmp_path):
+    out = tmp_path / "wp.pt"
+    result = run_cli(
+        "--weights-dir",
+        str(tiny_pack),
+        "tune-pti",
+        str(face_images[0]),
+        "--out",
+        str(out),
+        "--pivot-method",
+        "w-project",
+        "--project-steps",
+        "5",
+        "--steps",
+        "5",
+    )
+    assert result.code == 0, result.stderr
+    pivots, _, _ = load_latents(tmp_path / "wp.pivots.npz")
+    assert pivots.shape == (1, 8, 512)
+    np.testing.assert_allclose(pivots[0], np.broadcast_to(pivots[0, :1], (8, 512)))  # W space
+    assert load_generator(out).metadata["pivot_source"]["kind"] == "w-project"

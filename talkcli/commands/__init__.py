@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "doctor",
     "weights",
     "media",
+    "align",
     "invert",
     "tune_pti",
 )

@@ -6,7 +6,7 @@ import glob
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from talkcli.errors import InputFileError, UserError
 from talkcli.io.files import atomic_output, require_file
@@ -46,11 +46,12 @@ def expand_inputs(items: list[str] | list[Path], exts: tuple[str, ...] = IMAGE_E
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; one-line error if it is not an image."""
+    """Read an image file as (H, W, 3) uint8 RGB, upright (EXIF orientation applied, as phone
+    photos need); one-line error if it is not an image."""
     p = require_file(path, "image")
     try:
         with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputFileError(
             p, f"cannot read as an image ({exc.__class__.__name__})", "pass a PNG or JPEG file"

@@ -1,0 +1,143 @@
+"""``talkcli align``: FFHQ-align face photos and videos (PNG/MP4 + sidecar JSON per input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.console import console, info, progress, settings
+from talkcli.device import resolve_device
+from talkcli.errors import OutputError, UserError
+
+DETECTORS = ("auto", "fan", "mtcnn")
+
+
+def align_cmd(
+    inputs: list[str] = typer.Argument(
+        ..., help="Face photos or videos: files, folders, globs (quote globs)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: <stem>.png|.mp4 and <stem>.json per input."
+    ),
+    size: int = typer.Option(1024, "--size", help="Output size in pixels (square)."),
+    detector: str = typer.Option(
+        "auto",
+        "--detector",
+        help="Landmarks: auto (FAN if its files are present, else MTCNN), fan, mtcnn.",
+    ),
+    landmarks: Path | None = typer.Option(
+        None,
+        "--landmarks",
+        help=r'JSON {"landmarks": \[\[x, y], ...]} (68 or 5 points), or for a video '
+        r'{"frames": \[\[\[x, y], ...], ...]}; skips detection. Single input only.',
+    ),
+    face_index: int | None = typer.Option(
+        None, "--face-index", help="Which face when several: 0 = largest (default), 1 = next..."
+    ),
+    fps: float = typer.Option(25.0, "--fps", help="Video: resample to this frame rate."),
+    detect_every: int = typer.Option(
+        1, "--detect-every", help="Video: detect every N frames, interpolate in between."
+    ),
+    smooth: float = typer.Option(
+        1.0,
+        "--smooth",
+        help="Video: Gaussian sigma (frames) on the crop centre; 3x on its axes (STIT). 0: off.",
+    ),
+    exact_warp: bool | None = typer.Option(
+        None,
+        "--exact-warp/--fast-warp",
+        help="NVlabs' exact 4096 warp (default for images) or one fast warp (default for video).",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Skip inputs already aligned in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Align faces as FFHQ (NVlabs recreate_aligned_images) for inversion and training."""
+    from talkcli.face.align import STATUS_FILE, AlignConfig, align_inputs, collect_inputs
+
+    if detector.lower() not in DETECTORS:
+        raise UserError(f"--detector {detector!r}: expected one of {', '.join(DETECTORS)}")
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: --out must be a folder")
+    paths = collect_inputs(inputs)
+    device = str(resolve_device(settings.device))
+    cfg = AlignConfig(
+        size=size,
+        detector=detector.lower(),
+        landmarks_file=landmarks,
+        face_index=face_index,
+        fps=fps,
+        detect_every=detect_every,
+        smooth=smooth,
+        exact_warp=exact_warp,
+        resume=resume,
+        weights_dir=weights_dir(wdir),
+        device=device,
+    )
+    cfg.check()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+
+    with progress() as bar:
+        batch = bar.add_task("align", total=len(paths)) if len(paths) > 1 else None
+        current: dict[str, int] = {}
+
+        def frame_progress(path: Path):
+            def update(done: int, total: int | None) -> None:  # a bar only for videos
+                if "task" not in current:
+                    current["task"] = bar.add_task(path.name, total=total)
+                bar.update(current["task"], completed=done, total=total)
+
+            return update
+
+        def on_item(res) -> None:
+            if "task" in current:
+                bar.remove_task(current.pop("task"))
+            if batch is not None:
+                bar.advance(batch)
+            _report_item(res)
+
+        results = align_inputs(paths, out, cfg, on_item=on_item, progress=frame_progress)
+
+    ok = sum(r.status == "ok" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    if as_json:
+        print_json({"out": str(out), "items": [r.to_dict() for r in results]})
+    else:
+        for r in results:
+            if r.output is not None and r.status == "ok":
+                print(r.output)
+    info(
+        f"aligned {ok}, skipped {skipped}, failed {len(failed)} (of {len(results)}) "
+        f"-> {escape(str(out))}"
+    )
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(results)} input(s) failed, first {failed[0].message}; "
+            f"see {out / STATUS_FILE} (rerun with --resume after fixing)"
+        )
+
+
+def _report_item(res) -> None:  # talkcli.face.align.ItemResult
+    if settings.quiet:
+        return
+    if res.status == "failed":
+        line = f"[red]failed:[/red] {escape(res.message)}"
+    elif res.status == "skipped":
+        line = f"skipped {escape(str(res.source))} (already aligned)"
+    else:
+        faces = f", {res.faces} faces found (using one)" if res.faces > 1 else ""
+        frames = f", {res.frames} frames" if res.kind == "video" else ""
+        line = f"aligned {escape(str(res.source))} -> {escape(str(res.output))}{frames}{faces}"
+    console.print(line, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("align")(align_cmd)

@@ -1,0 +1,485 @@
+"""Alignment of images, videos and batches: detection -> FFHQ crop -> PNG/MP4 + sidecar JSON.
+
+Library entry points (the ``talkcli align`` command only parses options and calls these):
+
+* ``align_image_array(img, landmarks, size, exact)``: one RGB array -> (aligned, AlignMeta).
+* ``align_image_file(path, out_dir, cfg)``: writes ``OUT/<stem>.png`` and ``OUT/<stem>.json``.
+* ``align_video_file(path, out_dir, cfg)``: decodes at ``cfg.fps``, detects every
+  ``cfg.detect_every`` frames (linear interpolation between), smooths the crop over time (STIT:
+  Gaussian on centre and axes), writes ``OUT/<stem>.mp4`` with the original audio and a per-frame
+  sidecar ``OUT/<stem>.json``.
+* ``align_inputs(inputs, out_dir, cfg)``: files, folders, globs; one result per input, failures
+  recorded, ``--resume`` skips finished items; writes ``OUT/align-status.json``.
+
+Sidecars hold ``quad`` (4x2 source pixels, FFHQ corner order), ``landmarks``, ``detector``,
+``source``, ``source_size`` [w, h], ``size`` and ``matrix`` (3x3, aligned pixel -> source pixel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkcli import __version__
+from talkcli.errors import InputFileError, TalkcliError, UserError
+from talkcli.face.ffhq import (
+    AlignMeta,
+    QuadParams,
+    align_quad_exact,
+    align_quad_fast,
+    quad_params,
+    smooth_quad_params,
+)
+from talkcli.face.landmarks import (
+    Face,
+    FileLandmarks,
+    LandmarkDetector,
+    choose_face,
+    load_landmarks_file,
+    select_detector,
+)
+from talkcli.io.files import atomic_output, sha256_file
+from talkcli.io.images import IMAGE_EXTS, VIDEO_EXTS, expand_inputs, read_image_rgb, write_png
+
+STATUS_FILE = "align-status.json"
+ProgressFn = Callable[[int, int | None], None]  # (frames done, total or None)
+
+
+@dataclass
+class AlignConfig:
+    """Options of ``talkcli align`` (see the command's help)."""
+
+    size: int = 1024
+    detector: str = "auto"
+    landmarks_file: Path | None = None
+    face_index: int | None = None
+    fps: float = 25.0
+    detect_every: int = 1
+    smooth: float = 1.0  # centre sigma in frames; axes use 3x (STIT: 1 and 3); 0 = off
+    exact_warp: bool | None = None  # None: exact for images, fast for video
+    resume: bool = False
+    weights_dir: Path | None = None
+    device: str = "cpu"
+
+    def check(self) -> None:
+        if not 8 <= int(self.size) <= 4096:
+            raise UserError(f"--size {self.size}: expected 8..4096")
+        if self.fps <= 0 or not math.isfinite(self.fps):
+            raise UserError(f"--fps {self.fps}: expected a positive number")
+        if self.detect_every < 1:
+            raise UserError(f"--detect-every {self.detect_every}: expected 1 or more")
+        if self.smooth < 0:
+            raise UserError(f"--smooth {self.smooth}: expected 0 (off) or a positive sigma")
+        if self.face_index is not None and self.face_index < 0:
+            raise UserError(f"--face-index {self.face_index}: expected 0 or more")
+
+
+@dataclass
+class ItemResult:
+    """What happened to one input."""
+
+    source: Path
+    status: str  # "ok" | "skipped" | "failed"
+    output: Path | None = None
+    sidecar: Path | None = None
+    message: str = ""
+    faces: int = 0
+    frames: int = 0
+    kind: str = "image"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "status": self.status,
+            "kind": self.kind,
+            "output": str(self.output) if self.output else None,
+            "sidecar": str(self.sidecar) if self.sidecar else None,
+            "message": self.message,
+            "faces": self.faces,
+            "frames": self.frames,
+        }
+
+
+@dataclass
+class Detectors:
+    """Lazily built landmark detector shared by all items of a run."""
+
+    cfg: AlignConfig
+    _detector: LandmarkDetector | None = field(default=None, init=False)
+
+    def get(self) -> LandmarkDetector:
+        if self._detector is None:
+            self._detector = select_detector(
+                self.cfg.detector, self.cfg.weights_dir, self.cfg.device
+            )
+        return self._detector
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTS
+
+
+def output_paths(path: Path, out_dir: Path) -> tuple[Path, Path]:
+    """(aligned output, sidecar) for an input: ``OUT/<stem>.png|.mp4`` and ``OUT/<stem>.json``."""
+    suffix = ".mp4" if is_video(path) else ".png"
+    return out_dir / f"{path.stem}{suffix}", out_dir / f"{path.stem}.json"
+
+
+def _write_json(path: Path, data: dict[str, Any], indent: int | None = 1) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+
+
+def align_image_array(
+    img: np.ndarray, landmarks: np.ndarray, size: int = 1024, exact: bool = True
+) -> tuple[np.ndarray, AlignMeta]:
+    """FFHQ-align an (H, W, 3) uint8 RGB array from 68 or 5 landmarks."""
+    quad = quad_params(landmarks).quad
+    out, meta = (align_quad_exact if exact else align_quad_fast)(img, quad, size)
+    meta.extra["landmarks"] = np.asarray(landmarks, dtype=float).tolist()
+    return out, meta
+
+
+def detect_face(
+    img: np.ndarray, detector: LandmarkDetector, face_index: int | None, source: Path
+) -> tuple[Face, int]:
+    """(chosen face, number of faces) or ``InputFileError`` naming ``source`` if none."""
+    faces = detector.detect(img)
+    if not faces:
+        raise InputFileError(
+            source,
+            f"no face found (detector {detector.name})",
+            "use a photo with a visible frontal face, or pass --landmarks FILE",
+        )
+    try:
+        return choose_face(faces, face_index), len(faces)
+    except UserError as exc:
+        raise InputFileError(source, str(exc)) from None
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+def align_image_file(
+    path: Path,
+    out_dir: Path,
+    cfg: AlignConfig,
+    detectors: Detectors | None = None,
+    landmarks: np.ndarray | None = None,
+) -> ItemResult:
+    """Align one image file; writes ``OUT/<stem>.png`` then ``OUT/<stem>.json``."""
+    detectors = detectors or Detectors(cfg)
+    img = read_image_rgb(path)
+    if landmarks is not None:
+        detector: LandmarkDetector = FileLandmarks(landmarks)
+    else:
+        detector = detectors.get()
+    face, count = detect_face(img, detector, cfg.face_index, path)
+    exact = True if cfg.exact_warp is None else cfg.exact_warp
+    aligned, meta = align_image_array(img, face.landmarks, cfg.size, exact)
+    out_path, side_path = output_paths(path, out_dir)
+    write_png(out_path, aligned)
+    sidecar = {
+        "source": str(path.resolve()),
+        "source_sha256": sha256_file(path),
+        "kind": "image",
+        "output": out_path.name,
+        "detector": detector.name,
+        "face_count": count,
+        "face_index": cfg.face_index or 0,
+        "score": face.score,
+        "box": np.asarray(face.box, dtype=float).tolist(),
+        **meta.to_dict(),
+        "inverse_matrix": meta.inverse_matrix.tolist(),
+        "talkcli": __version__,
+    }
+    _write_json(side_path, sidecar)
+    return ItemResult(path, "ok", out_path, side_path, faces=count, frames=1)
+
+
+# -- video ---------------------------------------------------------------------------------------
+
+
+def interpolate_landmarks(keyed: dict[int, np.ndarray], n_frames: int) -> np.ndarray:
+    """Linear interpolation of landmarks between key frames; held constant beyond the ends.
+
+    ``keyed`` maps frame index -> (P, 2) landmarks (frames without a face are left out).
+    Returns (n_frames, P, 2).
+    """
+    if not keyed:
+        raise ValueError("no key frames")
+    idx = np.array(sorted(keyed))
+    pts = np.stack([keyed[i] for i in idx]).astype(np.float64)  # (K, P, 2)
+    flat = pts.reshape(len(idx), -1)
+    t = np.arange(n_frames)
+    out = np.stack([np.interp(t, idx, flat[:, j]) for j in range(flat.shape[1])], axis=1)
+    return out.reshape(n_frames, *pts.shape[1:])
+
+
+def _centre(face: Face) -> np.ndarray:
+    return np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2])
+
+
+def _track(faces: list[Face], previous: Face | None, face_index: int | None) -> Face:
+    """The face to follow: by --face-index on the first detection, then the nearest one."""
+    if previous is None or len(faces) == 1:
+        return choose_face(faces, face_index) if previous is None else faces[0]
+    c = _centre(previous)
+    return min(faces, key=lambda f: float(np.hypot(*(_centre(f) - c))))
+
+
+def smooth_quads(params: list[QuadParams], sigma: float) -> list[QuadParams]:
+    """STIT smoothing: Gaussian of ``sigma`` frames on the centre and ``3 * sigma`` on the axes."""
+    if sigma <= 0:
+        return list(params)
+    return smooth_quad_params(params, sigma, 3.0 * sigma)
+
+
+def align_video_file(
+    path: Path,
+    out_dir: Path,
+    cfg: AlignConfig,
+    detectors: Detectors | None = None,
+    landmark_data: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> ItemResult:
+    """Align a video: two decoding passes (landmarks, then warp) -> ``OUT/<stem>.mp4`` + JSON."""
+    from talkcli.io.video import VideoReader, VideoWriter
+
+    if cfg.size % 2:
+        raise UserError(f"--size {cfg.size}: a video needs an even size (H.264 yuv420p)")
+    detectors = detectors or Detectors(cfg)
+    file_frames: list[np.ndarray | None] | None = None
+    static: np.ndarray | None = None
+    detector_name = "file"
+    if landmark_data is not None:
+        file_frames = landmark_data.get("frames")
+        static = landmark_data.get("landmarks")
+
+    # pass 1: landmarks at key frames
+    keyed: dict[int, np.ndarray] = {}
+    scores: dict[int, float] = {}
+    counts: list[int] = []
+    n = 0
+    with VideoReader(path, fps=cfg.fps) as reader:
+        info = reader.info
+        total = max(int(round(info.duration * cfg.fps)), 1)
+        source_size = (reader.width, reader.height)
+        if file_frames is None and static is None:
+            detector = detectors.get()
+            detector_name = detector.name
+            previous: Face | None = None
+            last: np.ndarray | None = None
+            for i, frame in enumerate(reader):
+                n = i + 1
+                last = frame
+                if i % cfg.detect_every == 0:
+                    faces = detector.detect(frame)
+                    counts.append(len(faces))
+                    if faces:
+                        try:
+                            previous = _track(faces, previous, cfg.face_index)
+                        except UserError as exc:
+                            raise InputFileError(path, f"frame {i}: {exc}") from None
+                        keyed[i], scores[i] = previous.landmarks, previous.score
+                if progress:
+                    progress(i + 1, 2 * total)
+            if n and (n - 1) % cfg.detect_every and last is not None:
+                faces = detector.detect(last)
+                counts.append(len(faces))
+                if faces:
+                    try:
+                        face = _track(faces, previous, cfg.face_index)
+                    except UserError as exc:
+                        raise InputFileError(path, f"frame {n - 1}: {exc}") from None
+                    keyed[n - 1], scores[n - 1] = face.landmarks, face.score
+        else:
+            n = sum(1 for _ in reader)
+            if file_frames is not None:
+                if len(file_frames) != n:
+                    raise InputFileError(
+                        cfg.landmarks_file or path,
+                        f'"frames" has {len(file_frames)} entries but the video has {n} frames '
+                        f"at {cfg.fps:g} fps",
+                        "give one entry per frame (null for unknown frames)",
+                    )
+                keyed = {i: f for i, f in enumerate(file_frames) if f is not None}
+            else:
+                keyed = {0: static}  # type: ignore[dict-item]
+    if n == 0:
+        raise InputFileError(path, "has no video frames")
+    if not keyed:
+        raise InputFileError(
+            path, f"no face found in any frame (detector {detector_name})", "or pass --landmarks"
+        )
+    landmarks = interpolate_landmarks(keyed, n)  # (n, P, 2)
+    raw = [quad_params(lm) for lm in landmarks]
+    smoothed = smooth_quads(raw, cfg.smooth)
+
+    # pass 2: warp and encode
+    exact = bool(cfg.exact_warp)
+    warp = align_quad_exact if exact else align_quad_fast
+    out_path, side_path = output_paths(path, out_dir)
+    frames_meta: list[dict[str, Any]] = []
+    with VideoReader(path, fps=cfg.fps) as reader:
+        audio = path if reader.info.has_audio else None
+        with VideoWriter(
+            out_path, cfg.fps, (cfg.size, cfg.size), audio=audio, trim_audio=True
+        ) as w:
+            for i, frame in enumerate(reader):
+                if i >= n:
+                    raise InputFileError(path, "decoded a different number of frames twice")
+                aligned, meta = warp(frame, smoothed[i].quad, cfg.size)
+                w.write(aligned)
+                frames_meta.append(
+                    {
+                        "index": i,
+                        "detected": i in keyed,
+                        "score": scores.get(i),
+                        "quad": meta.quad.tolist(),
+                        "matrix": meta.matrix.tolist(),
+                        "landmarks": landmarks[i].tolist(),
+                    }
+                )
+                if progress:
+                    progress(total + int(round((i + 1) * total / n)), 2 * total)
+            w.close()
+    sidecar = {
+        "source": str(path.resolve()),
+        "source_sha256": sha256_file(path),
+        "kind": "video",
+        "output": out_path.name,
+        "detector": detector_name,
+        "source_size": list(source_size),
+        "size": cfg.size,
+        "fps": cfg.fps,
+        "n_frames": n,
+        "detect_every": cfg.detect_every,
+        "smooth": {"center_sigma": cfg.smooth, "axis_sigma": 3.0 * cfg.smooth},
+        "warp": "exact" if exact else "fast",
+        "has_audio": audio is not None,
+        "face_counts": counts,
+        "frames": frames_meta,
+        "talkcli": __version__,
+    }
+    _write_json(side_path, sidecar, indent=None)  # one line: thousands of frames
+    return ItemResult(
+        path, "ok", out_path, side_path, faces=max(counts, default=1), frames=n, kind="video"
+    )
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def collect_inputs(items: list[str] | list[Path]) -> list[Path]:
+    """Expand files, folders and globs to images and videos; refuse clashing output names."""
+    paths = expand_inputs(list(items), IMAGE_EXTS + VIDEO_EXTS)
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise UserError(
+                f"{p} and {seen[p.stem]} would both be written as {p.stem}.* "
+                "(align them into different --out folders)"
+            )
+        seen[p.stem] = p
+    return paths
+
+
+def is_done(path: Path, out_dir: Path) -> bool:
+    """An item is finished when its output and its sidecar (written last) both exist."""
+    out, side = output_paths(path, out_dir)
+    if not (out.is_file() and side.is_file()):
+        return False
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("size") is not None
+
+
+def align_one(
+    path: Path,
+    out_dir: Path,
+    cfg: AlignConfig,
+    detectors: Detectors,
+    landmark_data: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> ItemResult:
+    """Align one input (image or video) with errors propagated."""
+    if is_video(path):
+        return align_video_file(path, out_dir, cfg, detectors, landmark_data, progress)
+    lm = None
+    if landmark_data is not None:
+        if "landmarks" not in landmark_data:
+            raise InputFileError(
+                cfg.landmarks_file or path,
+                'has "frames" (for a video) but the input is an image',
+                'use {"landmarks": [[x, y], ...]}',
+            )
+        lm = landmark_data["landmarks"]
+    return align_image_file(path, out_dir, cfg, detectors, lm)
+
+
+def align_inputs(
+    inputs: list[Path],
+    out_dir: Path,
+    cfg: AlignConfig,
+    *,
+    on_item: Callable[[ItemResult], None] | None = None,
+    progress: Callable[[Path], ProgressFn | None] | None = None,
+) -> list[ItemResult]:
+    """Align every input. A single input raises its error; in a batch failures are recorded.
+
+    Writes ``OUT/align-status.json`` (per-item status) for batches.
+    """
+    cfg.check()
+    out_dir = Path(out_dir)
+    landmark_data = None
+    if cfg.landmarks_file is not None:
+        if len(inputs) != 1:
+            raise UserError("--landmarks FILE applies to a single input; give exactly one")
+        landmark_data = load_landmarks_file(cfg.landmarks_file)
+    detectors = Detectors(cfg)
+    single = len(inputs) == 1
+    results: list[ItemResult] = []
+    for path in inputs:
+        kind = "video" if is_video(path) else "image"
+        if cfg.resume and is_done(path, out_dir):
+            out, side = output_paths(path, out_dir)
+            res = ItemResult(path, "skipped", out, side, message="already aligned", kind=kind)
+        else:
+            try:
+                res = align_one(
+                    path,
+                    out_dir,
+                    cfg,
+                    detectors,
+                    landmark_data,
+                    progress(path) if progress else None,
+                )
+            except TalkcliError as exc:
+                if single or exc.exit_code != 2 or _is_global(exc):
+                    raise
+                res = ItemResult(path, "failed", message=str(exc).splitlines()[0], kind=kind)
+        results.append(res)
+        if on_item:
+            on_item(res)
+        if not single:
+            _write_json(
+                out_dir / STATUS_FILE,
+                {"items": [r.to_dict() for r in results], "talkcli": __version__},
+            )
+    return results
+
+
+def _is_global(exc: TalkcliError) -> bool:
+    """Errors that would fail every item (missing model files, unwritable output folder)."""
+    from talkcli.errors import ModelFileError, OutputError
+
+    return isinstance(exc, ModelFileError | OutputError)
