@@ -34,6 +34,9 @@ format: install
 	$(PY) -m ruff format talkcli tests benchmarks
 	$(PY) -m ruff check --fix talkcli tests benchmarks
 
+demo: install
+	bash scripts/demo.sh
+
 bench: install
 	$(PY) -m benchmarks.run
 
