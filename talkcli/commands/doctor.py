@@ -80,7 +80,7 @@ def doctor(
     table.add_row("weights", " > ".join(d["path"] for d in facts["weights_search_order"]))
     table.add_row("fetch folder", facts["weights_fetch_dir"])
     console.print(table)
-    console.print(status_table(statuses))
+    console.print(status_table(statuses, wd))
     missing = [s.entry.name for s in statuses if s.state == "missing" and not s.entry.optional]
     if missing:
         console.print(

@@ -37,22 +37,29 @@ def _human_size(n: int | None) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def status_table(statuses) -> Table:
-    """The model-file table used by ``weights list`` and ``doctor``."""
+def status_table(statuses, weights_dir: Path | None = None) -> Table:
+    """The model-file table used by ``weights list`` and ``doctor``.
+
+    Present files show where they were found; missing ones where ``weights fetch`` would put them.
+    """
     table = Table(show_lines=False, header_style="bold")
-    for col in ("name", "status", "file", "size", "needed by", "location"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("needed by")
+    table.add_column("path", overflow="fold")
+    fetch_root = registry.fetch_dir(weights_dir)
     for st in statuses:
         e = st.entry
         size = st.path.stat().st_size if st.path else e.size
         state = st.state + (" (optional)" if e.optional and st.state == "missing" else "")
+        path = str(st.path) if st.path else f"[dim]{fetch_root / e.relpath}[/dim]"
         table.add_row(
             e.name,
             f"[{_STATE_STYLE[st.state]}]{state}[/]",
-            str(e.relpath),
             _human_size(size),
             ", ".join(e.used_by),
-            str(st.path) if st.path else "-",
+            path,
         )
     return table
 
@@ -86,7 +93,7 @@ def list_cmd(
             ]
         )
         return
-    console.print(status_table(statuses))
+    console.print(status_table(statuses, wd))
     info(f"search order: {registry.search_path(wd).describe()}")
     info(f"fetch folder: {registry.fetch_dir(wd)}")
 

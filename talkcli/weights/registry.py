@@ -70,15 +70,6 @@ MANIFEST: tuple[ModelFile, ...] = (
         license="Nvidia Source Code License-NC",
     ),
     ModelFile(
-        name="stylegan2-ffhq-nvidia",
-        filename="ffhq.pkl",
-        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
-        description="StyleGAN2-ADA FFHQ 1024 generator pickle (NVIDIA); convert to rosinality",
-        used_by=("weights convert",),
-        license="Nvidia Source Code License-NC",
-        optional=True,
-    ),
-    ModelFile(
         name="psp-ffhq-encode",
         filename="psp_ffhq_encode.pt",
         url="https://drive.google.com/uc?id=1bMTNWkh5LArlaWSc_wa8VKyq2V42T2z0",
