@@ -26,8 +26,8 @@ FPS = 25.0
 # (preset, tune): VideoWriter's default first, then alternatives for comparison.
 CONFIGS = (
     (DEFAULT_PRESET, DEFAULT_TUNE),
+    ("veryfast", "zerolatency"),
     ("superfast", None),
-    ("veryfast", None),
     ("ultrafast", None),
 )
 RESULTS = Path(__file__).resolve().parent / "results" / "writer.json"

@@ -48,6 +48,7 @@ def test_invert_psp_writes_latents_recon_and_plot(tiny_pack, face_images, tmp_pa
     assert meta["sources"] == [str(p) for p in face_images]
     assert len(meta["weights"]["encoder"]["sha256"]) == 64
     assert meta["talkcli"]
+    assert set(meta["input_sha256"]) == {str(p) for p in face_images}
     for name in names:
         rec = np.asarray(Image.open(recon / f"{name}.png"))
         assert rec.shape == (32, 32, 3)

@@ -181,6 +181,7 @@ def tune_pti_cmd(
         "pivot_source": pivot_source,
         "pivots_file": pivots_out.name,
         "frames": frames.sources,
+        "input_sha256": frames.files,
         "steps_run": result.steps_run,
         "stopped_early": result.stopped_early,
         "losses": {

@@ -40,6 +40,7 @@ class Frames:
     names: list[str]
     sources: list[str]
     fps: float | None = None
+    files: dict[str, str] = field(default_factory=dict)  # input file -> sha256 (run manifest)
 
 
 @dataclass
@@ -85,7 +86,8 @@ def load_frames(inputs: list[str] | list[Path], max_frames: int | None = None) -
     h, w = images[0].shape[:2]
     if h != w:
         raise InputFileError(sources[0], f"is {w}x{h}, not square", "run `talkcli align` first")
-    return Frames(np.stack(images), names, sources, fps)
+    hashes = {str(p): sha256_file(p) for p in paths}
+    return Frames(np.stack(images), names, sources, fps, hashes)
 
 
 def frames_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -220,6 +222,7 @@ def invert(
         "torch": torch.__version__,
         "device": str(device),
         "sources": frames.sources,
+        "input_sha256": frames.files,
         "fps": frames.fps,
         "weights": {
             "generator": {"path": str(generator_path), "sha256": _hash(generator_path)},

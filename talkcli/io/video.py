@@ -65,13 +65,13 @@ X264_TUNES = (
     "psnr",
     "ssim",
 )
-# Default x264 settings, chosen with benchmarks/bench_writer.py at 1024x1024 on 2 cores shared
-# with other jobs (frames/s over 2-3 runs, noisy): veryfast + zerolatency 31-36 (sliced threads,
-# no lookahead or B-frames), superfast 26-38 with ~20% larger files, plain veryfast 23-34 (can
-# miss the 25 frames/s target) with ~3x smaller files, ultrafast 73-150 with the largest files.
-# Pass tune=None for plain veryfast when file size matters more than speed.
+# Default x264 settings, chosen with benchmarks/bench_writer.py at 1024x1024 on 2 cores.
+# Quiet machine (frames/s, file size for 100 frames): plain veryfast 55.8 (3.7 MB), veryfast +
+# zerolatency 52.7 (10.5 MB), superfast 62.3 (12.8 MB), ultrafast 162 (14.1 MB). With other jobs
+# on the cores, plain veryfast fell to 23-34 while zerolatency (sliced threads) held 31-36: pass
+# tune="zerolatency" when the encoder shares a busy CPU; the default keeps files ~3x smaller.
 DEFAULT_PRESET = "veryfast"
-DEFAULT_TUNE = "zerolatency"
+DEFAULT_TUNE: str | None = None
 # Containers the writer produces (H.264 + AAC); the first is the recommended one.
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 # Conversions RGB <-> YUV: accurate rounding and full chroma interpolation (cheap, less drift).
@@ -430,8 +430,9 @@ class VideoWriter:
     exactly the frames written; audio longer than it by more than one frame is kept whole (and a
     warning names both durations) unless ``trim_audio=True`` cuts it to the video's length.
     Leaving the ``with`` block on an exception (or Ctrl-C) deletes everything written; so does
-    dropping an unclosed writer. x264 defaults: preset veryfast, tune zerolatency, crf 18
-    (>= 25 frames/s at 1024x1024 on 2 cores; ``tune=None`` for ~3x smaller, slower files).
+    dropping an unclosed writer. x264 defaults: preset veryfast, crf 18 (>= 25 frames/s at
+    1024x1024 on 2 cores; ``tune="zerolatency"`` holds the rate better on a busy CPU, with ~3x
+    larger files).
     """
 
     def __init__(
