@@ -146,7 +146,7 @@ def test_algorithm_2_gives_a_smoother_trajectory_than_algorithm_1(tiny_pack):
 def test_w_space_projection_keeps_layers_equal(tiny_pack, face_images):
     G = load_generator(_files(tiny_pack)["generator"])
     lpips = load_lpips("alex", weights_dir=tiny_pack)
-    target = torch.from_numpy(np.asarray(Image.open(face_images[0]))).permute(2, 0, 1)[None]
+    target = torch.from_numpy(np.array(Image.open(face_images[0]))).permute(2, 0, 1)[None]
     target = target.float() / 127.5 - 1
     (res,) = project_frames(G, lpips, target, ProjectionConfig(steps=5, space="w"))
     assert res.w.shape == (G.n_latent, 512)

@@ -81,6 +81,8 @@ def invert_cmd(
     if steps < 0 or (first_steps is not None and first_steps < 0):
         raise UserError("--steps and --first-steps must be >= 0")
     check_output_path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: latents are saved as .npz (use a name ending in .npz)")
     if plot is not None:
         check_output_path(plot)
     wd = weights_dir(wdir)
