@@ -226,6 +226,14 @@ def probe_video(path: str | Path) -> VideoInfo:
 # reading
 
 
+def _read_log(log) -> str:
+    """Everything ffmpeg wrote to its stderr log file so far (empty if there is none)."""
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")
+
+
 class VideoReader:
     """Stream RGB frames, (H, W, 3) uint8, out of a video file through an ffmpeg pipe.
 
@@ -301,10 +309,7 @@ class VideoReader:
         return self._proc
 
     def _stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        return _read_log(self._stderr)
 
     def _finish(self) -> None:
         """The pipe hit its end: reap ffmpeg and turn a failure into an error."""
@@ -542,10 +547,7 @@ class VideoWriter:
         return self._proc
 
     def _stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        return _read_log(self._stderr)
 
     def _encoder_failed(self) -> None:
         proc = self._proc
