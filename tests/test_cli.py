@@ -35,6 +35,7 @@ def test_doctor_reports_ffmpeg_torch_and_model_files(tmp_path):
     assert facts["ffmpeg"]["path"] and facts["ffmpeg"]["source"] in ("PATH", "imageio-ffmpeg")
     assert facts["torch"]
     assert facts["device"].startswith(("cpu", "cuda", "mps"))
+    assert facts["tiny_packs"] == []
     names = {row["name"]: row["state"] for row in facts["model_files"]}
     assert names["stylegan2-ffhq"] == "missing"
     human = run_cli("doctor", "--weights-dir", str(tmp_path))
@@ -164,3 +165,13 @@ def test_ctrl_c_exit_code_is_130(monkeypatch, tmp_path):
     tone = tmp_path / "t.wav"
     sf.write(tone, np.zeros(1600, dtype=np.float32), 16000)
     assert cli.main(["media", "probe", str(tone)]) == 130
+
+
+def test_doctor_notes_a_tiny_pack(tiny_pack):
+    result = run_cli("doctor", "--weights-dir", str(tiny_pack))
+    assert result.code == 0, result.stderr
+    assert "random-weight tiny pack" in result.stderr
+    facts = json.loads(run_cli("doctor", "--json", "--weights-dir", str(tiny_pack)).stdout)
+    assert facts["tiny_packs"] == [str(tiny_pack)]
+    states = {row["name"]: row["state"] for row in facts["model_files"]}
+    assert states["stylegan2-ffhq"] == "present" and states["psp-ffhq-encode"] == "present"

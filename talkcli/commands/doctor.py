@@ -46,6 +46,11 @@ def collect(wd: Path | None) -> dict:
         {"label": label, "path": str(path)} for label, path in registry.search_path(wd).dirs
     ]
     facts["weights_fetch_dir"] = str(registry.fetch_dir(wd))
+    from talkcli.weights.tiny import PACK_NOTE
+
+    facts["tiny_packs"] = [
+        str(path) for _label, path in registry.search_path(wd).dirs if (path / PACK_NOTE).is_file()
+    ]
     return facts
 
 
@@ -81,6 +86,11 @@ def doctor(
     table.add_row("fetch folder", facts["weights_fetch_dir"])
     console.print(table)
     console.print(status_table(statuses, wd))
+    for folder in facts["tiny_packs"]:
+        console.print(
+            f"[yellow]note:[/yellow] {folder} holds a random-weight tiny pack "
+            "(for tests and demos; outputs will not look like faces)"
+        )
     missing = [s.entry.name for s in statuses if s.state == "missing" and not s.entry.optional]
     if missing:
         console.print(
