@@ -347,3 +347,17 @@ def test_truncated_video_is_an_input_error_or_warned(tmp_path, capsys):
     else:  # ffmpeg decoded what was there, fewer frames than the file lists, and we say so
         assert len(frames) < 8
         assert "decoded only" in capsys.readouterr().err
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    """Temporary files are private (0600); finished outputs get the umask-based mode."""
+    from talkcli.io.files import FILE_MODE, atomic_output
+
+    out = tmp_path / "mode.mp4"
+    with VideoWriter(out, fps=25) as writer:
+        writer.write(np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    assert out.stat().st_mode & 0o777 == FILE_MODE
+    other = tmp_path / "x.bin"
+    with atomic_output(other) as tmp:
+        tmp.write_bytes(b"1")
+    assert other.stat().st_mode & 0o777 == FILE_MODE

@@ -55,7 +55,7 @@ def _current_umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_current_umask()
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -86,7 +86,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputError(f"{final}: nothing was written")
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):

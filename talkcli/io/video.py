@@ -32,7 +32,7 @@ from typing import IO
 
 import numpy as np
 
-from talkcli.console import warn
+from talkcli.console import info, warn
 from talkcli.errors import ExternalToolError, InputFileError, OutputError, UserError
 from talkcli.io.audio import SAMPLE_RATE, audio_duration, save_wav
 from talkcli.io.ffmpeg import (
@@ -41,7 +41,7 @@ from talkcli.io.ffmpeg import (
     raise_for_ffmpeg,
     run_ffmpeg,
 )
-from talkcli.io.files import check_output_path, require_file, temporary_sibling
+from talkcli.io.files import FILE_MODE, check_output_path, require_file, temporary_sibling
 
 X264_PRESETS = (
     "ultrafast",
@@ -596,6 +596,7 @@ class VideoWriter:
             return self.path
         try:
             final_tmp = self._finish()
+            os.chmod(final_tmp, FILE_MODE)  # temporary files are 0600; give the usual mode
             os.replace(final_tmp, self.path)
             self._temps.remove(final_tmp)
         except BaseException:
@@ -638,6 +639,11 @@ class VideoWriter:
         audio_in = ["-i", str(audio_path)]
         if self.trim_audio and excess > 0:
             audio_in = ["-t", f"{video_duration:.6f}", *audio_in]
+            if excess > frame:
+                info(
+                    f"{self.path.name}: audio cut to the video's {video_duration:.3f} s "
+                    f"(source audio {self.audio_duration:.3f} s)"
+                )
         elif excess > frame:
             warn(
                 f"{self.path.name}: the audio ({self.audio_duration:.3f} s) is longer than the "
