@@ -79,9 +79,39 @@ def _error_line(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
 
 
+_HOISTED_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Let ``--quiet``, ``--debug`` and ``--device X`` also follow the subcommand.
+
+    ``talkcli invert ... --quiet`` reads as naturally as ``talkcli --quiet invert ...``; the
+    global callback only sees options before the command, so move them there.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in _HOISTED_FLAGS:
+            front.append(arg)
+        elif arg == "--device" and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        elif arg.startswith("--device="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
     debug = "--debug" in args
     try:

@@ -175,3 +175,14 @@ def test_doctor_notes_a_tiny_pack(tiny_pack):
     assert facts["tiny_packs"] == [str(tiny_pack)]
     states = {row["name"]: row["state"] for row in facts["model_files"]}
     assert states["stylegan2-ffhq"] == "present" and states["psp-ffhq-encode"] == "present"
+
+
+def test_global_flags_may_follow_the_command():
+    from talkcli.cli import hoist_global_options
+
+    assert hoist_global_options(
+        ["invert", "a.png", "--quiet", "--device", "cpu", "--out", "x"]
+    ) == ["--quiet", "--device", "cpu", "invert", "a.png", "--out", "x"]
+    assert hoist_global_options(["--debug", "doctor"]) == ["--debug", "doctor"]
+    result = run_cli("doctor", "--json", "--device", "tpu")
+    assert_user_error(result, "--device")

@@ -314,8 +314,10 @@ def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
-    xy = margin + (pts - lo) / span * (size - 2 * margin)
+    flat = hi - lo <= 1e-12  # one frame, or no spread along a component: centre it
+    span = np.where(flat, 1.0, hi - lo)
+    unit = np.where(flat, 0.5, (pts - lo) / span)
+    xy = margin + unit * (size - 2 * margin)
     xy[:, 1] = size - xy[:, 1]  # y up
     draw.rectangle([margin, margin, size - margin, size - margin], outline=(180, 180, 180))
     if len(xy) > 1:
