@@ -61,6 +61,9 @@ class PNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (1, 3, H, W) -> offsets (1, 4, h, w), probs (1, 2, h, w)
         x = self.features(x)
+        # Softmax over the two class channels, as TropComplique's original port (which these
+        # weights were converted for). pixel2style2pixel's copy uses dim=-1 (across image width),
+        # which changes stage-1 scores; its MTCNN class compensates with lower thresholds.
         return self.conv4_2(x), F.softmax(self.conv4_1(x), dim=1)
 
 
