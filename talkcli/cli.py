@@ -123,8 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted", style="yellow")
         code = EXIT_INTERRUPTED
     except ClickException as exc:
-        exc.show(file=sys.stderr)
-        code = EXIT_USER if exc.exit_code == 2 else exc.exit_code
+        # Usage errors in one line like every other user error, with where to find help.
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message()
+        if not message:  # `talkcli` or `talkcli weights` alone: the help was printed
+            code = 0
+        else:
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _error_line(f"{message}{hint}")
+            code = EXIT_USER if exc.exit_code == 2 else exc.exit_code
     except TalkcliError as exc:
         if debug or settings.debug:
             traceback.print_exc()

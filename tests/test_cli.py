@@ -186,3 +186,12 @@ def test_global_flags_may_follow_the_command():
     assert hoist_global_options(["--debug", "doctor"]) == ["--debug", "doctor"]
     result = run_cli("doctor", "--json", "--device", "tpu")
     assert_user_error(result, "--device")
+
+
+def test_usage_errors_are_one_line_with_a_help_hint():
+    result = run_cli("invert", "face.png")
+    assert_user_error(result, "Missing option '--out'", "talkcli invert --help")
+    result = run_cli("no-such-command")
+    assert_user_error(result, "No such command")
+    bare = run_cli()
+    assert bare.code == 0 and "Usage" in bare.stdout + bare.stderr
