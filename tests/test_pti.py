@@ -214,3 +214,20 @@ def test_w_project_pivots(tiny_pack, face_images, tmp_path):
     assert pivots.shape == (1, 8, 512)
     np.testing.assert_allclose(pivots[0], np.broadcast_to(pivots[0, :1], (8, 512)))  # W space
     assert load_generator(out).metadata["pivot_source"]["kind"] == "w-project"
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated zip", b"random bytes, not numpy"])
+def test_broken_pivots_file_exits_2(tiny_pack, face_images, tmp_path, content):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(content)
+    result = run_cli(
+        "--weights-dir",
+        str(tiny_pack),
+        "tune-pti",
+        str(face_images[0]),
+        "--out",
+        str(tmp_path / "t.pt"),
+        "--pivots",
+        str(broken),
+    )
+    assert_user_error(result, str(broken), "not a talkcli latents")

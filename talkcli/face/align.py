@@ -276,29 +276,29 @@ def align_video_file(
             detector_name = detector.name
             previous: Face | None = None
             last: np.ndarray | None = None
+
+            def detect_at(i: int, frame: np.ndarray) -> None:
+                """Detect in frame ``i`` and key its landmarks, following the tracked face."""
+                nonlocal previous
+                faces = detector.detect(frame)
+                counts.append(len(faces))
+                if not faces:
+                    return
+                try:
+                    previous = _track(faces, previous, cfg.face_index)
+                except UserError as exc:
+                    raise InputFileError(path, f"frame {i}: {exc}") from None
+                keyed[i], scores[i] = previous.landmarks, previous.score
+
             for i, frame in enumerate(reader):
                 n = i + 1
                 last = frame
                 if i % cfg.detect_every == 0:
-                    faces = detector.detect(frame)
-                    counts.append(len(faces))
-                    if faces:
-                        try:
-                            previous = _track(faces, previous, cfg.face_index)
-                        except UserError as exc:
-                            raise InputFileError(path, f"frame {i}: {exc}") from None
-                        keyed[i], scores[i] = previous.landmarks, previous.score
+                    detect_at(i, frame)
                 if progress:
                     progress(i + 1, 2 * total)
             if n and (n - 1) % cfg.detect_every and last is not None:
-                faces = detector.detect(last)
-                counts.append(len(faces))
-                if faces:
-                    try:
-                        face = _track(faces, previous, cfg.face_index)
-                    except UserError as exc:
-                        raise InputFileError(path, f"frame {n - 1}: {exc}") from None
-                    keyed[n - 1], scores[n - 1] = face.landmarks, face.score
+                detect_at(n - 1, last)  # always key the last frame: no extrapolation
         else:
             n = sum(1 for _ in reader)
             if file_frames is not None:

@@ -7,6 +7,7 @@ from the average latent), ``hybrid`` (pSp codes refined by optimisation).
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,7 +267,7 @@ def load_latents(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
             w = data["w"].astype(np.float32)
             names = [str(s) for s in data["names"]] if "names" in data else []
             meta = json.loads(str(data["meta"])) if "meta" in data else {}
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputFileError(
             p, f"not a talkcli latents .npz ({exc})", "create it with `talkcli invert`"
         ) from None
