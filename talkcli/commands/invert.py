@@ -19,7 +19,6 @@ from talkcli.inversion.invert import (
     METHODS,
     invert,
     load_frames,
-    plot_trajectory,
     save_latents,
     save_reconstructions,
 )
@@ -84,7 +83,9 @@ def invert_cmd(
     if out.suffix != ".npz":
         raise UserError(f"{out}: latents are saved as .npz (use a name ending in .npz)")
     if plot is not None:
-        check_output_path(plot)
+        from talkcli.plots import check_plot_path
+
+        check_plot_path(plot)
     wd = weights_dir(wdir)
     device = resolve_device(settings.device)
     frames = load_frames(inputs, max_frames)
@@ -149,6 +150,8 @@ def invert_cmd(
         written = save_reconstructions(save_recon, result, frames)
         info(f"wrote {len(written)} reconstruction images to {save_recon}")
     if plot is not None:
+        from talkcli.plots import plot_trajectory
+
         plot_trajectory(plot, result.w, f"{method}: {len(result.names)} frames")
         info(f"wrote {plot}")
     if as_json:

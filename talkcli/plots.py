@@ -1,0 +1,98 @@
+"""Every picture talkcli draws, in one place: matplotlib (Agg backend, no display needed).
+
+Each plot is a function taking plain numpy data and an output path; ``save_figure`` writes it
+atomically in the format the path's suffix names (``.png``, ``.jpg``, ``.pdf``, ``.svg``), and
+``check_plot_path`` refuses other suffixes before any work starts.
+
+Sections: latents (``invert --plot``), training (``train``), evaluation (``evaluate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkcli.errors import UserError
+from talkcli.io.files import atomic_output, check_output_path
+
+# suffix -> matplotlib format name
+PLOT_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def check_plot_path(path: str | Path, option: str = "--plot") -> Path:
+    """Validate a plot output before work starts: a known suffix and a writable folder."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in PLOT_FORMATS:
+        raise UserError(
+            f"{option} {p}: unknown picture format {p.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(sorted(PLOT_FORMATS))}"
+        )
+    return check_output_path(p)
+
+
+@contextmanager
+def figure(width: float = 6.4, height: float = 4.8) -> Iterator[Any]:
+    """A matplotlib figure on the Agg canvas, closed afterwards (no pyplot global state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    try:
+        yield fig
+    finally:
+        fig.clear()
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names."""
+    final = check_plot_path(path)
+    fmt = PLOT_FORMATS[final.suffix.lower()]
+    with atomic_output(final) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=fig.dpi)
+    return final
+
+
+# -- latents -------------------------------------------------------------------------------------
+
+
+def pca_2d(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project flattened codes on their first two principal components -> ((N, 2), ratio (2,))."""
+    x = w.reshape(w.shape[0], -1).astype(np.float64)
+    x = x - x.mean(axis=0)
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], 2)), np.zeros(2)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    comps = vt[:2]
+    if comps.shape[0] < 2:
+        comps = np.vstack([comps, np.zeros_like(comps)])
+    var = s**2
+    ratio = (var[:2] / var.sum()) if var.sum() > 0 else np.zeros(2)
+    return x @ comps.T, np.pad(ratio, (0, 2 - len(ratio)))
+
+
+def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
+    """Thesis figure 3.8: codes on their first two principal components, frames joined in order,
+    coloured by time (colour bar: frame index)."""
+    pts, ratio = pca_2d(w)  # (N, 2)
+    n = len(pts)
+    with figure(6.4, 6.4) as fig:
+        ax = fig.add_subplot()
+        if n > 1:
+            ax.plot(pts[:, 0], pts[:, 1], color="0.6", linewidth=1, zorder=1)
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=np.arange(n), cmap="viridis", s=24, zorder=2)
+        cbar = fig.colorbar(sc, ax=ax)
+        cbar.set_label("frame")
+        ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC2 ({ratio[1]:.0%} of variance)")
+        ax.set_title(title or f"latent trajectory, {n} frames")
+        ax.grid(True, alpha=0.3)
+        return save_figure(fig, path)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+# -- evaluation ----------------------------------------------------------------------------------
