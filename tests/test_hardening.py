@@ -626,3 +626,15 @@ def test_media_probe_reads_the_header_and_decodes_only_when_asked(tmp_path, monk
     row = json.loads(capsys.readouterr().out)[0]
     assert row["audio"]["duration_source"] == "decoded"
     assert abs(row["audio"]["duration"] - 2.0) < 0.01
+
+
+def test_a_full_disk_is_a_one_line_output_error(tmp_path):
+    import errno
+
+    from talkcli.io.files import atomic_output
+
+    final = tmp_path / "out.npz"
+    with pytest.raises(OutputError, match="disk full"), atomic_output(final) as tmp:
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert not final.exists() and not list(tmp_path.iterdir())

@@ -104,11 +104,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"{final}: cannot write in {final.parent} ({exc.strerror})") from exc
     try:
-        yield tmp
-        if not tmp.exists() or tmp.stat().st_size == 0:
-            raise OutputError(f"{final}: nothing was written")
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
-        os.replace(tmp, final)
+        try:
+            yield tmp
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OutputError(f"{final}: nothing was written")
+            os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OutputError(f"{final}: disk full while writing (free some space)") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+                raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
+            raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
