@@ -140,7 +140,8 @@ def fetch_cmd(
     if not names and not all_:
         raise UserError("weights fetch: name at least one file or pass --all (see `weights list`)")
     wd = weights_dir(wdir)
-    entries = [e for e in registry.MANIFEST if not e.optional] if all_ else []
+    # --all: every required file that has a download (trained models such as audio2latent don't)
+    entries = [e for e in registry.MANIFEST if not e.optional and e.fetchable] if all_ else []
     entries += [registry.get(n) for n in names or []]
     failures: list[str] = []
     for entry in dict.fromkeys(entries):

@@ -22,8 +22,10 @@ SIZES = (16, 32, 64, 128, 256, 512, 1024)
 
 
 def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads; return name -> path."""
+    """Write generator, pSp (encoder + decoder), audio model, LPIPS backbones and heads; return
+    name -> path."""
     from talkcli.models.stylegan2 import generator_from_state_dict
+    from talkcli.weights.tiny_audio import write_tiny_audio_model
     from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
     from talkcli.weights.tiny_psp import (
         n_styles_for_size,
@@ -56,6 +58,8 @@ def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[s
     psp_path = root / registry.get("psp-ffhq-encode").relpath
     write_psp_checkpoint(psp_path, e_sd, g_sd, latent_avg.repeat(n_styles, 1))
     written["psp-ffhq-encode"] = psp_path
+
+    written["audio2latent"] = write_tiny_audio_model(root, g_path, G, seed=seed)
 
     for net in ("alex", "vgg"):
         files = write_tiny_lpips_files(root, net, seed=seed)
