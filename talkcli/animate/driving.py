@@ -46,20 +46,23 @@ class DrivingSource:
         import torch
 
         E = self.models.encoder()
+        b = self.batch_size
         with torch.no_grad(), self._reader(fps) as reader:
-            skipped = 0
-            while skipped < self.neutral:  # the neutral frame first
-                got = len(reader.read_batch(min(self.batch_size, self.neutral - skipped)))
-                if not got:
-                    break
-                skipped += got
-            first = reader.read_batch(1)
-            if not len(first):
+            # The neutral code is taken from the batch that holds the neutral frame, encoded as
+            # the stream below encodes it, so that frame's displacement is exactly zero.
+            start = 0
+            batch = reader.read_batch(b)
+            while len(batch) and start + len(batch) <= self.neutral:
+                start += len(batch)
+                batch = reader.read_batch(b)
+            if start + len(batch) <= self.neutral:
                 raise InputFileError(
                     self.clip,
-                    f"--driving-neutral {self.neutral}: the clip has only {skipped} frames",
+                    f"--driving-neutral {self.neutral}: the clip has only {start + len(batch)} "
+                    "frames",
                 )
-            w_neutral = E.encode_images(first).float().cpu().numpy()[0]  # (n_latent, 512)
+            codes = E.encode_images(batch).float().cpu().numpy()  # (b, n_latent, 512)
+            w_neutral = codes[self.neutral - start]
         with torch.no_grad(), self._reader(fps) as reader:
             while True:
                 batch = reader.read_batch(self.batch_size)  # (b, 256, 256, 3)
