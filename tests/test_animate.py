@@ -258,6 +258,12 @@ def test_driving_clip_moves_the_face_and_brings_its_sound(capsys, work, tiny_pac
     w = np.load(work / "t.npz")["w"]
     assert np.array_equal(w[0], np.load(work / "t.npz")["w_identity"])  # neutral = frame 0
     assert np.abs(w[-1] - w[0]).max() > 0
+    # a video's soundtrack is audio too
+    code, _, err = animate(
+        capsys, tiny_pack, "-i", media["face"], "--aligned", "-a", clip, "-o", "sound.mp4"
+    )
+    assert code == 0, err
+    assert probe_video(work / "sound.mp4").n_frames == math.ceil(11000 / 16000 * 25)
     code, _, err = animate(
         capsys,
         tiny_pack,

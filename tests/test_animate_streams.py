@@ -273,3 +273,30 @@ def test_torchrun_ranks_stay_on_the_cpu_without_cuda():
         assert animate_device("auto", env).index == 1 % torch.cuda.device_count()
     else:
         assert animate_device("auto", env).type == "cpu"
+
+
+def test_frame_sink_keeps_order_with_paste_workers_and_reports_writer_errors():
+    from talkcli.animate.render import FrameSink
+
+    class Writer:
+        def __init__(self, fail_at=None):
+            self.batches, self.fail_at = [], fail_at
+
+        def write(self, batch):
+            if len(self.batches) == self.fail_at:
+                raise OSError("disk full")
+            self.batches.append(batch.copy())
+
+    frames = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1).repeat(3, axis=-1)
+    writer = Writer()
+    sink = FrameSink(writer, paste=lambda f: f + 1, depth=1, paste_workers=3)
+    for a in range(0, 10, 4):
+        sink.put(frames[a : a + 4])
+    sink.close()
+    assert np.array_equal(np.concatenate(writer.batches), frames + 1) and sink.frames == 10
+
+    failing = FrameSink(Writer(fail_at=1))
+    with pytest.raises(OSError, match="disk full"):
+        for _ in range(20):
+            failing.put(frames[:2])
+        failing.close()

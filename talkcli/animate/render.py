@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -93,7 +95,10 @@ class FrameSink:
     """A thread that pastes (optional) and writes frame batches to a ``VideoWriter``.
 
     ``put`` blocks while ``depth`` batches are waiting (bounded memory); an error in the thread
-    (ffmpeg died, a full disk) is raised by the next ``put`` or by ``close``.
+    (ffmpeg died, a full disk) is raised by the next ``put`` or by ``close``. Paste-back (OpenCV,
+    which releases the GIL) spreads a batch over ``paste_workers`` threads: one per four CPU
+    cores, so on a GPU machine it keeps up with the renderer while the CPU of a small machine is
+    left to the generator.
     """
 
     def __init__(
@@ -101,9 +106,12 @@ class FrameSink:
         writer: Any,  # talkcli.io.video.VideoWriter
         paste: Callable[[np.ndarray], np.ndarray] | None = None,
         depth: int = 2,
+        paste_workers: int | None = None,
     ) -> None:
         self.writer = writer
         self.paste = paste
+        workers = paste_workers or max(1, min(8, (os.cpu_count() or 1) // 4))
+        self._pool = ThreadPoolExecutor(workers, "talkcli-paste") if paste and workers > 1 else None
         self.frames = 0
         self.paste_seconds = 0.0
         self.write_seconds = 0.0
@@ -115,23 +123,33 @@ class FrameSink:
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None or self._stop:
-                return
-            try:
-                if self.paste is not None:
-                    t = time.perf_counter()
-                    batch = np.stack([self.paste(f) for f in batch])
-                    self.paste_seconds += time.perf_counter() - t
-                t = time.perf_counter()
-                self.writer.write(batch)
-                self.write_seconds += time.perf_counter() - t
-                self.frames += len(batch)
-            except BaseException as exc:  # handed to the main thread
-                self._error = exc
-                self._stop = True
-                return
+        try:
+            while True:
+                batch = self._queue.get()
+                if batch is None or self._stop:
+                    return
+                try:
+                    self._write(batch)
+                except BaseException as exc:  # handed to the main thread
+                    self._error = exc
+                    self._stop = True
+                    return
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+
+    def _write(self, batch: np.ndarray) -> None:
+        if self.paste is not None:
+            t = time.perf_counter()
+            if self._pool is not None:
+                batch = np.stack(list(self._pool.map(self.paste, batch)))
+            else:
+                batch = np.stack([self.paste(f) for f in batch])
+            self.paste_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        self.writer.write(batch)
+        self.write_seconds += time.perf_counter() - t
+        self.frames += len(batch)
 
     def _raise(self) -> None:
         if self._error is not None:
