@@ -86,6 +86,11 @@ def _ssim_maps_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return s.mean(dim=(1, 2))
 
 
+def _tensor(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    arr = np.require(frames, requirements=("C", "W"))  # torch wants writable memory
+    return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2)
+
+
 def ssim_frames(a: np.ndarray, b: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """Per-frame SSIM (mean over the three channels), (N,) float64."""
     fa, fb = check_pair(a, b)
@@ -96,8 +101,8 @@ def ssim_frames(a: np.ndarray, b: np.ndarray, device: str | torch.device = "cpu"
     chunk = max(1, _SSIM_BATCH_BYTES // per_frame)
     out = np.empty(n, dtype=np.float64)
     for s in range(0, n, chunk):
-        xa = torch.from_numpy(fa[s : s + chunk]).to(device).permute(0, 3, 1, 2)  # (B, 3, H, W)
-        xb = torch.from_numpy(fb[s : s + chunk]).to(device).permute(0, 3, 1, 2)
+        xa = _tensor(fa[s : s + chunk], device)  # (B, 3, H, W)
+        xb = _tensor(fb[s : s + chunk], device)
         xa = xa.reshape(-1, 1, h, w).double()  # (3B, 1, H, W)
         xb = xb.reshape(-1, 1, h, w).double()
         per_channel = _ssim_maps_mean(xa, xb).view(-1, 3)  # (B, 3)

@@ -129,7 +129,7 @@ def audio_embeddings(
 ) -> np.ndarray:
     """Embeddings of the MFCC windows [4 v, 4 v + 20) for v < n_windows -> (n_windows, D)."""
     device = next(net.parameters()).device
-    cc = torch.from_numpy(np.ascontiguousarray(mfcc, dtype=np.float32)).to(device)  # (13, T')
+    cc = torch.from_numpy(np.require(mfcc, np.float32, ("C", "W"))).to(device)  # (13, T')
     need = MFCC_PER_FRAME * (n_windows - 1) + MFCC_STEPS
     if n_windows > 0 and cc.shape[1] < need:
         raise ValueError(f"{n_windows} windows need {need} MFCC steps, got {cc.shape[1]}")
@@ -152,8 +152,8 @@ def offset_distances(lip: np.ndarray, aud: np.ndarray, vshift: int = VSHIFT) -> 
     if lip.shape != aud.shape:
         raise ValueError(f"embeddings differ in shape: {lip.shape} vs {aud.shape}")
     win = 2 * vshift + 1
-    a = torch.from_numpy(np.ascontiguousarray(aud, dtype=np.float32))
-    v = torch.from_numpy(np.ascontiguousarray(lip, dtype=np.float32))
+    a = torch.from_numpy(np.require(aud, np.float32, ("C", "W")))
+    v = torch.from_numpy(np.require(lip, np.float32, ("C", "W")))
     padded = F.pad(a, (0, 0, vshift, vshift))  # (L + 2 vshift, D)
     windows = padded.unfold(0, win, 1).permute(0, 2, 1)  # (L, win, D)
     rows = v.unsqueeze(1).expand_as(windows)
@@ -166,7 +166,7 @@ def score_offsets(dists: np.ndarray, vshift: int = VSHIFT) -> dict[str, float | 
     if dists.ndim != 2 or dists.shape[0] == 0 or dists.shape[1] != 2 * vshift + 1:
         raise ValueError(f"expected (L >= 1, {2 * vshift + 1}) distances, got {dists.shape}")
     # torch.stack(dists, 1).mean(1) as upstream: the same memory layout, the same float sums
-    mdist = torch.from_numpy(np.ascontiguousarray(dists.T)).mean(dim=1)  # (31,)
+    mdist = torch.from_numpy(np.require(dists.T, requirements=("C", "W"))).mean(dim=1)  # (31,)
     minval, minidx = torch.min(mdist, 0)
     conf = torch.median(mdist) - minval
     return {"lse_d": float(minval), "lse_c": float(conf), "offset": int(vshift - int(minidx))}

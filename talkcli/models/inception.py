@@ -410,5 +410,5 @@ def images_to_input(frames: np.ndarray) -> Tensor:
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB frames, got {a.shape} {a.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    t = torch.from_numpy(np.require(a, requirements=("C", "W"))).permute(0, 3, 1, 2)
     return t.float().div(255)
