@@ -22,7 +22,8 @@ SIZES = (16, 32, 64, 128, 256, 512, 1024)
 
 
 def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads; return name -> path."""
+    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads, and narrow FID
+    Inception and SyncNet files (``tiny_metrics``); return name -> path."""
     from talkcli.models.stylegan2 import generator_from_state_dict
     from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
     from talkcli.weights.tiny_psp import (
@@ -62,6 +63,10 @@ def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[s
         backbone, heads = ("alexnet", "lpips-alex") if net == "alex" else ("vgg16", "lpips-vgg")
         written[backbone] = files["backbone"]
         written[heads] = files["heads"]
+
+    from talkcli.weights.tiny_metrics import write_metric_model_files  # evaluate: FID, SyncNet
+
+    written.update(write_metric_model_files(root, seed=seed))
 
     note = {
         "warning": "random weights for tests and demos; outputs are not faces",
