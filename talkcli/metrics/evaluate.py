@@ -148,7 +148,7 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
     the registry's one-line ModelFileError, naming the file to fetch, ends the run).
     """
     cfg.check()
-    from talkcli.metrics.landmarks import FAN_FILES
+    from talkcli.face.landmarks import FAN_FILES
 
     files: dict[str, Path] = {}
     skipped: dict[str, str] = {}
@@ -177,10 +177,24 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
             except ModelFileError as exc:
                 if cfg.named:
                     raise
-                skipped[metric] = str(exc).splitlines()[0]
+                skipped[metric] = _short_reason(exc, names, cfg.weights_dir)
                 continue
         run.append(metric)
     return Plan(run, files, skipped, detector)
+
+
+def _short_reason(exc: ModelFileError, names: tuple[str, ...], weights_dir: Path | None) -> str:
+    """'model file fan-2d not found (`talkcli weights fetch fan-2d s3fd`)' for a skip note."""
+    from talkcli.weights import registry
+
+    first = str(exc).splitlines()[0]
+    if "not found" not in first:
+        return first
+    missing = [n for n in names if registry.locate(n, weights_dir) is None] or list(names)
+    return (
+        f"model file {', '.join(missing)} not found "
+        f"(`talkcli weights fetch {' '.join(names)}`; asking for the metric by name says where)"
+    )
 
 
 def _face_detector_backend(cfg: EvalConfig) -> str:
@@ -330,6 +344,12 @@ def evaluate_pair(
     if pair.reference is not None:
         ref = require_file(pair.reference, "reference video")
         r_info = probe_video(ref)
+    run_lse = "lse" in p.metrics
+    if run_lse and not g_info.has_audio:
+        if cfg.named:
+            raise _no_audio(gen)
+        res.notes.append("LSE skipped: the video has no audio track")
+        run_lse = False
     base = r_info or g_info
     if r_info is not None and (g_info.width, g_info.height) != (r_info.width, r_info.height):
         sizes = f"{g_info.width}x{g_info.height} vs the reference's {r_info.width}x{r_info.height}"
@@ -396,8 +416,8 @@ def evaluate_pair(
         res.values[name] = float(np.mean(finite)) if len(finite) else math.nan
         if name == "lmd" and len(finite) < len(values):
             res.notes.append(f"LMD: no face found in {len(values) - len(finite)} frame pair(s)")
-    if "lse" in p.metrics:
-        res.values.update(_lse(gen, g_info, cfg, models, n if needs_frames else None, res))
+    if run_lse:
+        res.values.update(_lse(gen, g_info, cfg, models, res))
     return res
 
 
@@ -459,8 +479,16 @@ def _frame_metrics(
     return out
 
 
+def _no_audio(gen: Path) -> InputFileError:
+    return InputFileError(
+        gen,
+        "has no audio track, which LSE-C/LSE-D needs",
+        "mux the speech into the video, or leave lse out of --metrics",
+    )
+
+
 def _lse(
-    gen: Path, info: Any, cfg: EvalConfig, models: Models, limit: int | None, res: VideoResult
+    gen: Path, info: Any, cfg: EvalConfig, models: Models, res: VideoResult
 ) -> dict[str, float]:
     """LSE-D, LSE-C and the offset of the generated video with its own audio track."""
     from talkcli.io.audio import load_audio
@@ -475,11 +503,7 @@ def _lse(
     )
 
     if not info.has_audio:
-        raise InputFileError(
-            gen,
-            "has no audio track, which LSE-C/LSE-D needs",
-            "mux the speech into the video, or leave lse out of --metrics",
-        )
+        raise _no_audio(gen)
     audio = load_audio(gen)
     n = _frames_at(info, SYNC_FPS)
     if cfg.max_frames is not None:

@@ -246,14 +246,15 @@ def compare(
 
 
 def format_value(column: str, value: float) -> str:
-    """How a table shows a value: 2 decimals for dB/FID/LMD/LSE, 4 for the [0, 1] metrics."""
+    """How a table shows a value: 2 decimals for dB/FID/LMD/LSE (4 below 1), 4 for SSIM, LPIPS
+    and CPBD, whole frames for the LSE offset."""
     if math.isnan(value):
         return "-"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if column == "lse_offset":
-        return f"{value:.1f}"
-    if column in ("ssim", "lpips", "cpbd"):
+        return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+    if column in ("ssim", "lpips", "cpbd") or abs(value) < 1:
         return f"{value:.4f}"
     return f"{value:.2f}"
 

@@ -227,15 +227,21 @@ def _chunks(a: np.ndarray, size: int) -> Iterator[np.ndarray]:
 def smooth_boxes(boxes: np.ndarray) -> np.ndarray:
     """Per-frame boxes (T, 4) x1 y1 x2 y2 -> (T, 3) centre x, centre y, half-size s, each
     median-filtered over 13 frames (scipy.signal.medfilt, zero-padded ends, as upstream)."""
-    from scipy.signal import medfilt
-
     b = np.asarray(boxes, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != 4 or len(b) == 0:
         raise ValueError(f"expected (T, 4) boxes, got {b.shape}")
     s = np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2
     y = (b[:, 1] + b[:, 3]) / 2
     x = (b[:, 0] + b[:, 2]) / 2
-    return np.stack([medfilt(v, kernel_size=MEDIAN_KERNEL) for v in (x, y, s)], axis=1)
+    return np.stack([medfilt(v, MEDIAN_KERNEL) for v in (x, y, s)], axis=1)
+
+
+def medfilt(v: np.ndarray, kernel_size: int) -> np.ndarray:
+    """``scipy.signal.medfilt`` of a 1-D array (zero-padded ends), without importing
+    scipy.signal (seconds of start-up)."""
+    half = kernel_size // 2
+    padded = np.pad(np.asarray(v, dtype=np.float64), half)
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, kernel_size), axis=1)
 
 
 def crop_face(frame: np.ndarray, x: float, y: float, s: float) -> np.ndarray:
