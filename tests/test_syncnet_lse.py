@@ -76,6 +76,15 @@ def _clip(n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return frames, (0.3 * chirp).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: faster on a shared 2-core machine, and values stay within the tolerances."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def official_syncnet(tmp_path_factory):
     path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"

@@ -131,7 +131,6 @@ def run_cmd(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Evaluate generated videos (against references): table, JSON report, CSV, plot."""
-    from talkcli.device import resolve_device
     from talkcli.guards import guard_outputs
     from talkcli.metrics.evaluate import METRICS, EvalConfig, default_threads, evaluate, plan
     from talkcli.metrics.inputs import check_unique_names, collect_pairs, read_pairs_csv
@@ -222,15 +221,15 @@ def run_cmd(
     if "fid" in the_plan.metrics:
         planned.append(cfg.fid_stats)
     guard_outputs(planned, inputs=sources, weights_dir=cfg.weights_dir)
-    cfg.device = str(resolve_device(settings.device))
+    cfg.device = settings.device
 
     for metric, reason in the_plan.skipped.items():
         info(f"skipped {metric}: {reason}")
     for ref in unmatched:
         info(f"note: reference {ref} has no generated video of the same name")
     info(
-        f"evaluating {len(pair_list)} video(s): {', '.join(the_plan.metrics)} at {cfg.fps:g} fps "
-        f"on {cfg.device}, {cfg.threads} thread(s)"
+        f"evaluating {len(pair_list)} video(s): {', '.join(the_plan.metrics)} at {cfg.fps:g} fps, "
+        f"{cfg.threads} thread(s)"
     )
     run = _run_with_progress(pair_list, cfg, the_plan, evaluate)
     _finish(run, run_name, outputs, as_json)

@@ -7,12 +7,30 @@ come from the registry unless ``model=`` gives one. ``talkcli.metrics.evaluate``
 videos for ``talkcli evaluate``.
 """
 
-from talkcli.metrics.fid import fid, frechet_distance, inception_features
-from talkcli.metrics.landmarks import lmd, lmd_face
-from talkcli.metrics.perceptual import lpips
-from talkcli.metrics.pixel import psnr, ssim
-from talkcli.metrics.sharpness import cpbd
-from talkcli.metrics.sync import lse
+import importlib
+from typing import Any
+
+_HOMES = {
+    "cpbd": "sharpness",
+    "fid": "frechet",
+    "frechet_distance": "frechet",
+    "inception_features": "frechet",
+    "lmd": "landmarks",
+    "lmd_face": "landmarks",
+    "lpips": "perceptual",
+    "lse": "sync",
+    "psnr": "pixel",
+    "ssim": "pixel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a metric's module on first use: ``talkcli.metrics.inputs`` and the report code
+    (used by ``evaluate compare``) then start without torch."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"talkcli.metrics.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'talkcli.metrics' has no attribute {name!r}")
+
 
 __all__ = [
     "cpbd",

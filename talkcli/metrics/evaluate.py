@@ -78,7 +78,7 @@ class EvalConfig:
     batch: int = 8
     threads: int = field(default_factory=default_threads)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # a --device spec; resolved when the networks are loaded
     weights_dir: Path | None = None
     inception: Path | None = None
     syncnet: Path | None = None
@@ -317,19 +317,22 @@ def _frames_at(info: Any, fps: float) -> int:
     return int(round(info.n_frames * fps / info.fps))
 
 
-def evaluate_pair(
-    pair: Pair,
-    cfg: EvalConfig,
-    p: Plan,
-    models: Models,
-    fid_gen: Any | None,
-    fid_ref: Any | None,
-    on_frames: FrameProgress | None = None,
-) -> VideoResult:
-    """Every per-video metric of one pair (FID statistics go to ``fid_gen``/``fid_ref``)."""
+@dataclass
+class Prepared:
+    """A pair checked and probed (no frame decoded yet): what ``evaluate_pair`` needs."""
+
+    res: VideoResult
+    gen: Path
+    g_info: Any
+    n: int  # frames to compare
+    run_lse: bool
+
+
+def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
+    """Check one pair before any decoding: files, sizes, lengths, audio for LSE; notes."""
     from talkcli.guards import check_frame_count
     from talkcli.io.files import require_file, sha256_file
-    from talkcli.io.video import VideoReader, probe_video
+    from talkcli.io.video import probe_video
 
     res = VideoResult(pair)
     if pair.missing_reference is not None:
@@ -357,9 +360,8 @@ def evaluate_pair(
             raise InputFileError(gen, f"frame size {sizes}", "resize one, or drop --strict")
         target = eval_size(base.width, base.height, cfg.resolution)
         res.notes.append(f"sizes differ ({sizes}): both compared at {target[0]}x{target[1]}")
-    size = eval_size(base.width, base.height, cfg.resolution)
-    res.size = size
-    _check_size(gen, size, p.metrics if pair.reference is not None else ["cpbd"], cfg)
+    res.size = eval_size(base.width, base.height, cfg.resolution)
+    _check_size(gen, res.size, p.metrics if pair.reference is not None else ["cpbd"], cfg)
     n_gen = check_frame_count(gen, _frames_at(g_info, cfg.fps), cfg.fps)
     n = n_gen
     if r_info is not None:
@@ -375,7 +377,22 @@ def evaluate_pair(
     res.hashes["generated"] = sha256_file(gen)
     if pair.reference is not None:
         res.hashes["reference"] = sha256_file(pair.reference)
+    return Prepared(res, gen, g_info, n, run_lse)
 
+
+def evaluate_pair(
+    prep: Prepared,
+    cfg: EvalConfig,
+    p: Plan,
+    models: Models,
+    fid_gen: Any | None,
+    fid_ref: Any | None,
+    on_frames: FrameProgress | None = None,
+) -> VideoResult:
+    """Every per-video metric of a prepared pair (FID statistics go to ``fid_gen``/``fid_ref``)."""
+    from talkcli.io.video import VideoReader
+
+    res, gen, n, pair, size = prep.res, prep.gen, prep.n, prep.res.pair, prep.res.size
     frame_metrics = [m for m in p.metrics if m in ("psnr", "ssim", "lpips", "lmd", "cpbd")]
     needs_frames = frame_metrics or ("fid" in p.metrics and (fid_gen is not None))
     curves: dict[str, list[np.ndarray]] = {}
@@ -416,8 +433,8 @@ def evaluate_pair(
         res.values[name] = float(np.mean(finite)) if len(finite) else math.nan
         if name == "lmd" and len(finite) < len(values):
             res.notes.append(f"LMD: no face found in {len(values) - len(finite)} frame pair(s)")
-    if run_lse:
-        res.values.update(_lse(gen, g_info, cfg, models, res))
+    if prep.run_lse:
+        res.values.update(_lse(gen, prep.g_info, cfg, models, res))
     return res
 
 
@@ -437,7 +454,7 @@ def _check_size(gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalC
 
 
 def _features(frames: np.ndarray, net: Any, cfg: EvalConfig) -> np.ndarray:
-    from talkcli.metrics.fid import inception_features
+    from talkcli.metrics.frechet import inception_features
 
     return inception_features(frames, net, batch_size=cfg.batch)
 
@@ -592,25 +609,30 @@ def evaluate(
     on_start: Callable[[Pair], FrameProgress | None] | None = None,
 ) -> EvalRun:
     """Evaluate every pair. A single pair raises its error; in a batch a failed pair is recorded
-    and the others finish."""
-    from talkcli.metrics.fid import FeatureStats
-
+    and the others finish. Networks are loaded when the first pair has been checked."""
     run = EvalRun(cfg, p, [])
-    with deterministic(cfg.threads, cfg.seed):
-        models = load_models(cfg, p)
-        fid_gen = fid_ref = None
-        cached = None
-        if "fid" in p.metrics:
-            dim = models.inception.feature_dim
-            fid_gen = FeatureStats(dim)
-            cached = _cached_reference_stats(cfg, pairs, run.notes)
-            if cached is None:
-                fid_ref = FeatureStats(dim)
-        single = len(pairs) == 1
+    single = len(pairs) == 1
+    with contextlib.ExitStack() as stack:
+        models: Models | None = None
+        fid_gen = fid_ref = cached = None
         for pair in pairs:
             try:
+                prep = prepare_pair(pair, cfg, p)
+                if models is None:  # loaded once a pair is known to be readable
+                    from talkcli.device import resolve_device
+
+                    cfg.device = str(resolve_device(cfg.device))
+                    stack.enter_context(deterministic(cfg.threads, cfg.seed))
+                    models = load_models(cfg, p)
+                    if "fid" in p.metrics:
+                        from talkcli.metrics.frechet import FeatureStats
+
+                        dim = models.inception.feature_dim
+                        fid_gen = FeatureStats(dim)
+                        cached = _cached_reference_stats(cfg, pairs, run.notes)
+                        fid_ref = FeatureStats(dim) if cached is None else None
                 res = evaluate_pair(
-                    pair, cfg, p, models, fid_gen, fid_ref, on_start(pair) if on_start else None
+                    prep, cfg, p, models, fid_gen, fid_ref, on_start(pair) if on_start else None
                 )
             except TalkcliError as exc:
                 if single or exc.exit_code != 2 or _is_global(exc):
@@ -654,7 +676,7 @@ def _cached_reference_stats(
     cfg: EvalConfig, pairs: list[Pair], notes: list[str]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
     """The reference statistics from ``--fid-stats`` when the file exists and matches."""
-    from talkcli.metrics.fid import load_stats
+    from talkcli.metrics.frechet import load_stats
 
     if cfg.fid_stats is None or not Path(cfg.fid_stats).exists():
         return None
@@ -682,7 +704,7 @@ def _cached_reference_stats(
 
 
 def _fid(cfg, pairs, fid_gen, fid_ref, cached, run: EvalRun) -> dict[str, Any] | None:
-    from talkcli.metrics.fid import frechet_distance, save_stats
+    from talkcli.metrics.frechet import frechet_distance, save_stats
 
     if cached is not None:
         mu_r, sigma_r, meta = cached
