@@ -8,8 +8,9 @@
   pixels whose window lies inside the image (skimage crops 5 pixels at each border) and then over
   the three channels: scikit-image's ``structural_similarity(a, b, gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)``. Computed in
-  float64 with torch (valid separable convolutions on batches of frames) so videos are fast and
-  agree with skimage to ~1e-12.
+  float64 with torch on batches of frames, the separable Gaussian as banded matrix products
+  (BLAS; torch's float64 convolution is 4x slower on CPU): it agrees with skimage to ~1e-12, runs
+  at about skimage's speed on one core and uses every BLAS thread there is.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # int(3.5 * 1.5 + 0.5), scipy.ndimage's truncate=3.5 (skimage's default)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 255.0
 _SSIM_BATCH_BYTES = 256 << 20  # float64 working set per chunk of frames
+_BLOCK = 64  # output samples per banded matrix product
 
 
 def as_frames(x: np.ndarray, name: str = "frames") -> np.ndarray:
@@ -71,15 +72,44 @@ def gaussian_taps(sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> torch
     return phi / phi.sum()
 
 
-def _ssim_maps_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM over the valid region for (B, 1, H, W) float64 planes -> (B,)."""
-    taps = gaussian_taps().to(x.device)
+def _banded(taps: torch.Tensor, block: int) -> torch.Tensor:
+    """(block + k - 1, block) matrix M with M[j + i, j] = taps[i]: x_window @ M filters a block."""
     k = taps.numel()
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5, H, W)
-    wh = taps.view(1, 1, 1, k).expand(5, 1, 1, k)
-    wv = taps.view(1, 1, k, 1).expand(5, 1, k, 1)
-    f = F.conv2d(F.conv2d(stack, wh, groups=5), wv, groups=5)  # (B, 5, H-10, W-10)
-    ux, uy, uxx, uyy, uxy = f.unbind(dim=1)
+    m = torch.zeros(block + k - 1, block, dtype=taps.dtype, device=taps.device)
+    for j in range(block):
+        m[j : j + k, j] = taps
+    return m
+
+
+def _filter_last(x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """Valid correlation of the last axis with the taps in ``band``: (..., L) -> (..., L - k + 1).
+
+    Overlapping windows of block + k - 1 samples times the banded matrix: a float64 matrix
+    product (BLAS), several times faster than torch's float64 convolution on CPU, and exact up
+    to float64 rounding (the extra terms are zeros). The last, partial block is done the same way
+    on a window that ends at the last sample.
+    """
+    block = band.shape[1]
+    k = band.shape[0] - block + 1
+    n_out = x.shape[-1] - k + 1
+    full = n_out // block
+    parts = []
+    if full:
+        windows = x.unfold(-1, block + k - 1, block)  # (..., >= full, block + k - 1)
+        parts.append((windows[..., :full, :] @ band).flatten(-2))
+    rest = n_out - full * block
+    if rest:
+        tail = x[..., full * block :]  # rest + k - 1 samples
+        parts.append(tail @ band[: rest + k - 1, :rest])
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def _ssim_maps_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM over the valid region for (B, H, W) float64 planes -> (B,)."""
+    band = _banded(gaussian_taps().to(x.device), _BLOCK)
+    stack = torch.stack([x, y, x * x, y * y, x * y], dim=1)  # (B, 5, H, W)
+    f = _filter_last(_filter_last(stack, band).transpose(-1, -2), band).transpose(-1, -2)
+    ux, uy, uxx, uyy, uxy = f.unbind(dim=1)  # (B, H - 10, W - 10) each
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
@@ -97,14 +127,12 @@ def ssim_frames(a: np.ndarray, b: np.ndarray, device: str | torch.device = "cpu"
     n, h, w, _ = fa.shape
     if min(h, w) < 2 * SSIM_RADIUS + 1:
         raise ValueError(f"SSIM needs frames of at least 11x11 pixels, got {w}x{h}")
-    per_frame = 3 * 5 * h * w * 8 * 3  # planes, maps, float64, temporaries
+    per_frame = 3 * 5 * h * w * 8 * 4  # planes, maps, float64, temporaries
     chunk = max(1, _SSIM_BATCH_BYTES // per_frame)
     out = np.empty(n, dtype=np.float64)
     for s in range(0, n, chunk):
-        xa = _tensor(fa[s : s + chunk], device)  # (B, 3, H, W)
-        xb = _tensor(fb[s : s + chunk], device)
-        xa = xa.reshape(-1, 1, h, w).double()  # (3B, 1, H, W)
-        xb = xb.reshape(-1, 1, h, w).double()
+        xa = _tensor(fa[s : s + chunk], device).reshape(-1, h, w).double()  # (3B, H, W)
+        xb = _tensor(fb[s : s + chunk], device).reshape(-1, h, w).double()
         per_channel = _ssim_maps_mean(xa, xb).view(-1, 3)  # (B, 3)
         out[s : s + len(per_channel)] = per_channel.mean(dim=1).cpu().numpy()
     return out
