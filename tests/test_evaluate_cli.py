@@ -207,6 +207,25 @@ def test_batch_reports_bad_items_and_finishes_the_rest(tiny_pack, clips, tmp_pat
     assert report["aggregates"]["psnr"]["n"] == 24  # a and c, 12 frames each
 
 
+@pytest.mark.slow
+def test_lse_with_detected_face_crops(tiny_pack, clips, shared_fixtures, tmp_path):
+    """--face-crop detect with the real MTCNN weights from ../shared/fixtures."""
+    extra = tmp_path / "weights"
+    shutil.copytree(shared_fixtures / "mtcnn", extra / "mtcnn")
+    result = run_cli(
+        "--weights-dir", str(tiny_pack), "evaluate", str(clips["gen"]), "-m", "lse",
+        "--face-crop", "detect", "--threads", "1", "--json",
+        env={"TALKCLI_WEIGHTS": str(extra)},
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["lse_crop"] == "detect"
+    values = report["videos"][0]["values"]
+    assert np.isfinite(values["lse_d"]) and values["lse_c"] >= 0
+    assert -15 <= values["lse_offset"] <= 15
+    assert not report["videos"][0]["notes"]  # a face in every frame
+
+
 def test_help_describes_both_commands():
     result = run_cli("evaluate", "--help")
     assert result.code == 0

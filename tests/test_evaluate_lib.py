@@ -275,3 +275,20 @@ def test_lse_face_crops_by_detection(clips, tiny_pack):
     got = run.results[0].values
     assert got["lse_d"] == pytest.approx(want["lse_d"], rel=1e-6)
     assert got["lse_offset"] == want["offset"]
+
+
+def test_frames_are_matched_at_the_common_frame_rate(clips, tmp_path):
+    """A 50 fps copy of the generated clip (every frame twice) is resampled to 25 fps and
+    compared frame by frame: the same PSNR as the 25 fps clip."""
+    from talkcli.io.video import VideoWriter, read_video
+
+    frames = read_video(clips["gen"])
+    fast = tmp_path / "gen50.mp4"
+    with VideoWriter(fast, fps=50, crf=0) as w:  # lossless: the doubled frames stay the same
+        w.write(np.repeat(frames, 2, axis=0))
+    cfg = EvalConfig(metrics=("psnr",), threads=1)
+    p = plan(cfg, True)
+    at25 = evaluate([Pair("a", fast, clips["ref"])], cfg, p).results[0]
+    assert at25.frames == 12 and not any("lengths differ" in n for n in at25.notes)
+    direct = evaluate([Pair("b", clips["gen"], clips["ref"])], cfg, p).results[0]
+    assert at25.values["psnr"] == pytest.approx(direct.values["psnr"], abs=0.3)
