@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from talkcli.errors import InputFileError, ModelFileError, UserError
 from talkcli.face.landmarks import Face
@@ -25,16 +24,7 @@ from talkcli.metrics.report import (
 )
 from talkcli.metrics.suite import load_suite
 
-from .evaluate_clips import clip_frames, make_clips, write_clip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from .metrics_support import clip_frames, make_clips, one_thread, write_clip  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +160,23 @@ def test_rerunning_gives_identical_values(clips, tiny_pack):
     assert first["videos"] == second["videos"] and first["aggregates"] == second["aggregates"]
     assert first["fid"]["value"] == second["fid"]["value"]
     assert first["videos"][0]["values"]["psnr"] > first["videos"][1]["values"]["psnr"]
+
+
+def test_identical_videos_give_ssim_one_lpips_zero_psnr_inf(clips, tiny_pack, tmp_path):
+    import shutil
+
+    from talkcli.metrics.report import write_json
+
+    copy = shutil.copy(clips["ref"], tmp_path / "copy.mp4")
+    cfg = EvalConfig(metrics=("psnr", "ssim", "lpips", "fid"), threads=1, weights_dir=tiny_pack)
+    run = evaluate([Pair("same", copy, clips["ref"])], cfg, plan(cfg, True))
+    out = write_json(tmp_path / "same.json", build_report(run, "same"))
+    report = json.loads(out.read_text())  # strict JSON: infinity is the string "inf"
+    v = report["videos"][0]["values"]
+    assert v["psnr"] == "inf" and report["aggregates"]["psnr"]["mean"] == "inf"
+    assert v["ssim"] == pytest.approx(1.0, abs=1e-12)
+    assert v["lpips"] == pytest.approx(0.0, abs=1e-7)
+    assert abs(report["aggregates"]["fid"]["mean"]) < 1e-3
 
 
 def test_fid_statistics_cache_is_written_reused_and_checked(clips, tiny_pack, tmp_path):

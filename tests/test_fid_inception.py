@@ -25,6 +25,7 @@ from talkcli.models.inception import images_to_input, load_inception
 from talkcli.weights.tiny_metrics import random_inception_state_dict
 
 from .conftest import SHARED
+from .metrics_support import one_thread  # noqa: F401 (autouse)
 
 KEYS_FILE = SHARED / "formats" / "fid_inception_keys.json"
 
@@ -41,15 +42,6 @@ def _upstream_images() -> np.ndarray:
     astro = np.asarray(Image.fromarray(data.astronaut()).resize((96, 80), Image.BILINEAR))
     noise = np.random.Generator(np.random.PCG64(7)).integers(0, 256, (80, 96, 3), dtype=np.uint8)
     return np.stack([astro, noise])  # (2, 80, 96, 3): resized to 299 inside
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: faster on a shared 2-core machine, and values stay within the tolerances."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from talkcli.models.syncnet import load_syncnet, syncnet_from_state_dict
 from talkcli.weights.tiny_metrics import random_syncnet_state_dict
 
 from .conftest import SHARED
+from .metrics_support import one_thread  # noqa: F401 (autouse)
 
 KEYS_FILE = SHARED / "formats" / "syncnet_v2_keys.json"
 
@@ -74,15 +75,6 @@ def _clip(n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     tt = np.arange(n_frames * 640 + 333) / 16000.0
     chirp = np.sin(2 * np.pi * (200 + 600 * tt) * tt) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * tt))
     return frames, (0.3 * chirp).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: faster on a shared 2-core machine, and values stay within the tolerances."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

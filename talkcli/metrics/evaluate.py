@@ -9,8 +9,9 @@ for FID over all frames of all videos, and scores LSE-C/LSE-D on SyncNet face cr
 generated video with its own audio. Memory stays bounded by the batch size (plus a few numbers
 per frame).
 
-Reproducibility: ``deterministic(threads, seed)`` fixes torch's thread count and seed and turns
-on deterministic algorithms; nothing random is drawn, so a rerun gives identical values.
+Reproducibility: ``deterministic(threads, seed, device)`` fixes torch's thread count and seed
+(and on GPUs turns on deterministic algorithms); nothing random is drawn, so a rerun gives
+identical values.
 """
 
 from __future__ import annotations
@@ -204,20 +205,26 @@ def _face_detector_backend(cfg: EvalConfig) -> str:
 
 
 @contextlib.contextmanager
-def deterministic(threads: int, seed: int) -> Iterator[None]:
-    """Fixed torch threads and seed, deterministic algorithms; restored afterwards."""
+def deterministic(threads: int, seed: int, device: str = "cpu") -> Iterator[None]:
+    """Fixed torch threads and seed; on GPUs also deterministic algorithms (cuDNN); restored
+    afterwards. talkcli's CPU kernels here are deterministic for a fixed thread count, and
+    ``torch.use_deterministic_algorithms`` costs seconds of imports (torch._dynamo) on CPU."""
     import torch
 
     old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(int(threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
+    gpu = not str(device).startswith("cpu")
+    old_det = torch.are_deterministic_algorithms_enabled() if gpu else None
+    if gpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
+        if gpu:
+            torch.use_deterministic_algorithms(bool(old_det))
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -622,7 +629,7 @@ def evaluate(
                     from talkcli.device import resolve_device
 
                     cfg.device = str(resolve_device(cfg.device))
-                    stack.enter_context(deterministic(cfg.threads, cfg.seed))
+                    stack.enter_context(deterministic(cfg.threads, cfg.seed, cfg.device))
                     models = load_models(cfg, p)
                     if "fid" in p.metrics:
                         from talkcli.metrics.frechet import FeatureStats

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkcli.errors import ModelFileError
-from talkcli.models.state_dict import short_list
+from talkcli.models.state_dict import assign_checked, shape_text
 from talkcli.weights.safe_load import load_torch_file
 
 INPUT_SIZE = 299
@@ -151,6 +151,7 @@ MIXED = (
 )
 MAX_POOL_BRANCH = {"Mixed_7c"}
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+FC_KEYS = ("fc.weight", "fc.bias")  # in the official file, unused for pool3 features
 
 
 class BasicConv2d(nn.Module):
@@ -302,7 +303,7 @@ def widths_from_state_dict(sd: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         key = f"{name}.conv.weight"
         w = sd.get(key)
         if not isinstance(w, Tensor) or w.ndim != 4 or tuple(w.shape[2:]) != kernel:
-            got = "missing" if w is None else _shape(w)
+            got = "missing" if w is None else shape_text(w)
             raise ValueError(f"{key} is {got}, expected (out, in, {kernel[0]}, {kernel[1]})")
         widths[name] = (int(w.shape[1]), int(w.shape[0]))
 
@@ -314,10 +315,6 @@ def widths_from_state_dict(sd: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
                 f"give {chained[name][0]}"
             )
     return widths
-
-
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
 class FIDInceptionV3(nn.Module):
@@ -361,32 +358,8 @@ def inception_from_state_dict(sd: Mapping[str, Any]) -> FIDInceptionV3:
     widths = widths_from_state_dict(sd)
     with torch.device("meta"):
         net = FIDInceptionV3(widths)
-    expected = net.state_dict()
-    allowed_extra = {"fc.weight", "fc.bias"}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected and k not in allowed_extra]
-    wrong = [
-        f"{k} {_shape(sd[k])} expected {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and (not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != tuple(v.shape))
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {short_list([str(k) for k in unexpected])}")
-    if wrong:
-        problems.append(f"wrong shapes: {short_list(wrong)}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    tensors = {}
-    for k in expected:
-        t = sd[k].detach().cpu()
-        tensors[k] = t.long() if k.endswith("num_batches_tracked") else t.float()
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{k} holds NaN or infinite values")
-    net.load_state_dict(tensors, assign=True)
-    return net.eval()
+    used = {k: v for k, v in sd.items() if k not in FC_KEYS}  # the classifier is not used
+    return assign_checked(net, used)
 
 
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInceptionV3:

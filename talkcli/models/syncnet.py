@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from talkcli.errors import ModelFileError
-from talkcli.models.state_dict import short_list
+from talkcli.models.state_dict import assign_checked, shape_text
 from talkcli.weights.safe_load import load_torch_file
 
 CROP_SIZE = 224
@@ -142,10 +142,6 @@ class SyncNet(nn.Module):
         return self.netfclip(mid.view(mid.shape[0], -1))  # (N, 1024)
 
 
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
-
-
 def _conv_widths(
     sd: Mapping[str, Any], stack: str, convs: Mapping[int, tuple], in_channels: int
 ) -> tuple[int, ...]:
@@ -155,7 +151,7 @@ def _conv_widths(
         key = f"{stack}.{i}.weight"
         w = sd.get(key)
         if not isinstance(w, Tensor) or tuple(w.shape[2:]) != tuple(kernel):
-            got = "missing" if w is None else _shape(w)
+            got = "missing" if w is None else shape_text(w)
             raise ValueError(
                 f"{key} is {got}, expected (out, {in_c}, {', '.join(map(str, kernel))})"
             )
@@ -172,18 +168,12 @@ def _fc_widths(sd: Mapping[str, Any], stack: str, in_features: int) -> tuple[int
     first, last = (sd.get(f"{stack}.{i}.weight") for i in FC_LINEARS)
     for i, w in zip(FC_LINEARS, (first, last), strict=True):
         if not isinstance(w, Tensor) or w.ndim != 2:
-            raise ValueError(f"{stack}.{i}.weight is {'missing' if w is None else _shape(w)}")
+            raise ValueError(f"{stack}.{i}.weight is {'missing' if w is None else shape_text(w)}")
     if first.shape[1] != in_features:
         raise ValueError(
             f"{stack}.0.weight takes {first.shape[1]} features, the conv stack gives {in_features}"
         )
     return int(first.shape[0]), int(last.shape[0])
-
-
-def _same_shape(key: str, value: Tensor, want: Tensor) -> bool:
-    if key.endswith("num_batches_tracked"):  # () or (1,) depending on the PyTorch that saved it
-        return value.numel() == 1
-    return tuple(value.shape) == tuple(want.shape)
 
 
 def syncnet_from_state_dict(sd: Mapping[str, Any]) -> SyncNet:
@@ -199,38 +189,15 @@ def syncnet_from_state_dict(sd: Mapping[str, Any]) -> SyncNet:
         raise ValueError(f"audio and lip embeddings differ in width ({fc_aud[1]} vs {fc_lip[1]})")
     with torch.device("meta"):
         net = SyncNet(aud, lip, fc_aud, fc_lip)
-    expected = net.state_dict()
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = [k for k in expected if k not in sd and k not in optional]
-    unexpected = [str(k) for k in sd if k not in expected]
-    wrong = [
-        f"{k} {_shape(sd[k])} expected {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and (not isinstance(sd[k], Tensor) or not _same_shape(k, sd[k], v))
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {short_list(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {short_list(wrong)}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    tensors = {}
-    for k, v in expected.items():
-        if k not in sd:  # num_batches_tracked of an old file
-            tensors[k] = torch.zeros((), dtype=torch.long)
-            continue
-        t = sd[k].detach().cpu().reshape(v.shape)
-        if k.endswith("num_batches_tracked"):
-            tensors[k] = t.long()
-            continue
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{k} holds NaN or infinite values")
-        tensors[k] = t.float()
-    net.load_state_dict(tensors, assign=True)
-    return net.eval()
+    used = dict(sd)
+    for key, value in net.state_dict().items():  # () or (1,), or absent before PyTorch 0.4.1
+        if key.endswith("num_batches_tracked"):
+            old = used.get(key)
+            if old is None:
+                used[key] = torch.zeros((), dtype=torch.long)
+            elif isinstance(old, Tensor) and old.numel() == 1:
+                used[key] = old.reshape(value.shape)
+    return assign_checked(net, used)
 
 
 def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNet:

@@ -1,15 +1,27 @@
-"""Tiny talking-head-like clips for the evaluate tests: 64x64, 12 frames at 25 fps, with speech-like
-audio (a modulated tone) unless silent."""
+"""Shared by the metric and evaluate tests: tiny talking-head-like clips (64x64, 12 frames at
+25 fps, speech-like audio unless silent) and a one-thread fixture."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 N_FRAMES = 12
 SIZE = 64
 RATE = 16000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny networks run several times faster so on a shared 2-core machine,
+    and the stored upstream values hold at their tolerances either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def clip_frames(n: int = N_FRAMES, size: int = SIZE, noise: float = 0.0, seed: int = 0):
