@@ -12,6 +12,7 @@ resized, the reference a noisy copy.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -109,7 +110,12 @@ def run() -> dict:
     from talkcli.weights.tiny_metrics import random_inception_state_dict, random_syncnet_state_dict
     from talkcli.weights.tiny_perceptual import tiny_lpips_heads
 
-    out: dict = {"device": "cpu", "threads": torch.get_num_threads(), "sizes": {}}
+    out: dict = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "load_average_before": os.getloadavg(),  # other jobs on the cores slow every number
+        "sizes": {},
+    }
     lpips = {}
     for net, stack in (("alex", alexnet_features()), ("vgg", vgg16_features())):
         lpips[net] = LPIPS(net, stack.state_dict(), tiny_lpips_heads(stack.widths)).eval()
@@ -136,4 +142,5 @@ def run() -> dict:
         "the cpbd 1.0.7 package (Python loops) took 0.5-1.0 s per 512x512 frame on this machine "
         "where talkcli took 0.05-0.1 s, with identical values (tests/test_metrics_cpbd.py)"
     )
+    out["load_average_after"] = os.getloadavg()
     return out

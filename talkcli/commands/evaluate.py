@@ -223,8 +223,11 @@ def run_cmd(
     guard_outputs(planned, inputs=sources, weights_dir=cfg.weights_dir)
     cfg.device = settings.device
 
+    by_reason: dict[str, list[str]] = {}
     for metric, reason in the_plan.skipped.items():
-        info(f"skipped {metric}: {reason}")
+        by_reason.setdefault(reason, []).append(metric)
+    for reason, names in by_reason.items():
+        info(f"skipped {', '.join(names)}: {reason}")
     for ref in unmatched:
         info(f"note: reference {ref} has no generated video of the same name")
     info(

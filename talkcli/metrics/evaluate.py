@@ -105,6 +105,9 @@ class EvalConfig:
         check_number("--max-frames", self.max_frames, 1, 10**7)
         check_number("--batch", self.batch, 1, 256)
         check_number("--threads", self.threads, 1, 256)
+        from talkcli.guards import SEED_MAX
+
+        check_number("--seed", self.seed, 0, SEED_MAX)
 
     @property
     def lse_crop(self) -> str:
@@ -173,13 +176,23 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
             names, purpose, explicit = needs[metric]
             try:
                 files.update(_try_resolve(names, cfg, f"evaluate {purpose}", explicit))
-                if metric == "lse" and cfg.lse_crop == "detect":
-                    detector = _face_detector_backend(cfg)
             except ModelFileError as exc:
                 if cfg.named:
                     raise
                 skipped[metric] = _short_reason(exc, names, cfg.weights_dir)
                 continue
+            if metric == "lse" and cfg.lse_crop == "detect":
+                try:
+                    detector = _face_detector_backend(cfg)
+                except ModelFileError:
+                    if cfg.named:
+                        raise
+                    skipped[metric] = (
+                        "--face-crop detect needs FAN or MTCNN files (`talkcli weights fetch "
+                        "mtcnn-pnet mtcnn-rnet mtcnn-onet`), or use --face-crop aligned for "
+                        "FFHQ-aligned videos"
+                    )
+                    continue
         run.append(metric)
     return Plan(run, files, skipped, detector)
 
@@ -189,9 +202,9 @@ def _short_reason(exc: ModelFileError, names: tuple[str, ...], weights_dir: Path
     from talkcli.weights import registry
 
     first = str(exc).splitlines()[0]
-    if "not found" not in first:
+    missing = [n for n in names if registry.locate(n, weights_dir) is None]
+    if "not found" not in first or not missing:
         return first
-    missing = [n for n in names if registry.locate(n, weights_dir) is None] or list(names)
     return (
         f"model file {', '.join(missing)} not found "
         f"(`talkcli weights fetch {' '.join(names)}`; asking for the metric by name says where)"
