@@ -11,7 +11,7 @@ import pytest
 
 from talkcli.io.files import sha256_file
 
-from .conftest import assert_user_error, run_cli
+from .conftest import assert_user_error, run_cli, run_cli_inprocess
 from .metrics_support import make_clips
 
 
@@ -20,8 +20,9 @@ def clips(tmp_path_factory):
     return make_clips(tmp_path_factory.mktemp("clips"))
 
 
-def _eval(pack, *args):
-    return run_cli("--weights-dir", str(pack), "evaluate", *args, "--threads", "1")
+def _eval(pack, *args, inprocess: bool = False):
+    run = run_cli_inprocess if inprocess else run_cli
+    return run("--weights-dir", str(pack), "evaluate", *args, "--threads", "1")
 
 
 def _values(report: dict) -> dict:
@@ -159,20 +160,24 @@ def test_size_mismatch_is_resized_with_a_note_or_refused_with_strict(tiny_pack, 
 
 
 def test_missing_reference_and_unreadable_files(tiny_pack, clips, tmp_path):
-    missing = _eval(tiny_pack, str(clips["gen"]), str(tmp_path / "nope.mp4"))
+    missing = _eval(tiny_pack, str(clips["gen"]), str(tmp_path / "nope.mp4"), inprocess=True)
     assert_user_error(missing, "nope.mp4", "not found")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x01 not a video" * 100)
     out = tmp_path / "r.json"
-    unreadable = _eval(tiny_pack, str(bad), str(clips["ref"]), "-m", "psnr", "--out", str(out))
+    unreadable = _eval(
+        tiny_pack, str(bad), str(clips["ref"]), "-m", "psnr", "--out", str(out), inprocess=True
+    )
     assert_user_error(unreadable, "bad.mp4")
     assert not out.exists()
 
 
 def test_video_without_audio_for_lse_and_named_metric_without_model(tiny_pack, clips):
-    silent = _eval(tiny_pack, str(clips["silent"]), "-m", "lse", "--face-crop", "aligned")
+    silent = _eval(
+        tiny_pack, str(clips["silent"]), "-m", "lse", "--face-crop", "aligned", inprocess=True
+    )
     assert_user_error(silent, "silent.mp4", "no audio track")
-    lmd = _eval(tiny_pack, str(clips["gen"]), str(clips["ref"]), "-m", "lmd")
+    lmd = _eval(tiny_pack, str(clips["gen"]), str(clips["ref"]), "-m", "lmd", inprocess=True)
     assert_user_error(lmd, "2DFAN4", "talkcli weights fetch fan-2d")
 
 
@@ -215,11 +220,11 @@ def test_lse_with_detected_face_crops(tiny_pack, clips, shared_fixtures, tmp_pat
 
 
 def test_help_describes_both_commands():
-    result = run_cli("evaluate", "--help")
+    result = run_cli_inprocess("evaluate", "--help")
     assert result.code == 0
     assert "run" in result.stdout and "compare" in result.stdout
-    run_help = run_cli("evaluate", "run", "--help")
+    run_help = run_cli_inprocess("evaluate", "run", "--help")
     for option in ("--suite", "--pairs", "--metrics", "--resolution", "--crop", "--face-crop"):
         assert option in run_help.stdout
-    nothing = run_cli("evaluate", "--crop", "aligned")
+    nothing = run_cli_inprocess("evaluate", "--crop", "aligned")
     assert_user_error(nothing, "nothing to evaluate")
