@@ -107,7 +107,10 @@ def test_plan_skips_or_refuses_metrics_without_model_files(tmp_path, tiny_pack):
     empty.mkdir()
     cfg = EvalConfig(weights_dir=empty, inception=None)
     p = plan(cfg, has_reference=True)
-    assert p.metrics == ["psnr", "ssim", "cpbd"] or "lpips" in p.metrics  # lpips may be bundled
+    from talkcli.weights import registry
+
+    lpips_found = registry.locate("alexnet", empty) is not None  # ./weights or the user cache
+    assert p.metrics == ["psnr", "ssim", *(["lpips"] if lpips_found else []), "cpbd"]
     assert "syncnet" in p.skipped["lse"] and "fid-inception" in p.skipped["fid"]
     with pytest.raises(ModelFileError, match="syncnet_v2.model"):
         plan(EvalConfig(metrics=("lse",), named=True, weights_dir=empty), True)
@@ -215,7 +218,9 @@ def test_report_values_survive_json_and_compare_marks_the_best():
     reports = [report("a", 20.5, 0.2, 7.3), report("b", 21.0, 0.3, "nan", crop="aligned")]
     comp = compare(reports, ["a", "b"])
     assert comp.columns == ["psnr", "lpips", "fid"]
-    assert comp.best == {"psnr": 1, "lpips": 0, "fid": 0}  # higher PSNR, lower LPIPS and FID
+    assert comp.best == {"psnr": [1], "lpips": [0], "fid": [0]}  # higher PSNR, lower LPIPS, FID
+    tie = compare([reports[0], report("c", 20.5, 0.25, 8.0)], ["a", "c"])
+    assert tie.best["psnr"] == [0, 1]  # both bold
     assert any("differ in crop" in w for w in comp.warnings)
     md = markdown(comp)
     assert "| a | 20.50 | **0.2000** | **7.30** |" in md

@@ -403,7 +403,7 @@ def compare_cmd(
         cells = []
         for c, v in zip(comp.columns, row, strict=True):
             text = format_value(c, v)
-            cells.append(f"[bold]{text}[/bold]" if comp.best.get(c) == i else text)
+            cells.append(f"[bold]{text}[/bold]" if comp.is_best(c, i) else text)
         table.add_row(escape(method), *cells)
     _stdout_console().print(table)
 

@@ -188,13 +188,17 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Comparison:
-    """Methods as rows, metrics as columns (mean values), and the best row of each column."""
+    """Methods as rows, metrics as columns (mean values), and the best rows of each column
+    (all rows that tie for best)."""
 
     methods: list[str]
     columns: list[str]
     values: list[list[float]]  # [method][column], NaN where a run lacks the metric
-    best: dict[str, int]  # column -> row index of the best value
+    best: dict[str, list[int]]  # column -> row indices holding the best value
     warnings: list[str]
+
+    def is_best(self, column: str, row: int) -> bool:
+        return row in self.best.get(column, ())
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -205,7 +209,7 @@ class Comparison:
                     m: dict(zip(self.columns, row, strict=True))
                     for m, row in zip(self.methods, self.values, strict=True)
                 },
-                "best": {c: self.methods[i] for c, i in self.best.items()},
+                "best": {c: [self.methods[i] for i in rows] for c, rows in self.best.items()},
                 "warnings": self.warnings,
             }
         )
@@ -225,7 +229,7 @@ def compare(
         present = {c for r in reports for c in r["aggregates"]}
         columns = [c for c in order if c in present]
     values = [[number(r["aggregates"].get(c, {}).get("mean")) for c in columns] for r in reports]
-    best: dict[str, int] = {}
+    best: dict[str, list[int]] = {}
     for j, c in enumerate(columns):
         if c not in HIGHER_IS_BETTER:
             continue
@@ -233,7 +237,8 @@ def compare(
         if np.isnan(col).all():
             continue
         sign = 1 if HIGHER_IS_BETTER[c] else -1
-        best[c] = int(np.nanargmax(sign * col))
+        top = np.nanmax(sign * col)
+        best[c] = [i for i, v in enumerate(sign * col) if v == top]
     warnings = []
     for key in CONFIG_KEYS:
         seen = {json.dumps(r.get("config", {}).get(key)) for r in reports}
@@ -269,6 +274,6 @@ def markdown(comp: Comparison) -> str:
         cells = []
         for c, v in zip(comp.columns, row, strict=True):
             text = format_value(c, v)
-            cells.append(f"**{text}**" if comp.best.get(c) == i else text)
+            cells.append(f"**{text}**" if comp.is_best(c, i) else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
