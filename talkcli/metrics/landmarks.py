@@ -23,19 +23,20 @@ FACE = tuple(range(68))
 
 @functools.lru_cache(maxsize=2)
 def _cached_fan(weights_dir: str | None, device: str) -> LandmarkDetector:
+    """FAN + S3FD through the registry (face-alignment), loaded once per folder and device."""
     from talkcli.face.landmarks import FANDetector
 
     return FANDetector(weights_dir, device)
 
 
 def get_detector(
-    detector: LandmarkDetector | None = None,
-    weights_dir: str | Path | None = None,
-    device: str = "cpu",
+    model: LandmarkDetector | str | Path | None = None, device: str = "cpu"
 ) -> LandmarkDetector:
-    """The given detector, else FAN from the registry (loaded once)."""
-    if detector is not None:
-        return detector
+    """A landmark detector: the one given, FAN from a weights folder holding its files
+    (``hub/checkpoints/2DFAN4-...``, ``s3fd-...``), or FAN from the registry (loaded once)."""
+    if model is not None and not isinstance(model, str | Path):
+        return model
+    weights_dir = model
     if weights_dir is None:
         from talkcli.console import settings
 
@@ -80,11 +81,11 @@ def landmark_distances(
     return np.linalg.norm(a[:, idx] - b[:, idx], axis=2).mean(axis=1)
 
 
-def _lmd(generated, reference, points, detector, size) -> float:
+def _lmd(generated, reference, points, model, size) -> float:
     g, r = as_frames(generated, "generated"), as_frames(reference, "reference")
     if len(g) != len(r):
         raise ValueError(f"{len(g)} generated frames but {len(r)} reference frames")
-    det = get_detector(detector)
+    det = get_detector(model)
     common = size or (g.shape[2], g.shape[1])
     d = landmark_distances(
         detect_landmarks(g, det, common), detect_landmarks(r, det, common), points
@@ -95,19 +96,20 @@ def _lmd(generated, reference, points, detector, size) -> float:
 def lmd(
     generated: np.ndarray,
     reference: np.ndarray,
-    detector: LandmarkDetector | None = None,
+    model: LandmarkDetector | str | Path | None = None,
     size: tuple[int, int] | None = None,
 ) -> float:
     """Mouth LMD (points 48-67) in pixels of ``size`` (W, H; default the generated frames' size);
-    NaN if no frame pair shows a face on both sides."""
-    return _lmd(generated, reference, MOUTH, detector, size)
+    NaN if no frame pair shows a face on both sides. ``model``: a landmark detector, a weights
+    folder with FAN's files, or None for the registry's."""
+    return _lmd(generated, reference, MOUTH, model, size)
 
 
 def lmd_face(
     generated: np.ndarray,
     reference: np.ndarray,
-    detector: LandmarkDetector | None = None,
+    model: LandmarkDetector | str | Path | None = None,
     size: tuple[int, int] | None = None,
 ) -> float:
     """LMD over all 68 points."""
-    return _lmd(generated, reference, FACE, detector, size)
+    return _lmd(generated, reference, FACE, model, size)
