@@ -7,8 +7,9 @@ depend on the values): the full-width FFHQ config-f generator at 1024, the thesi
 not matter per frame). The astronaut photo is aligned from given landmarks and every frame is
 pasted back into it, so each stage of the chain runs: MFCC windows, audio model, rendering,
 paste-back, H.264 + AAC encoding. A first short run fills the cache (alignment, identity); the
-measured run starts from it, as a second clip of the same face does. The generator alone is timed
-on the same number of frames at the same batch size and dtype; the ratio of the two rates says
+measured run starts from it, as a second clip of the same face does. The generator alone (the
+renderer: ``G.synthesis`` + uint8 frames) is timed on the very W+ frames of that run (saved with
+``--save-trajectory``), at the same batch size and dtype; the ratio of the two rates says
 how much of the rest hides behind rendering (target >= 0.95). On a shared machine the two separate
 measurements drift with other jobs' load (both are repeated, alternating, and the best of each is
 kept); ``in_run_ratio_render_to_stream`` (the generator's share of the frame loop's wall time,
@@ -117,29 +118,27 @@ def end_to_end_1024(folder: Path) -> dict:
     models = Models(paths, torch.device("cpu"), cache, folder)
     animate_job(warm, models, cache)  # fills the cache, loads the models
 
-    G = models.generator()
-    rng = np.random.default_rng(0)
-    w = G.latent_avg.numpy()[None, None] + 0.1 * rng.standard_normal((FRAMES_1024, 18, 512)).astype(
-        np.float32
-    )
-    FrameRenderer(G, DTYPE)(w[:1])  # warm-up
+    renderer = FrameRenderer(models.generator(), DTYPE)
 
-    def generator_alone() -> float:
+    def generator_alone(w: np.ndarray) -> float:
+        """The renderer alone (G.synthesis + uint8 frames) on the very W+ frames of the
+        end-to-end run, in the same batches."""
         start = time.perf_counter()
-        with torch.no_grad():
-            for a in range(0, FRAMES_1024, BATCH):
-                G.synthesis(torch.from_numpy(w[a : a + BATCH]), noise_mode="const")
-        return FRAMES_1024 / (time.perf_counter() - start)
+        for a in range(0, len(w), BATCH):
+            renderer(w[a : a + BATCH])
+        return len(w) / (time.perf_counter() - start)
 
     # Alternate the two measurements so that a change in the machine's load (other jobs on
     # shared cores) hits both alike; the best of each and the paired ratios are reported.
     load_before = os.getloadavg()[0]
     e2e_rates, gen_rates, manifests = [], [], []
     for r in range(ROUNDS):
-        result = animate_job(job(FRAMES_1024 / 25, f"clip{r}"), models, cache)
+        clip = job(FRAMES_1024 / 25, f"clip{r}")
+        clip.save_trajectory = folder / f"clip{r}.npz"
+        result = animate_job(clip, models, cache)
         manifests.append(json.loads(result.manifest.read_text()))
         e2e_rates.append(result.frames / manifests[-1]["timings"]["stream"])
-        gen_rates.append(generator_alone())
+        gen_rates.append(generator_alone(np.load(clip.save_trajectory)["w"]))
     best = int(np.argmax(e2e_rates))
     manifest, t = manifests[best], manifests[best]["timings"]
     e2e_rate, gen_rate = max(e2e_rates), max(gen_rates)

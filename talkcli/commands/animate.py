@@ -138,7 +138,10 @@ def animate_cmd(
         None, "--edit-layers", help="A-B: apply --edit only to style layers A..B (from 0)."
     ),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Cache of alignments, identity codes, tuned generators."
+        None,
+        "--cache-dir",
+        help="Cache of alignments, identity codes, tuned generators "
+        "(default: the user cache, ~/.cache/talkcli/animate on Linux).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     image_dir: Path | None = typer.Option(
