@@ -1,3 +1,3 @@
-from talkcli.cli import main
+from talkcli.entry import run
 
-main()
+run()

@@ -1,25 +1,43 @@
 """The ``talkcli`` command line: global options, subcommand registration, error handling.
 
 Subcommands live one per file in ``talkcli/commands/``; each only parses options, calls a library
-function and reports. ``main`` maps the exception family in ``talkcli.errors`` to exit codes.
+function and reports. ``main`` maps the exception family in ``talkcli.errors`` to exit codes, turns
+SIGTERM into the same clean-up as Ctrl-C, keeps library warnings out of the user's terminal (they
+show with ``--debug``), and rejects nan/inf for every float option.
+
+Start-up stays fast because command modules import torch and friends only inside the commands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import signal
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 try:  # typer >= 0.24 vendors click
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import BadParameter, ClickException
 except ImportError:  # pragma: no cover - older typer depends on click
-    from click.exceptions import ClickException
+    from click.exceptions import BadParameter, ClickException
 
 from talkcli import __version__
-from talkcli.console import console, settings
-from talkcli.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER, TalkcliError
+from talkcli.console import console, error_line, settings
+from talkcli.errors import (
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USER,
+    TalkcliError,
+    Terminated,
+)
 
 app = typer.Typer(
     name="talkcli",
@@ -75,8 +93,8 @@ _register_commands()
 
 
 def _error_line(message: str) -> None:
-    # One line, no markup interpretation of user paths.
-    console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    # One line; the message is plain text (user paths may contain "[/red]").
+    error_line(message)
 
 
 _HOISTED_FLAGS = ("--quiet", "-q", "--debug")
@@ -109,16 +127,100 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
+# -- numeric options ------------------------------------------------------------------------------
+
+
+def walk_params(command: Any, path: tuple[str, ...] = ("talkcli",)) -> Iterator[tuple[str, Any]]:
+    """(command path, parameter) for every parameter of every (sub)command."""
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from walk_params(sub, (*path, name))
+    for param in command.params:
+        yield " ".join(path), param
+
+
+def numeric_kind(param: Any) -> tuple[type, Any, Any] | None:
+    """(int|float, min, max) for a numeric option, else None (typer >= 0.24 and click types)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is not None:  # typer's own parameter model
+        kind = getattr(descriptor, "annotation", None)
+        if kind in (int, float):
+            return kind, getattr(param, "min", None), getattr(param, "max", None)
+        return None
+    ptype = getattr(param, "type", None)  # pragma: no cover - click-based typer
+    name = type(ptype).__name__ if ptype is not None else ""
+    if name.startswith("Int"):
+        return int, getattr(ptype, "min", None), getattr(ptype, "max", None)
+    if name.startswith("Float"):
+        return float, getattr(ptype, "min", None), getattr(ptype, "max", None)
+    return None
+
+
+def _reject_non_finite(param: Any) -> None:
+    """Make a float option refuse nan and inf (ranges alone let nan through)."""
+    process = param.process_value
+
+    def checked(ctx: Any, value: Any) -> Any:
+        value = process(ctx, value)
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise BadParameter(f"{v} is not a finite number", ctx=ctx, param=param)
+        return value
+
+    param.process_value = checked
+
+
+def _guard_float_options(command: Any) -> None:
+    for _path, param in walk_params(command):
+        kind = numeric_kind(param)
+        if kind is not None and kind[0] is float:
+            _reject_non_finite(param)
+
+
+# -- process-wide behaviour -----------------------------------------------------------------------
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[None]:
+    """Library warnings and log records stay out of the user's terminal unless ``--debug``."""
+    if debug:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        yield
+        return
+    root = logging.getLogger()
+    null = logging.NullHandler()  # stops logging's last-resort handler printing to stderr
+    root.addHandler(null)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(null)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
-    command = typer.main.get_command(app)
     debug = "--debug" in args
+    previous_term = None
+    if argv is None:
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = command.main(args=args, prog_name="talkcli", standalone_mode=False)
+        with _quiet_libraries(debug):
+            command = typer.main.get_command(app)
+            _guard_float_options(command)
+            result = command.main(args=args, prog_name="talkcli", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
+    except Terminated:
+        console.print("terminated", style="yellow")
+        code = EXIT_TERMINATED
     except (KeyboardInterrupt, typer.Abort):
         console.print("interrupted", style="yellow")
         code = EXIT_INTERRUPTED
@@ -146,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             "(rerun with --debug for the traceback and please report it)"
         )
         code = EXIT_BUG
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     if argv is None:
         sys.exit(code)
     return code

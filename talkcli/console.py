@@ -2,6 +2,10 @@
 
 Results meant for scripts (paths, JSON) go to stdout with ``print``; everything for humans
 (progress, notes, warnings) goes to stderr through ``console`` so pipes stay clean.
+
+``info``, ``warn``, ``status`` and progress descriptions print their text as it is: rich markup
+is never interpreted in them, so file names like ``photo [bold]1.png`` print unchanged. Code that
+wants markup calls ``console.print`` and wraps user text in ``rich.markup.escape``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 
@@ -37,20 +42,31 @@ settings = Settings()
 
 
 def info(message: str) -> None:
-    """A note for humans on stderr, silenced by ``--quiet``."""
+    """A note for humans on stderr (plain text, no markup), silenced by ``--quiet``."""
     if not settings.quiet:
-        console.print(message)
+        console.print(Text(message), soft_wrap=True)
+
+
+def status(label: str, style: str, message: str) -> None:
+    """``label message`` with a coloured label (``ok``, ``failed``...), silenced by ``--quiet``."""
+    if not settings.quiet:
+        console.print(Text.assemble((label, style), " ", message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    """A warning on stderr; shown even with ``--quiet``."""
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    """A warning on stderr (plain text); shown even with ``--quiet``."""
+    console.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """The one line a failed command prints (plain text after the red ``error:``)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def progress(*extra_columns: TextColumn, transient: bool = False) -> Progress:
     """A progress bar (description, bar, n/N, %, elapsed, ETA), disabled by ``--quiet``."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", markup=False, style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),

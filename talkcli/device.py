@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from talkcli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -21,6 +23,8 @@ def validate_device_spec(spec: str) -> str:
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn a user's ``--device`` value into a ``torch.device``, checking that it exists."""
+    import torch
+
     spec = validate_device_spec(spec)
     if spec == "auto":
         if torch.cuda.is_available():
@@ -46,6 +50,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """Human-readable name of a device for ``doctor`` and run manifests."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

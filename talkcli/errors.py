@@ -13,6 +13,11 @@ EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_USER = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``): unwinds like Ctrl-C, so every temporary file is removed."""
 
 
 class TalkcliError(Exception):

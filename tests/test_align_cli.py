@@ -216,8 +216,8 @@ def test_backend_choice_follows_the_files_present(tmp_path, monkeypatch):
     assert lmk.choose_backend("mtcnn", wd) == "mtcnn"
     with pytest.raises(UserError):
         lmk.choose_backend("retina", wd)
-    # the real face-alignment package refuses the fake files: one-line ModelFileError
-    with pytest.raises(ModelFileError, match="fan-2d"):
+    # talkcli's safe loader refuses the fake files before face-alignment sees them
+    with pytest.raises(ModelFileError, match="s3fd-619a316812.pth: is not a PyTorch model file"):
         lmk.FANDetector(wd)
 
 
@@ -229,12 +229,13 @@ def test_fan_backend_points_torch_hub_at_the_registry(tmp_path, monkeypatch):
     hub = wd / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     for name in ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth"):
-        (hub / name).write_bytes(b"x")
+        torch.save({"w": torch.zeros(1)}, hub / name)  # readable by the safe loader
     seen = {}
 
     class FakeFA:
-        def __init__(self, landmarks_type, device, face_detector, compile):
+        def __init__(self, landmarks_type, device, face_detector, face_detector_kwargs, compile):
             seen.update(hub=torch.hub.get_dir(), compile=compile, detector=face_detector)
+            seen.update(s3fd=face_detector_kwargs["path_to_detector"])
 
         def get_landmarks_from_image(self, img, return_bboxes=False):
             lm = np.tile(ASTRO_5[:1], (68, 1)) + np.arange(68)[:, None]
@@ -249,6 +250,7 @@ def test_fan_backend_points_torch_hub_at_the_registry(tmp_path, monkeypatch):
     monkeypatch.setattr(face_alignment, "FaceAlignment", FakeFA)
     det = lmk.FANDetector(wd)
     assert Path(seen["hub"]) == wd / "hub" and seen["compile"] is False
+    assert Path(seen["s3fd"]) == hub / "s3fd-619a316812.pth"  # handed over by path
     assert torch.hub.get_dir() == before  # restored
     faces = det.detect(ASTRO)
     assert len(faces) == 2 and faces[0].landmarks.shape == (68, 2)

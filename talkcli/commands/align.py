@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import console, info, progress, settings
-from talkcli.device import resolve_device
+from talkcli.console import info, progress, settings, status
 from talkcli.errors import OutputError, UserError
 
 DETECTORS = ("auto", "fan", "mtcnn")
@@ -22,7 +20,9 @@ def align_cmd(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder: <stem>.png|.mp4 and <stem>.json per input."
     ),
-    size: int = typer.Option(1024, "--size", help="Output size in pixels (square)."),
+    size: int = typer.Option(
+        1024, "--size", min=8, max=4096, help="Output size in pixels (square)."
+    ),
     detector: str = typer.Option(
         "auto",
         "--detector",
@@ -35,15 +35,27 @@ def align_cmd(
         r'{"frames": \[\[\[x, y], ...], ...]}; skips detection. Single input only.',
     ),
     face_index: int | None = typer.Option(
-        None, "--face-index", help="Which face when several: 0 = largest (default), 1 = next..."
+        None,
+        "--face-index",
+        min=0,
+        max=99,
+        help="Which face when several: 0 = largest (default), 1 = next...",
     ),
-    fps: float = typer.Option(25.0, "--fps", help="Video: resample to this frame rate."),
+    fps: float = typer.Option(
+        25.0, "--fps", min=1.0, max=120.0, help="Video: resample to this frame rate."
+    ),
     detect_every: int = typer.Option(
-        1, "--detect-every", help="Video: detect every N frames, interpolate in between."
+        1,
+        "--detect-every",
+        min=1,
+        max=1000,
+        help="Video: detect every N frames, interpolate in between.",
     ),
     smooth: float = typer.Option(
         1.0,
         "--smooth",
+        min=0.0,
+        max=50.0,
         help="Video: Gaussian sigma (frames) on the crop centre; 3x on its axes (STIT). 0: off.",
     ),
     exact_warp: bool | None = typer.Option(
@@ -51,12 +63,23 @@ def align_cmd(
         "--exact-warp/--fast-warp",
         help="NVlabs' exact 4096 warp (default for images) or one fast warp (default for video).",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Skip inputs already aligned in --out."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Skip inputs already aligned in --out with the same options (redo the others).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Align faces as FFHQ (NVlabs recreate_aligned_images) for inversion and training."""
-    from talkcli.face.align import STATUS_FILE, AlignConfig, align_inputs, collect_inputs
+    from talkcli.face.align import (
+        STATUS_FILE,
+        AlignConfig,
+        align_inputs,
+        collect_inputs,
+        output_paths,
+    )
+    from talkcli.guards import guard_outputs
 
     if detector.lower() not in DETECTORS:
         raise UserError(f"--detector {detector!r}: expected one of {', '.join(DETECTORS)}")
@@ -64,6 +87,8 @@ def align_cmd(
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: --out must be a folder")
     paths = collect_inputs(inputs)
+    from talkcli.device import resolve_device
+
     device = str(resolve_device(settings.device))
     cfg = AlignConfig(
         size=size,
@@ -83,6 +108,12 @@ def align_cmd(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    planned = [p for path in paths for p in output_paths(path, out)]
+    guard_outputs(
+        [*planned, out / STATUS_FILE if len(paths) > 1 else None],
+        inputs=[*paths, landmarks],
+        weights_dir=cfg.weights_dir,
+    )
 
     with progress() as bar:
         batch = bar.add_task("align", total=len(paths)) if len(paths) > 1 else None
@@ -114,10 +145,7 @@ def align_cmd(
         for r in results:
             if r.output is not None and r.status == "ok":
                 print(r.output)
-    info(
-        f"aligned {ok}, skipped {skipped}, failed {len(failed)} (of {len(results)}) "
-        f"-> {escape(str(out))}"
-    )
+    info(f"aligned {ok}, skipped {skipped}, failed {len(failed)} (of {len(results)}) -> {out}")
     if failed:
         raise UserError(
             f"{len(failed)} of {len(results)} input(s) failed, first {failed[0].message}; "
@@ -126,17 +154,14 @@ def align_cmd(
 
 
 def _report_item(res) -> None:  # talkcli.face.align.ItemResult
-    if settings.quiet:
-        return
     if res.status == "failed":
-        line = f"[red]failed:[/red] {escape(res.message)}"
+        status("failed:", "red", res.message)
     elif res.status == "skipped":
-        line = f"skipped {escape(str(res.source))} (already aligned)"
+        info(f"skipped {res.source} (already aligned)")
     else:
         faces = f", {res.faces} faces found (using one)" if res.faces > 1 else ""
         frames = f", {res.frames} frames" if res.kind == "video" else ""
-        line = f"aligned {escape(str(res.source))} -> {escape(str(res.output))}{frames}{faces}"
-    console.print(line, soft_wrap=True)
+        info(f"aligned {res.source} -> {res.output}{frames}{faces}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,22 +7,23 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from talkcli import __version__
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.commands.weights import status_table
 from talkcli.console import console, settings
-from talkcli.device import describe_device, resolve_device
 from talkcli.errors import TalkcliError
 from talkcli.weights import registry
-from talkcli.weights.verify import status_all
 
 
 def collect(wd: Path | None) -> dict:
     """The facts ``doctor`` reports, as a dict (also its ``--json`` output)."""
+    import torch
+
+    from talkcli.device import describe_device, resolve_device
+
     facts: dict = {
         "talkcli": __version__,
         "python": sys.version.split()[0],
@@ -59,6 +60,9 @@ def doctor(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Print Python, torch, device, ffmpeg path/version and the model-file status table."""
+    from talkcli.commands.weights import status_table
+    from talkcli.weights.verify import status_all
+
     wd = weights_dir(wdir)
     facts = collect(wd)
     statuses = status_all(wd)
@@ -73,22 +77,26 @@ def doctor(
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     table.add_row("talkcli", facts["talkcli"])
-    table.add_row("python", f"{facts['python']} ({facts['platform']})")
+    table.add_row("python", escape(f"{facts['python']} ({facts['platform']})"))
     table.add_row("torch", f"{facts['torch']} (cuda available: {facts['cuda_available']})")
-    table.add_row("device", facts["device"])
+    table.add_row("device", escape(facts["device"]))
     ff = facts["ffmpeg"]
     if ff["path"]:
-        table.add_row("ffmpeg", f"{ff['path']} (from {ff['source']}, version {ff['version']})")
+        table.add_row(
+            "ffmpeg", escape(f"{ff['path']} (from {ff['source']}, version {ff['version']})")
+        )
     else:
-        table.add_row("ffmpeg", f"[red]not found[/red]: {ff.get('error')}")
-    table.add_row("espeak-ng", facts["espeak-ng"] or "not found (optional, for demo speech)")
-    table.add_row("weights", " > ".join(d["path"] for d in facts["weights_search_order"]))
-    table.add_row("fetch folder", facts["weights_fetch_dir"])
+        table.add_row("ffmpeg", f"[red]not found[/red]: {escape(str(ff.get('error')))}")
+    table.add_row(
+        "espeak-ng", escape(facts["espeak-ng"] or "not found (optional, for demo speech)")
+    )
+    table.add_row("weights", escape(" > ".join(d["path"] for d in facts["weights_search_order"])))
+    table.add_row("fetch folder", escape(facts["weights_fetch_dir"]))
     console.print(table)
     console.print(status_table(statuses, wd))
     for folder in facts["tiny_packs"]:
         console.print(
-            f"[yellow]note:[/yellow] {folder} holds a random-weight tiny pack "
+            f"[yellow]note:[/yellow] {escape(folder)} holds a random-weight tiny pack "
             "(for tests and demos; outputs will not look like faces)"
         )
     missing = [s.entry.name for s in statuses if s.state == "missing" and not s.entry.optional]

@@ -13,19 +13,10 @@ from talkcli.commands._common import (
     weights_dir,
 )
 from talkcli.console import info, progress, settings
-from talkcli.device import resolve_device
 from talkcli.errors import UserError
-from talkcli.inversion.invert import (
-    METHODS,
-    invert,
-    load_frames,
-    save_latents,
-    save_reconstructions,
-)
-from talkcli.inversion.project import ProjectionConfig
-from talkcli.io.files import check_output_path
-from talkcli.weights import registry
+from talkcli.guards import SEED_MAX
 
+METHODS = ("psp", "optimize", "hybrid")  # talkcli.inversion.invert.METHODS
 LPIPS_FILES = {"vgg": ("vgg16", "lpips-vgg"), "alex": ("alexnet", "lpips-alex")}
 
 
@@ -43,9 +34,15 @@ def invert_cmd(
     generator: Path | None = typer.Option(
         None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
     ),
-    steps: int = typer.Option(500, "--steps", help="Optimisation steps per frame."),
+    steps: int = typer.Option(
+        500, "--steps", min=0, max=100_000, help="Optimisation steps per frame."
+    ),
     first_steps: int | None = typer.Option(
-        None, "--first-steps", help="Steps for the first frame (default: 10x --steps for optimize)."
+        None,
+        "--first-steps",
+        min=0,
+        max=1_000_000,
+        help="Steps for the first frame (default: 10x --steps for optimize).",
     ),
     space: str = typer.Option("wplus", "--space", help="w or wplus."),
     sequence: bool = typer.Option(
@@ -53,12 +50,16 @@ def invert_cmd(
         "--sequence/--independent",
         help="Alg. 2: start each frame from the previous result (smooth); or Alg. 1.",
     ),
-    lr: float = typer.Option(0.01, "--lr", help="Adam learning rate."),
-    l2_weight: float = typer.Option(1.0, "--l2-weight", help="Weight of the pixel L2 loss."),
+    lr: float = typer.Option(0.01, "--lr", min=1e-7, max=10.0, help="Adam learning rate."),
+    l2_weight: float = typer.Option(
+        1.0, "--l2-weight", min=0.0, max=1e6, help="Weight of the pixel L2 loss."
+    ),
     lpips_net: str = typer.Option("vgg", "--lpips", help="LPIPS backbone: vgg or alex."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Frames per encoder batch."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", min=1, max=1024, help="Frames per encoder batch."
+    ),
     max_frames: int | None = typer.Option(
-        None, "--max-frames", min=1, help="Use at most N frames, sampled evenly."
+        None, "--max-frames", min=1, max=100_000, help="Use at most N frames, sampled evenly."
     ),
     save_recon: Path | None = typer.Option(
         None, "--save-recon", help="Folder for reconstructions and input|recon comparisons."
@@ -66,7 +67,7 @@ def invert_cmd(
     plot: Path | None = typer.Option(
         None, "--plot", help="PNG of the codes' first two principal components (frame order)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -77,14 +78,22 @@ def invert_cmd(
         raise UserError(f"--space {space!r}: expected w or wplus")
     if lpips_net not in LPIPS_FILES:
         raise UserError(f"--lpips {lpips_net!r}: expected vgg or alex")
-    if steps < 0 or (first_steps is not None and first_steps < 0):
-        raise UserError("--steps and --first-steps must be >= 0")
-    check_output_path(out)
     if out.suffix != ".npz":
         raise UserError(f"{out}: latents are saved as .npz (use a name ending in .npz)")
-    if plot is not None:
-        from talkcli.plots import check_plot_path
+    from talkcli.device import resolve_device
+    from talkcli.guards import guard_outputs
+    from talkcli.inversion.invert import (
+        invert,
+        load_frames,
+        recon_paths,
+        save_latents,
+        save_reconstructions,
+    )
+    from talkcli.inversion.project import ProjectionConfig
+    from talkcli.plots import check_plot_path
+    from talkcli.weights import registry
 
+    if plot is not None:
         check_plot_path(plot)
     wd = weights_dir(wdir)
     device = resolve_device(settings.device)
@@ -106,6 +115,12 @@ def invert_cmd(
             registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
             registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
         )
+    recon_files = recon_paths(save_recon, frames) if save_recon is not None else []
+    guard_outputs(
+        [out, plot, *recon_files],
+        inputs=[*frames.files, encoder_path, generator_path],
+        weights_dir=wd,
+    )
     if first_steps is None and method == "optimize":
         first_steps = 10 * steps
     cfg = ProjectionConfig(
@@ -139,13 +154,8 @@ def invert_cmd(
             want_reconstructions=save_recon is not None,
             on_progress=on_progress,
         )
-    path = save_latents(out, result)
-    info(f"wrote {path}: w {tuple(result.w.shape)}")
-    for row in result.losses:
-        info(
-            f"  {row['name']}: loss {row['loss_start']:.4f} -> {row['loss_end']:.4f} "
-            f"(LPIPS {row['lpips']:.4f}, L2 {row['l2']:.4f}, {row['steps']} steps)"
-        )
+    # The latents (the main output) are written last: a failure while writing the extras leaves
+    # no .npz behind.
     if save_recon is not None:
         written = save_reconstructions(save_recon, result, frames)
         info(f"wrote {len(written)} reconstruction images to {save_recon}")
@@ -154,6 +164,13 @@ def invert_cmd(
 
         plot_trajectory(plot, result.w, f"{method}: {len(result.names)} frames")
         info(f"wrote {plot}")
+    path = save_latents(out, result)
+    info(f"wrote {path}: w {tuple(result.w.shape)}")
+    for row in result.losses:
+        info(
+            f"  {row['name']}: loss {row['loss_start']:.4f} -> {row['loss_end']:.4f} "
+            f"(LPIPS {row['lpips']:.4f}, L2 {row['l2']:.4f}, {row['steps']} steps)"
+        )
     if as_json:
         print_json({"out": str(path), "shape": list(result.w.shape), **result.meta})
 

@@ -5,21 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from talkcli.commands._common import print_json
 from talkcli.console import console, info
 from talkcli.errors import InputFileError, UserError
-from talkcli.io.audio import SAMPLE_RATE, load_audio, save_wav
-from talkcli.io.files import check_output_path, require_file
-from talkcli.io.video import probe_video
+
+SAMPLE_RATE = 16000  # talkcli.io.audio.SAMPLE_RATE (not imported here: keeps start-up fast)
 
 media_app = typer.Typer(
     help="Audio/video files: probe, convert speech to WAV.", no_args_is_help=True
 )
 
 
-def probe_media(path: Path) -> dict:
-    """Facts about a media file: video stream (size, fps, frames) and/or audio (duration)."""
+def probe_media(path: Path, exact: bool = False) -> dict:
+    """Facts about a media file: video stream (size, fps, frames) and/or audio (duration).
+
+    The audio duration comes from the container's header; ``exact`` decodes the audio to count
+    its samples (slow on long files, exact for VBR MP3).
+    """
+    from talkcli.io.audio import load_audio, probe_audio
+    from talkcli.io.files import require_file
+    from talkcli.io.video import probe_video
+
     p = require_file(path, "media file")
     facts: dict = {"path": str(p)}
     try:
@@ -37,18 +45,24 @@ def probe_media(path: Path) -> dict:
             raise
         has_audio = True  # audio-only file: decoding below decides
     if has_audio:
-        samples = load_audio(p, SAMPLE_RATE)
-        facts["audio"] = {"duration": len(samples) / SAMPLE_RATE, "decoded_rate": SAMPLE_RATE}
+        header = probe_audio(p)
+        facts["audio"] = {**header, "duration_source": "header"}
+        if exact or header["duration"] is None:
+            samples = load_audio(p, SAMPLE_RATE)
+            facts["audio"].update(duration=len(samples) / SAMPLE_RATE, duration_source="decoded")
     return facts
 
 
 @media_app.command("probe")
 def probe_cmd(
     files: list[Path] = typer.Argument(..., help="Audio or video files."),
+    exact: bool = typer.Option(
+        False, "--exact", help="Decode the audio to measure its duration (default: the header)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Print each file's video stream (size, fps, frame count) and audio duration."""
-    rows = [probe_media(f) for f in files]
+    rows = [probe_media(f, exact) for f in files]
     if as_json:
         print_json(rows)
         return
@@ -61,8 +75,13 @@ def probe_cmd(
                 f"({v['duration']:.2f} s)"
             )
         if "audio" in row:
-            parts.append(f"audio {row['audio']['duration']:.2f} s")
-        console.print(f"{row['path']}: " + ("; ".join(parts) or "no streams"), soft_wrap=True)
+            a = row["audio"]
+            parts.append(
+                f"audio {a['duration']:.2f} s"
+                + (f", {a['rate']} Hz" if a.get("rate") else "")
+                + (f" {a['channels']}" if a.get("channels") else "")
+            )
+        console.print(Text(f"{row['path']}: " + ("; ".join(parts) or "no streams")), soft_wrap=True)
 
 
 @media_app.command("to-wav")
@@ -71,12 +90,22 @@ def to_wav_cmd(
         ..., help="Any audio file ffmpeg reads, or a video's soundtrack."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .wav (16-bit PCM, mono)."),
-    rate: int = typer.Option(SAMPLE_RATE, "--rate", min=8000, help="Sample rate of the WAV."),
+    rate: int = typer.Option(
+        SAMPLE_RATE, "--rate", min=8000, max=192000, help="Sample rate of the WAV."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Allow --out to replace SOURCE itself (it is read whole first)."
+    ),
 ) -> None:
     """Decode speech to the mono WAV the audio model reads (16 kHz by default)."""
-    out = check_output_path(out)
+    from talkcli.guards import guard_outputs
+    from talkcli.io.audio import load_audio, save_wav
+    from talkcli.io.files import require_file
+
     if out.suffix.lower() != ".wav":
         raise UserError(f"{out}: the output must end in .wav")
+    source = require_file(source, "audio file")
+    guard_outputs([out], inputs=[source], force=force)
     samples = load_audio(source, rate)
     save_wav(out, samples, rate)
     info(f"wrote {out}: {len(samples) / rate:.2f} s at {rate} Hz mono")

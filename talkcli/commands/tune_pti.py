@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 import typer
-from rich.progress import TextColumn
 
 from talkcli import __version__
 from talkcli.commands._common import (
@@ -18,18 +15,8 @@ from talkcli.commands._common import (
 )
 from talkcli.commands.invert import LPIPS_FILES
 from talkcli.console import info, progress, settings
-from talkcli.device import resolve_device
 from talkcli.errors import InputFileError, UserError
-from talkcli.inversion.invert import (
-    InvertResult,
-    frames_to_tensor,
-    load_frames,
-    load_latents,
-    write_latents,
-)
-from talkcli.inversion.pti import PTIConfig, check_pivots, tune, w_project_pivots
-from talkcli.io.files import atomic_output, check_output_path, sha256_file
-from talkcli.weights import registry
+from talkcli.guards import SEED_MAX
 
 
 def pivots_path_for(out: Path) -> Path:
@@ -53,23 +40,33 @@ def tune_pti_cmd(
         "psp", "--pivot-method", help="psp (thesis) or w-project (PTI's W projection)."
     ),
     max_frames: int | None = typer.Option(
-        None, "--max-frames", min=1, help="Use at most N frames of a video, sampled evenly."
+        None,
+        "--max-frames",
+        min=1,
+        max=10_000,
+        help="Use at most N frames of a video, sampled evenly.",
     ),
-    steps: int = typer.Option(350, "--steps", min=0, help="Tuning steps."),
-    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate."),
+    steps: int = typer.Option(350, "--steps", min=0, max=100_000, help="Tuning steps."),
+    lr: float = typer.Option(3e-4, "--lr", min=1e-8, max=1.0, help="Adam learning rate."),
     lpips_net: str = typer.Option("alex", "--lpips", help="LPIPS backbone: alex or vgg."),
-    l2_weight: float = typer.Option(1.0, "--l2-weight", help="Weight of the pixel L2 loss."),
-    stop_lpips: float = typer.Option(
-        0.06, "--stop-lpips", help="Stop early when the step's LPIPS falls below this."
+    l2_weight: float = typer.Option(
+        1.0, "--l2-weight", min=0.0, max=1e6, help="Weight of the pixel L2 loss."
     ),
-    batch: int = typer.Option(4, "--batch", min=1, help="Frames drawn per step."),
+    stop_lpips: float = typer.Option(
+        0.06,
+        "--stop-lpips",
+        min=0.0,
+        max=1.0,
+        help="Stop early when the step's LPIPS falls below this.",
+    ),
+    batch: int = typer.Option(4, "--batch", min=1, max=256, help="Frames drawn per step."),
     locality: bool = typer.Option(
         False, "--locality", help="PTI's locality regulariser (keeps far latents unchanged)."
     ),
     project_steps: int = typer.Option(
-        450, "--project-steps", min=1, help="Steps of the w-project pivot search."
+        450, "--project-steps", min=1, max=100_000, help="Steps of the w-project pivot search."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -78,7 +75,24 @@ def tune_pti_cmd(
         raise UserError(f"--pivot-method {pivot_method!r}: expected psp or w-project")
     if lpips_net not in LPIPS_FILES:
         raise UserError(f"--lpips {lpips_net!r}: expected alex or vgg")
-    out = check_output_path(out)
+    import numpy as np
+    import torch
+    from rich.progress import TextColumn
+
+    from talkcli.device import resolve_device
+    from talkcli.guards import guard_outputs
+    from talkcli.inversion.invert import (
+        InvertResult,
+        frames_to_tensor,
+        load_frames,
+        load_latents,
+        write_latents,
+    )
+    from talkcli.inversion.pti import PTIConfig, check_pivots, tune, w_project_pivots
+    from talkcli.io.files import atomic_output, sha256_file
+    from talkcli.weights import registry
+
+    out = out.expanduser()
     if out.suffix != ".pt":
         raise UserError(f"{out}: the tuned generator is saved as .pt (use a name ending in .pt)")
     pivots_out = pivots_path_for(out)
@@ -94,6 +108,11 @@ def tune_pti_cmd(
     backbone, heads = LPIPS_FILES[lpips_net]
     backbone_path = registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}")
     heads_path = registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}")
+    guard_outputs(
+        [out, pivots_out],
+        inputs=[*frames.files, pivots, encoder_path, generator_path],
+        weights_dir=wd,
+    )
 
     from talkcli.models.perceptual import load_lpips
     from talkcli.models.stylegan2 import load_generator, save_generator

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import console, info
+from talkcli.console import console, info, status
 from talkcli.errors import ModelFileError, UserError
+from talkcli.guards import SEED_MAX
 from talkcli.weights import registry
-from talkcli.weights.fetch import fetch
-from talkcli.weights.verify import check_file, status_all, verify_file
 
 weights_app = typer.Typer(
     help="Model files: list, verify (sha256), fetch, locate.",
@@ -53,7 +53,8 @@ def status_table(statuses, weights_dir: Path | None = None) -> Table:
         e = st.entry
         size = st.path.stat().st_size if st.path else e.size
         state = st.state + (" (optional)" if e.optional and st.state == "missing" else "")
-        path = str(st.path) if st.path else f"[dim]{fetch_root / e.relpath}[/dim]"
+        missing_at = escape(str(fetch_root / e.relpath))
+        path = escape(str(st.path)) if st.path else f"[dim]{missing_at}[/dim]"
         table.add_row(
             e.name,
             f"[{_STATE_STYLE[st.state]}]{state}[/]",
@@ -71,6 +72,8 @@ def list_cmd(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Show every model file talkcli uses: missing, present or verified, and where it is."""
+    from talkcli.weights.verify import status_all
+
     wd = weights_dir(wdir)
     statuses = status_all(wd, verify=verify)
     if as_json:
@@ -104,6 +107,8 @@ def verify_cmd(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Check present model files against their sha256; exit 2 on the first mismatch."""
+    from talkcli.weights.verify import check_file, verify_file
+
     wd = weights_dir(wdir)
     entries = [registry.get(n) for n in names] if names else list(registry.MANIFEST)
     checked = 0
@@ -117,7 +122,7 @@ def verify_cmd(
         if st.state == "mismatch":
             check_file(entry, path)  # raises with the standard message
         checked += 1
-        info(f"[green]{st.state}[/green] {entry.name}: {path} ({st.detail})")
+        status(st.state, "green", f"{entry.name}: {path} ({st.detail})")
     if checked == 0:
         info("no model files present; `talkcli weights list` shows where they go")
 
@@ -130,6 +135,8 @@ def fetch_cmd(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Download model files (resumable, checksummed, atomic). Offline: says what to get by hand."""
+    from talkcli.weights.fetch import fetch
+
     if not names and not all_:
         raise UserError("weights fetch: name at least one file or pass --all (see `weights list`)")
     wd = weights_dir(wdir)
@@ -140,12 +147,12 @@ def fetch_cmd(
     for entry in dict.fromkeys(entries):
         try:
             path = fetch(entry, wd, force=force)
-            info(f"[green]ok[/green] {entry.name}: {path}")
+            status("ok", "green", f"{entry.name}: {path}")
         except ModelFileError as exc:
             if len(entries) == 1:
                 raise
             failures.append(str(exc))
-            console.print(f"[red]failed[/red] {exc}", soft_wrap=True)
+            console.print(f"[red]failed[/red] {escape(str(exc))}", soft_wrap=True)
     if failures:
         raise UserError(
             f"{len(failures)} of {len(entries)} file(s) could not be fetched (see above)"
@@ -206,8 +213,10 @@ def tiny_cmd(
     folder: Path = typer.Argument(
         ..., help="Folder to write the pack into (use as --weights-dir)."
     ),
-    size: int = typer.Option(64, "--size", help="Generator output size: 16, 32, ..., 1024."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+    size: int = typer.Option(
+        64, "--size", min=16, max=1024, help="Generator output size: 16, 32, ..., 1024."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the weights."),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
     from talkcli.weights.tiny import write_tiny_pack

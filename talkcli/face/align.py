@@ -18,7 +18,6 @@ Sidecars hold ``quad`` (4x2 source pixels, FFHQ corner order), ``landmarks``, ``
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +39,12 @@ from talkcli.face.landmarks import (
     Face,
     FileLandmarks,
     LandmarkDetector,
+    check_landmarks_inside,
     choose_face,
     load_landmarks_file,
     select_detector,
 )
+from talkcli.guards import check_frame_count, check_number
 from talkcli.io.files import atomic_output, sha256_file
 from talkcli.io.images import IMAGE_EXTS, VIDEO_EXTS, expand_inputs, read_image_rgb, write_png
 
@@ -67,17 +68,33 @@ class AlignConfig:
     weights_dir: Path | None = None
     device: str = "cpu"
 
+    def options(self, kind: str) -> dict[str, Any]:
+        """The options that shape an output of ``kind`` ("image"/"video"), recorded in its
+        sidecar; ``--resume`` redoes an item whose recorded options differ."""
+        opts: dict[str, Any] = {
+            "size": int(self.size),
+            "detector": self.detector,
+            "face_index": self.face_index,
+            "landmarks_file": str(self.landmarks_file) if self.landmarks_file else None,
+        }
+        if kind == "video":
+            opts.update(
+                fps=float(self.fps),
+                detect_every=int(self.detect_every),
+                smooth=float(self.smooth),
+                exact_warp=bool(self.exact_warp),
+            )
+        else:
+            opts["exact_warp"] = True if self.exact_warp is None else bool(self.exact_warp)
+        return opts
+
     def check(self) -> None:
-        if not 8 <= int(self.size) <= 4096:
-            raise UserError(f"--size {self.size}: expected 8..4096")
-        if self.fps <= 0 or not math.isfinite(self.fps):
-            raise UserError(f"--fps {self.fps}: expected a positive number")
-        if self.detect_every < 1:
-            raise UserError(f"--detect-every {self.detect_every}: expected 1 or more")
-        if self.smooth < 0:
-            raise UserError(f"--smooth {self.smooth}: expected 0 (off) or a positive sigma")
-        if self.face_index is not None and self.face_index < 0:
-            raise UserError(f"--face-index {self.face_index}: expected 0 or more")
+        """The command's option ranges, for library callers too (see ``talkcli align --help``)."""
+        check_number("--size", self.size, 8, 4096)
+        check_number("--fps", self.fps, 1.0, 120.0)
+        check_number("--detect-every", self.detect_every, 1, 1000)
+        check_number("--smooth", self.smooth, 0.0, 50.0)
+        check_number("--face-index", self.face_index, 0, 99)
 
 
 @dataclass
@@ -177,6 +194,9 @@ def align_image_file(
     detectors = detectors or Detectors(cfg)
     img = read_image_rgb(path)
     if landmarks is not None:
+        check_landmarks_inside(
+            landmarks, img.shape[1], img.shape[0], cfg.landmarks_file or path, "--landmarks"
+        )
         detector: LandmarkDetector = FileLandmarks(landmarks)
     else:
         detector = detectors.get()
@@ -197,6 +217,7 @@ def align_image_file(
         "box": np.asarray(face.box, dtype=float).tolist(),
         **meta.to_dict(),
         "inverse_matrix": meta.inverse_matrix.tolist(),
+        "options": cfg.options("image"),
         "talkcli": __version__,
     }
     _write_json(side_path, sidecar)
@@ -269,7 +290,7 @@ def align_video_file(
     n = 0
     with VideoReader(path, fps=cfg.fps) as reader:
         info = reader.info
-        total = max(int(round(info.duration * cfg.fps)), 1)
+        total = max(check_frame_count(path, info.duration * cfg.fps, cfg.fps), 1)
         source_size = (reader.width, reader.height)
         if file_frames is None and static is None:
             detector = detectors.get()
@@ -300,6 +321,11 @@ def align_video_file(
             if n and (n - 1) % cfg.detect_every and last is not None:
                 detect_at(n - 1, last)  # always key the last frame: no extrapolation
         else:
+            w_src, h_src = source_size
+            given = [static] if static is not None else [f for f in file_frames if f is not None]
+            for j, pts in enumerate(given):
+                where = "--landmarks" if static is not None else f"--landmarks frame {j}"
+                check_landmarks_inside(pts, w_src, h_src, cfg.landmarks_file or path, where)
             n = sum(1 for _ in reader)
             if file_frames is not None:
                 if len(file_frames) != n:
@@ -366,6 +392,7 @@ def align_video_file(
         "has_audio": audio is not None,
         "face_counts": counts,
         "frames": frames_meta,
+        "options": cfg.options("video"),
         "talkcli": __version__,
     }
     _write_json(side_path, sidecar, indent=None)  # one line: thousands of frames
@@ -391,8 +418,9 @@ def collect_inputs(items: list[str] | list[Path]) -> list[Path]:
     return paths
 
 
-def is_done(path: Path, out_dir: Path) -> bool:
-    """An item is finished when its output and its sidecar (written last) both exist."""
+def is_done(path: Path, out_dir: Path, cfg: AlignConfig) -> bool:
+    """An item is finished when its output and its sidecar (written last) both exist and the
+    sidecar records the same options (``--size``, ``--fps``...) as this run."""
     out, side = output_paths(path, out_dir)
     if not (out.is_file() and side.is_file()):
         return False
@@ -400,7 +428,8 @@ def is_done(path: Path, out_dir: Path) -> bool:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and data.get("size") is not None
+    kind = "video" if is_video(path) else "image"
+    return isinstance(data, dict) and data.get("options") == cfg.options(kind)
 
 
 def align_one(
@@ -450,7 +479,7 @@ def align_inputs(
     results: list[ItemResult] = []
     for path in inputs:
         kind = "video" if is_video(path) else "image"
-        if cfg.resume and is_done(path, out_dir):
+        if cfg.resume and is_done(path, out_dir, cfg):
             out, side = output_paths(path, out_dir)
             res = ItemResult(path, "skipped", out, side, message="already aligned", kind=kind)
         else:

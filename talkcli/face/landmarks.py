@@ -87,13 +87,24 @@ class FANDetector:
     face-alignment only looks in ``<torch hub dir>/checkpoints``; the registry's ``torch_hub_dir``
     is the weights folder holding ``hub/checkpoints/2DFAN4-...``. Both files are resolved first
     so a missing one is a one-line error instead of a download attempt.
+
+    Model files are untrusted: face-alignment unpickles S3FD in full (through torch.hub), so both
+    files are first loaded by talkcli's safe loader (a crafted file is refused, exit 2), S3FD is
+    handed over by path (face-alignment then loads it weights-only), and face-alignment runs with
+    every ``torch.load`` forced to ``weights_only=True``.
     """
 
     name = "fan"
 
     def __init__(self, weights_dir: str | Path | None = None, device: str = "cpu") -> None:
-        for name in FAN_FILES:
-            registry.resolve(name, weights_dir, purpose="align --detector fan")
+        from talkcli.weights.safe_load import load_torch_file, weights_only_everywhere
+
+        paths = {
+            name: registry.resolve(name, weights_dir, purpose="align --detector fan")
+            for name in FAN_FILES
+        }
+        for name in ("s3fd", "fan-2d"):  # face-alignment reads S3FD first
+            load_torch_file(paths[name], "model file")
         try:
             import face_alignment
         except ImportError as exc:  # pragma: no cover - installed by `make install`
@@ -101,12 +112,13 @@ class FANDetector:
                 f"the face-alignment package is not installed ({exc}); "
                 "`pip install --no-deps face-alignment` or use --detector mtcnn"
             ) from None
-        with _torch_hub_dir(registry.torch_hub_dir(weights_dir)):
+        with _torch_hub_dir(registry.torch_hub_dir(weights_dir)), weights_only_everywhere():
             try:
                 self.model = face_alignment.FaceAlignment(
                     face_alignment.LandmarksType.TWO_D,
                     device=str(device),
                     face_detector="sfd",
+                    face_detector_kwargs={"path_to_detector": str(paths["s3fd"])},
                     compile=False,
                 )
             except Exception as exc:  # torch.load / state-dict errors of a bad file
@@ -226,6 +238,29 @@ def load_landmarks_file(path: str | Path) -> dict[str, Any]:
     if len({f.shape[0] for f in out if f is not None}) > 1:
         raise InputFileError(p, '"frames" mixes 68-point and 5-point landmarks')
     return {"frames": out}
+
+
+LANDMARK_MARGIN = 0.1  # given landmarks may lie this fraction of the image size past its border
+
+
+def check_landmarks_inside(
+    points: np.ndarray, width: int, height: int, source: str | Path, where: str = "landmarks"
+) -> None:
+    """Refuse given landmarks that lie outside the image (beyond a 10% margin for faces cut by
+    the border): they would describe a crop of nothing, or a warp of absurd size."""
+    pts = np.asarray(points, dtype=np.float64)
+    mx, my = LANDMARK_MARGIN * width, LANDMARK_MARGIN * height
+    outside = (
+        (pts[:, 0] < -mx) | (pts[:, 0] > width + mx) | (pts[:, 1] < -my) | (pts[:, 1] > height + my)
+    )
+    if outside.any():
+        i = int(np.argmax(outside))
+        x, y = pts[i]
+        raise InputFileError(
+            source,
+            f"{where}: point {i} at ({x:.6g}, {y:.6g}) lies outside the {width}x{height} image",
+            "give landmarks in the input's pixel coordinates",
+        )
 
 
 class FileLandmarks:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from talkcli import __version__
-from talkcli.errors import InputFileError, UserError
+from talkcli.errors import InputFileError, OutputError, UserError
 from talkcli.inversion.project import ProjectionConfig, mean_latent_step, project_frames
 from talkcli.io.files import atomic_output, check_output_path, sha256_file
 from talkcli.io.images import (
@@ -54,31 +54,41 @@ class InvertResult:
 
 
 def load_frames(inputs: list[str] | list[Path], max_frames: int | None = None) -> Frames:
-    """Read aligned images (files, folders, globs) or the frames of aligned video(s)."""
+    """Read aligned images (files, folders, globs) or the frames of aligned video(s).
+
+    With ``max_frames`` only N frames, sampled evenly, are decoded and kept. Frames are held in
+    memory, so their total size is checked (``LIMITS.frames_bytes``) before decoding.
+    """
+    from talkcli.guards import check_frames_in_memory
+    from talkcli.io.video import VideoReader, probe_video
+
     paths = expand_inputs(inputs, IMAGE_EXTS + VIDEO_EXTS)
+    counts = [probe_video(p).n_frames if p.suffix.lower() in VIDEO_EXTS else 1 for p in paths]
+    total = sum(counts)
+    keep = set(range(total))
+    if max_frames is not None and total > max_frames:
+        keep = set(np.linspace(0, total - 1, max_frames).round().astype(int).tolist())
     images: list[np.ndarray] = []
     names: list[str] = []
     sources: list[str] = []
     fps = None
-    for p in paths:
+    start = 0
+    for p, count in zip(paths, counts, strict=True):
         if p.suffix.lower() in VIDEO_EXTS:
-            from talkcli.io.video import VideoReader
-
             with VideoReader(p) as reader:
                 fps = reader.fps
+                check_frames_in_memory(p, len(keep), reader.width, reader.height)
                 for i, frame in enumerate(reader):
-                    images.append(frame)
-                    names.append(f"{p.stem}_{i:05d}")
-                    sources.append(f"{p}#{i}")
-        else:
+                    if start + i in keep:
+                        images.append(frame)
+                        names.append(f"{p.stem}_{i:05d}")
+                        sources.append(f"{p}#{i}")
+        elif start in keep:
             images.append(read_image_rgb(p))
             names.append(p.stem)
             sources.append(str(p))
-    if max_frames is not None and len(images) > max_frames:
-        idx = np.linspace(0, len(images) - 1, max_frames).round().astype(int)
-        images = [images[i] for i in idx]
-        names = [names[i] for i in idx]
-        sources = [sources[i] for i in idx]
+            check_frames_in_memory(p, len(keep), *images[-1].shape[1::-1])
+        start += count
     if not images:
         raise UserError("no frames to invert")
     shapes = {im.shape for im in images}
@@ -236,6 +246,18 @@ def invert(
     return InvertResult(w=w, names=frames.names, meta=meta, reconstructions=recon, losses=losses)
 
 
+def recon_paths(folder: str | Path, frames: Frames) -> list[Path]:
+    """The files ``save_reconstructions`` will write; creates ``folder`` (checked up front)."""
+    out = Path(folder).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: --save-recon must be a folder, and this is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the folder ({exc.strerror})") from None
+    return [out / f"{name}{tail}.png" for name in frames.names for tail in ("", "_compare")]
+
+
 def write_latents(file: str | Path, result: InvertResult) -> None:
     """Write ``w``, ``names`` and JSON ``meta`` to ``file`` (no atomic rename; see save_latents)."""
     with open(file, "wb") as f:
@@ -273,6 +295,9 @@ def load_latents(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
         ) from None
     if w.ndim != 3:
         raise InputFileError(p, f"w has shape {w.shape}, expected (N, n_latent, 512)")
+    from talkcli.guards import check_finite_array
+
+    check_finite_array(w, p, "latents")
     return w, names, meta
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from talkcli.guards import check_finite_loss
+
 LPIPS_SIZE = 256  # LPIPS is computed at 256x256, as the StyleGAN2 projector and PTI do
 
 
@@ -126,6 +128,7 @@ def project_frame(
         loss, _, _ = reconstruction_loss(
             G, lpips, expand(code), target, cfg.l2_weight, cfg.noise_mode
         )
+        check_finite_loss(float(loss.detach().sum()), step + 1, "optimisation")
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
@@ -137,6 +140,7 @@ def project_frame(
         total, perceptual, l2 = reconstruction_loss(
             G, lpips, final, target, cfg.l2_weight, cfg.noise_mode
         )
+    check_finite_loss(float(total.sum()), steps, "optimisation (final code)")
     return FrameResult(
         w=final[0].detach().clone(),
         steps=steps,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from talkcli.guards import check_finite_loss
 from talkcli.inversion.project import LPIPS_SIZE
 
 
@@ -178,6 +179,7 @@ def tune(
             if G_frozen is not None:
                 reg = _locality_loss(G, G_frozen, lpips, w, cfg, gen)
                 loss = loss + reg
+        check_finite_loss(float(loss.detach()), step + 1, "tune-pti")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -198,6 +200,7 @@ def tune(
     for p in G.parameters():
         p.requires_grad_(False)
     lpips_end, l2_end = evaluate_pivots(G, lpips, pivots, targets)
+    check_finite_loss(lpips_end + l2_end, steps_run, "tune-pti (tuned generator)")
     return PTIResult(
         steps_run=steps_run,
         stopped_early=stopped,

@@ -9,6 +9,7 @@ with the file (missing, a folder, undecodable, no audio stream, no samples) is a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,14 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     p = require_file(path, "audio file")
+    from talkcli.guards import check_samples
+
+    try:  # header only: refuse what would not fit in memory before decoding it
+        seconds = probe_audio(p)["duration"]
+    except InputFileError:
+        seconds = None  # decoding below reports what is wrong with the file
+    if seconds is not None:
+        check_samples(p, seconds, sample_rate)
     info = _soundfile_info(p)
     if info is not None and info.samplerate == sample_rate:
         import soundfile as sf
@@ -108,6 +117,47 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise _no_samples(p)
     samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+
+
+_DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
+_AUDIO_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: Audio: (.*)$", re.MULTILINE)
+
+
+def probe_audio(path: str | Path) -> dict:
+    """Header facts of a file's audio without decoding it: ``{"duration", "rate", "channels"}``.
+
+    The duration is the container's (exact for WAV/FLAC, an estimate for VBR MP3); ``duration``
+    is None when the container does not say. Raises ``InputFileError`` when there is no audio.
+    """
+    p = require_file(path, "audio file")
+    info = _soundfile_info(p)
+    if info is not None:
+        if info.frames == 0:
+            raise _no_samples(p)
+        return {
+            "duration": info.frames / info.samplerate,
+            "rate": info.samplerate,
+            "channels": info.channels,
+        }
+    proc = run_ffmpeg(["-v", "info", "-i", str(p)], what="read audio", input_path=p, check=False)
+    err = proc.stderr.decode("utf-8", "replace")
+    if "Input #0" not in err:
+        raise_for_ffmpeg(proc.returncode or 1, err, what="read audio", input_path=p)
+    stream = _AUDIO_STREAM.search(err)
+    if stream is None:
+        raise InputFileError(p, "has no audio stream", "pass a file with sound")
+    rate = re.search(r"(\d+) Hz", stream.group(1))
+    channels = re.search(r"Hz, (mono|stereo|[\d.]+(?:\(\w+\))?|\d+ channels)", stream.group(1))
+    m = _DURATION.search(err)
+    duration = None
+    if m:
+        h, mi, se = m.groups()
+        duration = int(h) * 3600 + int(mi) * 60 + float(se)
+    return {
+        "duration": duration,
+        "rate": int(rate.group(1)) if rate else None,
+        "channels": channels.group(1) if channels else None,
+    }
 
 
 def audio_duration(path: str | Path) -> float:

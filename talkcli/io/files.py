@@ -45,7 +45,7 @@ def check_output_path(path: str | Path) -> Path:
     if not parent.is_dir():
         raise OutputError(f"{p}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{p}: output folder {parent} is not writable (choose another --out)")
+        raise OutputError(f"{p}: output folder {parent} is not writable (choose another location)")
     return p
 
 

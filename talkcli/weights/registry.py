@@ -203,6 +203,20 @@ MANIFEST: tuple[ModelFile, ...] = (
 
 _BY_NAME = {m.name: m for m in MANIFEST}
 
+# Model files this process has resolved or loaded: outputs must never overwrite them
+# (talkcli.guards.guard_outputs).
+_IN_USE: set[Path] = set()
+
+
+def note_in_use(path: str | Path) -> None:
+    """Record a model file this run reads."""
+    _IN_USE.add(Path(path))
+
+
+def files_in_use() -> frozenset[Path]:
+    """Model files resolved or loaded so far in this process."""
+    return frozenset(_IN_USE)
+
 
 def get(name: str) -> ModelFile:
     """The manifest entry called ``name``; a one-line error listing the valid names otherwise."""
@@ -282,6 +296,7 @@ def resolve(name: str, weights_dir: str | Path | None = None, *, purpose: str = 
     """Like ``locate`` but raise a one-line ModelFileError saying how to get the file."""
     path = locate(name, weights_dir)
     if path is not None:
+        note_in_use(path)
         return path
     entry = get(name)
     target = fetch_dir(weights_dir) / entry.relpath
@@ -303,7 +318,9 @@ def resolve_option(
     if explicit:
         from talkcli.io.files import require_file
 
-        return require_file(explicit, "model file")
+        path = require_file(explicit, "model file")
+        note_in_use(path)
+        return path
     return resolve(name, weights_dir, purpose=purpose)
 
 

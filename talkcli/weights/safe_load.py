@@ -8,9 +8,11 @@ numpy arrays and tensors. Anything else is refused with a one-line error naming 
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,24 @@ def load_torch_file(path: str | Path, what: str = "model file") -> Any:
             f"is not a readable PyTorch {what}: truncated or not a checkpoint ({_first_line(exc)})",
             "re-download it or check the path",
         ) from None
+
+
+@contextlib.contextmanager
+def weights_only_everywhere() -> Iterator[None]:
+    """Inside the block every ``torch.load`` (a third-party loader's too, and torch.hub's
+    ``load_state_dict_from_url``) runs with ``weights_only=True``: code that unpickles a model
+    file on its own (face-alignment loads S3FD with a full unpickle) cannot run code from it."""
+    original = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 # Leading bytes of files people mistake for checkpoints (a renamed image, an HTML error page).

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from talkcli import __version__
-from talkcli.errors import UserError
+from talkcli.errors import OutputError, UserError
 from talkcli.io.files import atomic_output
 from talkcli.weights import registry
 
@@ -36,8 +36,13 @@ def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[s
 
     if size not in SIZES:
         raise UserError(f"--size {size}: expected one of {', '.join(map(str, SIZES))}")
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(folder).expanduser()
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{root}: is a file; a tiny pack is written into a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{root}: cannot create the folder ({exc.strerror})") from None
     written: dict[str, Path] = {}
 
     g_sd = tiny_generator_state_dict(size, seed=seed)

@@ -1,0 +1,232 @@
+"""Checks that run before work starts, so bad input ends in one line and exit 2.
+
+One home for the project's guards, used by every command and library entry point:
+
+* numbers: ``check_number`` (finite, inside a range); the CLI itself rejects nan/inf for every
+  float option and every numeric option declares ``min=`` and ``max=`` (tests/test_guards.py walks
+  the whole command tree);
+* sizes derived from inputs: ``check_image_size``, ``check_frame_count``, ``check_samples``
+  against ``LIMITS``, never a MemoryError an hour in;
+* outputs: ``guard_outputs`` refuses an output that is (or would overwrite) an input, a model
+  file, another output of the same run, a folder, or sits in a missing or read-only folder;
+* values: ``check_finite_array`` for loaded arrays (latents, pivots, PCA bases) and
+  ``check_finite_loss`` inside optimisation and training loops (a NaN loss stops the run, naming
+  the step, before anything is written).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from talkcli.errors import InputFileError, OutputError, UserError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes talkcli refuses up front (each message names the limit)."""
+
+    image_pixels: int = 100_000_000  # 10000 x 10000; PIL's bomb check starts at 89 Mpx
+    video_frames: int = 216_000  # 2 hours at 30 fps, after resampling to --fps
+    audio_samples: int = 4 * 3600 * 16_000  # four hours at 16 kHz (~0.9 GB as float32)
+    frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
+
+
+LIMITS = Limits()
+SEED_MAX = 2**32 - 1  # --seed range (numpy's generators take 32-bit seeds)
+
+
+# -- numbers --------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_number(
+    option: str,
+    value: float | int | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+) -> float | int | None:
+    """``value`` if it is finite and in [lo, hi] (``lo_open``: (lo, hi]); None passes through.
+
+    For library callers that bypass the CLI (which checks ranges itself); the message names the
+    option: ``--lr nan: expected a finite number in (0, 10]``.
+    """
+    if value is None:
+        return None
+    left = "(" if lo_open else "["
+    low = _fmt(lo) if lo is not None else "-inf"
+    high = _fmt(hi) if hi is not None else "inf"
+    span = f"{left}{low}, {high}]"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{option} {value!r}: expected a number in {span}") from None
+    bad = not math.isfinite(v)
+    bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
+    bad = bad or (hi is not None and v > hi)
+    if bad:
+        raise UserError(f"{option} {_fmt(value)}: expected a finite number in {span}")
+    return value
+
+
+def check_finite_loss(value: float, step: int, what: str) -> None:
+    """Stop an optimisation whose loss became NaN or infinite (exit 2, nothing written)."""
+    if not math.isfinite(float(value)):
+        raise UserError(
+            f"{what}: the loss became {float(value)} at step {step}; nothing was written "
+            "(lower --lr, check the loss weights and the inputs)"
+        )
+
+
+def check_finite_array(array: Any, source: str | Path, what: str) -> None:
+    """Refuse a loaded array (latents, pivots, a PCA basis) that holds NaN or infinite values."""
+    import numpy as np
+
+    a = np.asarray(array)
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise InputFileError(
+            source, f"{what} hold {bad} NaN or infinite value(s)", "recreate the file"
+        )
+
+
+# -- sizes derived from inputs -------------------------------------------------------------------
+
+
+def check_image_size(source: str | Path, width: int, height: int) -> None:
+    """Refuse an image too large to process, before decoding it."""
+    pixels = int(width) * int(height)
+    if pixels > LIMITS.image_pixels:
+        raise InputFileError(
+            source,
+            f"image is {width}x{height} ({pixels / 1e6:.0f} Mpx), over talkcli's limit of "
+            f"{LIMITS.image_pixels / 1e6:.0f} Mpx",
+            "downscale it first (a face needs far fewer pixels)",
+        )
+
+
+def check_frame_count(source: str | Path, n_frames: float, fps: float) -> int:
+    """Refuse a video that would yield more frames than ``LIMITS.video_frames`` at ``fps``."""
+    n = int(math.ceil(n_frames))
+    if n > LIMITS.video_frames:
+        raise InputFileError(
+            source,
+            f"would give {n} frames at {fps:g} fps, over talkcli's limit of "
+            f"{LIMITS.video_frames} per video",
+            "cut it into shorter clips or lower --fps",
+        )
+    return n
+
+
+def check_frames_in_memory(source: str | Path, n_frames: int, width: int, height: int) -> None:
+    """Refuse to hold more than ``LIMITS.frames_bytes`` of decoded RGB frames in memory."""
+    need = int(n_frames) * int(width) * int(height) * 3
+    if need > LIMITS.frames_bytes:
+        fit = max(LIMITS.frames_bytes // (int(width) * int(height) * 3), 1)
+        raise InputFileError(
+            source,
+            f"{n_frames} frames of {width}x{height} need {need / 2**30:.1f} GiB in memory, over "
+            f"talkcli's limit of {LIMITS.frames_bytes / 2**30:.0f} GiB",
+            f"pass --max-frames {fit} or fewer",
+        )
+
+
+def check_samples(source: str | Path, seconds: float, sample_rate: int) -> None:
+    """Refuse audio that would decode to more than ``LIMITS.audio_samples`` samples."""
+    n = seconds * float(sample_rate)
+    if n > LIMITS.audio_samples:
+        hours = LIMITS.audio_samples / 16_000 / 3600
+        raise InputFileError(
+            source,
+            f"{seconds / 3600:.1f} h of audio at {sample_rate} Hz would decode to {n / 1e6:.0f} M "
+            f"samples, over talkcli's limit of {LIMITS.audio_samples / 1e6:.0f} M "
+            f"({hours:.0f} h at 16 kHz)",
+            "cut it into shorter parts",
+        )
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True if ``a`` and ``b`` name the same file (links and ``..`` resolved; hard links too)."""
+    ka, kb = _file_key(Path(a).expanduser()), _file_key(Path(b).expanduser())
+    return ka is not None and ka == kb
+
+
+def _file_key(path: Path) -> tuple | None:
+    """(device, inode) of an existing file, else its resolved path; None if unresolvable."""
+    try:
+        st = path.stat()
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        pass
+    try:
+        return ("path", str(path.resolve()))
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+
+
+def _model_files(weights_dir: str | Path | None) -> list[Path]:
+    """Every model file the registry finds on the search path, and those loaded in this run."""
+    from talkcli.weights import registry
+
+    found = []
+    for entry in registry.MANIFEST:
+        path = registry.locate(entry.name, weights_dir)
+        if path is not None:
+            found.append(path)
+    return found + list(registry.files_in_use())
+
+
+def guard_outputs(
+    outputs: Iterable[str | Path | None],
+    *,
+    inputs: Iterable[str | Path | None] = (),
+    force: bool = False,
+    weights_dir: str | Path | None = None,
+) -> None:
+    """Validate every output location of a run before any work starts.
+
+    Refuses (``OutputError``, exit 2) an output that is a folder or sits in a missing or read-only
+    folder, two outputs that are the same file, an output that is a model file (anything the
+    registry finds, or any file resolved as a model in this run), and an output that is one of
+    the ``inputs``, unless ``force`` (for commands where replacing an input in place is safe:
+    it is read whole before the atomic rename). Files are compared by device and inode, so links
+    and other spellings of a path are caught; batches of thousands stay fast.
+    """
+    from talkcli.io.files import check_output_path
+
+    outs = [Path(o).expanduser() for o in outputs if o is not None]
+    checked_parents: set[Path] = set()
+    seen: dict[tuple, Path] = {}
+    for out in outs:
+        if out.parent not in checked_parents or out.exists():
+            check_output_path(out)
+            checked_parents.add(out.parent)
+        key = _file_key(out)
+        if key is None:
+            raise OutputError(f"{out}: cannot resolve this path (a symbolic link loop?)")
+        if key in seen:
+            raise OutputError(f"{out}: the same file is given for two outputs ({seen[key]})")
+        seen[key] = out
+    models = {_file_key(m): m for m in _model_files(weights_dir)}
+    sources = {} if force else {_file_key(Path(i).expanduser()): i for i in inputs if i is not None}
+    for key, out in seen.items():
+        if key in models:
+            raise OutputError(
+                f"{out}: would overwrite the model file {models[key]} (choose another output name)"
+            )
+        if key in sources:
+            raise OutputError(
+                f"{out}: would overwrite the input {sources[key]} "
+                "(choose another output name, or --force where offered)"
+            )
