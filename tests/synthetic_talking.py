@@ -50,9 +50,16 @@ def make_clips(
     n_speakers: int = 4,
     clips_per_speaker: int = 3,
     strength: float = 2.0,
+    identity_spread: float = 1.0,
+    lead_in: float = 0.3,
+    tail: float = 0.0,
     seed: int = 0,
 ) -> SyntheticSet:
-    """Write the clips (see the module docstring) and return what they are made of."""
+    """Write the clips (see the module docstring) and return what they are made of.
+
+    ``identity_spread`` scales how far the speakers' codes lie from their mean (1: independent
+    mapped codes); ``lead_in`` / ``tail`` seconds of silence frame each sentence.
+    """
     from talkcli.io.video import VideoWriter
     from talkcli.models.stylegan2 import load_generator
 
@@ -63,6 +70,7 @@ def make_clips(
         direction = torch.randn(G.n_latent, G.style_dim, generator=gen)
         direction = direction / direction.norm()
         bases = G.mapping(torch.randn(n_speakers, G.style_dim, generator=gen))  # (S, 512)
+        bases = bases.mean(0) + identity_spread * (bases - bases.mean(0))
     step = strength * float(w_std) * np.sqrt(G.n_latent * G.style_dim)  # full-swing distance
     out = SyntheticSet(root, direction=direction.numpy())
     wav_dir = root / "wav"
@@ -82,7 +90,13 @@ def make_clips(
                 )
             else:
                 samples = synth_speech(2.5, seed=100 + index)
-            samples = np.concatenate([np.zeros(int(0.3 * SAMPLE_RATE), np.float32), samples])
+            samples = np.concatenate(
+                [
+                    np.zeros(int(lead_in * SAMPLE_RATE), np.float32),
+                    samples,
+                    np.zeros(int(tail * SAMPLE_RATE), np.float32),
+                ]
+            )
             n_frames = int(np.ceil(len(samples) / SAMPLE_RATE * 25))
             env = loudness_envelope(samples, n_frames)
             w = bases[s][None, None].expand(n_frames, G.n_latent, -1) + (

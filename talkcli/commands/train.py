@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -9,6 +10,9 @@ import typer
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
 from talkcli.console import info, progress, settings, warn
 from talkcli.errors import UserError
+from talkcli.guards import SEED_MAX
+
+PLOT_EVERY_S = 60.0  # --plot is redrawn during training at most this often
 
 train_app = typer.Typer(
     help=(
@@ -17,8 +21,6 @@ train_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-MAX_SEED = 2**31 - 1
 
 
 def _torch_device(local_rank: int | None = None):
@@ -86,7 +88,7 @@ def prepare_cmd(
     allow_failed: bool = typer.Option(
         False, "--allow-failed", help="Exit 0 when some videos failed (they are still skipped)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the speaker split."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the speaker split."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -182,18 +184,18 @@ def pca_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """PCA basis of the training split's W+ codes (the thesis used pSp-encoded FFHQ)."""
-    from talkcli.io.files import check_output_path
+    from talkcli.guards import guard_outputs
     from talkcli.train.dataset import load_dataset
     from talkcli.train.fit import pca_from_videos
     from talkcli.train.pca import save_pca
 
     if out.suffix != ".npz":
         raise UserError(f"{out}: a PCA is saved as .npz (use a name ending in .npz)")
-    check_output_path(out)
     if plot is not None:
         from talkcli.plots import check_plot_path
 
         check_plot_path(plot)
+    guard_outputs([out, plot])
     ds = load_dataset(data)
     videos = ds.split("train")
     if not videos:
@@ -269,7 +271,7 @@ def fit_cmd(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue from a training state file (NAME.state.pt)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
     workers: int = typer.Option(0, "--workers", min=0, max=64, help="Data loader processes."),
     steps_per_epoch: int = typer.Option(
         0, "--steps-per-epoch", min=0, max=1_000_000_000, help="Cap steps per epoch (0: all)."
@@ -282,8 +284,7 @@ def fit_cmd(
     """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
     from talkcli.commands._common import generator_file
     from talkcli.distributed import torchrun_env
-    from talkcli.io.files import check_output_path
-    from talkcli.train._guards import guard_outputs
+    from talkcli.guards import guard_outputs
     from talkcli.train.fit import FitConfig, FitOutputs, fit
     from talkcli.weights import registry
 
@@ -310,8 +311,6 @@ def fit_cmd(
     cfg.check()
     env = torchrun_env()
     outputs = FitOutputs.beside(out, log, plot)
-    for path in outputs.all():
-        check_output_path(path)
     if plot is not None:
         from talkcli.plots import check_plot_path
 
@@ -327,12 +326,13 @@ def fit_cmd(
             registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
         )
     inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
-    guard_outputs(outputs.all(), inputs=inputs)
+    guard_outputs(outputs.all(), inputs=inputs, weights_dir=wd)
     device = _torch_device(env.local_rank if env.distributed else None)
     if env.is_main:
         where = f"{env.world_size} processes" if env.distributed else str(device)
         info(f"training on {data} ({where}); writing {out}")
 
+    plotted = [time.monotonic()]
     with progress() as bar:
         task: dict[str, int] = {}
 
@@ -348,10 +348,11 @@ def fit_cmd(
                 f"epoch {row['epoch']}: train {row['train_loss']:.4g}{val}, lr {row['lr']:.2g}, "
                 f"{row['samples_per_s']:.1f} clips/s{mark}"
             )
-            if plot is not None:
+            if plot is not None and time.monotonic() - plotted[0] > PLOT_EVERY_S:
                 from talkcli.plots import plot_training_curves
 
-                plot_training_curves(plot, history)
+                plot_training_curves(plot, history)  # watch long runs; redrawn at the end
+                plotted[0] = time.monotonic()
 
         result = fit(
             data,

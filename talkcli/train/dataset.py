@@ -3,9 +3,14 @@
 Layout of ``DATA`` (written by ``talkcli train prepare``, read by ``train pca`` and ``train fit``)::
 
     DATA/index.json               settings, speakers and their split, one summary row per video
-    DATA/shards/<id>.w.npy        pSp W+ codes, float16 (frames, n_latent, 512)
+    DATA/shards/<id>.w.npy        pSp W+ codes as float16 offsets (frames, n_latent, 512)
+    DATA/shards/<id>.ref.npy      the float32 reference they are offsets from (n_latent, 512)
     DATA/shards/<id>.mfcc.npy     MFCC rows of the soundtrack, float32 (M, 12), 100 per second
     DATA/shards/<id>.json         the video's record (status, counts, hashes), written last
+
+Codes are stored as ``ref + offset``: ``ref`` is the mean code of the video's first frames, so
+float16 spends its precision on how the face moves (small next to the code itself), not on the
+identity every frame shares. ``VideoEntry.codes(index)`` gives float32 codes back.
 
 The records are the truth: a video is done when its record says ``ok`` and both arrays exist.
 ``index.json`` is rebuilt from the records by every ``prepare`` process when it finishes (many
@@ -55,10 +60,28 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 # -- shard files ---------------------------------------------------------------------------------
 
 
-def shard_paths(data: Path, video_id: str) -> tuple[Path, Path, Path]:
-    """(codes .npy, MFCC .npy, record .json) of a video."""
+@dataclass(frozen=True)
+class ShardFiles:
+    """The files of one prepared video (the record is written last)."""
+
+    w: Path
+    ref: Path
+    mfcc: Path
+    record: Path
+
+    def arrays_exist(self) -> bool:
+        return self.w.is_file() and self.ref.is_file() and self.mfcc.is_file()
+
+
+def shard_paths(data: Path, video_id: str) -> ShardFiles:
+    """Where the files of video ``video_id`` live in ``data``."""
     base = Path(data) / SHARDS
-    return base / f"{video_id}.w.npy", base / f"{video_id}.mfcc.npy", base / f"{video_id}.json"
+    return ShardFiles(
+        base / f"{video_id}.w.npy",
+        base / f"{video_id}.ref.npy",
+        base / f"{video_id}.mfcc.npy",
+        base / f"{video_id}.json",
+    )
 
 
 class NpyAppender:
@@ -114,17 +137,41 @@ class VideoEntry:
     speaker: str
     split: str
     frames: int
-    w_path: Path
-    mfcc_path: Path
+    files: ShardFiles
     record: dict[str, Any] = field(default_factory=dict)
+    _arrays: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
-    def codes(self) -> np.ndarray:
-        """W+ codes, memory-mapped float16 (frames, n_latent, 512)."""
-        return load_array(self.w_path, "W+ codes")[: self.frames]
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            offsets = load_array(self.files.w, "W+ codes")  # memory-mapped float16
+            ref = np.asarray(load_array(self.files.ref, "W+ reference"), dtype=np.float32)
+            if offsets.ndim != 3 or offsets.shape[1:] != ref.shape or len(offsets) < self.frames:
+                raise InputFileError(
+                    self.files.w,
+                    f"W+ codes {offsets.shape} do not fit the reference {ref.shape} and "
+                    f"{self.frames} frames",
+                    "rerun `train prepare --resume` after deleting its record",
+                )
+            self._arrays = (offsets, ref)
+        return self._arrays
+
+    def codes(self, index: slice | np.ndarray | int = slice(None)) -> np.ndarray:
+        """Float32 W+ codes of frames ``index`` (a slice, indices or one frame)."""
+        offsets, ref = self._open()
+        if isinstance(index, slice):
+            index = range(self.frames)[index]
+            picked = offsets[index.start : index.stop : index.step]
+        else:
+            picked = offsets[index]
+        return picked.astype(np.float32) + ref  # (..., n_latent, 512)
+
+    @property
+    def code_shape(self) -> tuple[int, int]:
+        return tuple(self._open()[1].shape)  # type: ignore[return-value]
 
     def mfcc(self) -> np.ndarray:
         """MFCC rows, memory-mapped float32 (M, 12)."""
-        return load_array(self.mfcc_path, "MFCC rows")
+        return load_array(self.files.mfcc, "MFCC rows")
 
 
 def load_array(path: Path, what: str) -> np.ndarray:
@@ -293,12 +340,12 @@ def load_dataset(data: str | Path) -> Dataset:
             continue
         if enc and rec.get("encoder_sha256") not in (None, enc):
             raise InputFileError(
-                shard_paths(root, rec["id"])[2],
+                shard_paths(root, rec["id"]).record,
                 "was encoded with another pSp encoder than the rest of the dataset",
                 "prepare it again into a fresh folder",
             )
-        w_path, m_path, _ = shard_paths(root, rec["id"])
-        if not (w_path.is_file() and m_path.is_file()):
+        files = shard_paths(root, rec["id"])
+        if not files.arrays_exist():
             missing.append(rec["id"])
             continue
         speaker = str(rec.get("speaker") or "")
@@ -308,8 +355,7 @@ def load_dataset(data: str | Path) -> Dataset:
                 speaker=speaker,
                 split=speakers.get(speaker, "train"),
                 frames=int(rec.get("frames") or 0),
-                w_path=w_path,
-                mfcc_path=m_path,
+                files=files,
                 record=rec,
             )
         )

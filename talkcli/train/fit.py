@@ -40,9 +40,9 @@ from talkcli import __version__
 from talkcli.audio.features import windows_from_mfcc
 from talkcli.distributed import DistEnv
 from talkcli.errors import InputFileError, UserError
+from talkcli.guards import check_finite_array, check_finite_loss
 from talkcli.io.files import atomic_output, sha256_file
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
-from talkcli.train._guards import check_finite_array, check_finite_loss
 from talkcli.train.dataset import VideoEntry, load_dataset
 from talkcli.train.pca import PCAResult, fit_pca, load_pca
 
@@ -156,7 +156,6 @@ class ClipDataset(torch.utils.data.Dataset):
             if not starts:
                 self.too_short.append(v.id)
             self.items.extend((vi, s) for s in starts)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _free(self, v: VideoEntry, start: int) -> int:
         """Frames of ``v`` outside the audio windows of the clip starting at ``start``."""
@@ -170,12 +169,6 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _arrays(self, vi: int) -> tuple[np.ndarray, np.ndarray]:
-        if vi not in self._cache:
-            v = self.videos[vi]
-            self._cache[vi] = (v.codes(), v.mfcc())
-        return self._cache[vi]
-
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         vi, start = self.items[i]
         v = self.videos[vi]
@@ -184,18 +177,17 @@ class ClipDataset(torch.utils.data.Dataset):
             room = min(self.seq_len - 1, v.frames - self.seq_len - start)
             shifted = start + int(rng.integers(0, room + 1)) if room > 0 else start
             start = shifted if self._free(v, shifted) > 0 else start
-        codes, rows = self._arrays(vi)
         lo = max(start - self.margin, 0)
         hi = min(start + self.seq_len - 1 + self.margin, v.frames - 1)
         choices = np.concatenate([np.arange(0, lo), np.arange(hi + 1, v.frames)])
         ident = int(rng.choice(choices))
-        target = np.asarray(codes[start : start + self.seq_len], dtype=np.float32)  # (L, n, 512)
-        identity = np.asarray(codes[ident], dtype=np.float32)  # (n, 512)
-        windows = windows_from_mfcc(rows, range(start, start + self.seq_len), self.fps)
+        target = v.codes(slice(start, start + self.seq_len))  # (L, n_latent, 512)
+        identity = v.codes(ident)  # (n_latent, 512)
+        windows = windows_from_mfcc(v.mfcc(), range(start, start + self.seq_len), self.fps)
         for arr, what, path in (
-            (target, "W+ codes", v.w_path),
-            (identity, "W+ codes", v.w_path),
-            (windows, "MFCC rows", v.mfcc_path),
+            (target, "W+ codes", v.files.w),
+            (identity, "W+ codes", v.files.w),
+            (windows, "MFCC rows", v.files.mfcc),
         ):
             check_finite_array(arr, path, what)
         return torch.from_numpy(windows), torch.from_numpy(target), torch.from_numpy(identity)
@@ -214,9 +206,9 @@ def pca_from_videos(videos: list[VideoEntry], k: int, max_frames: int) -> PCARes
     def chunks():
         for v, idx in picks:
             if len(idx):
-                yield np.asarray(v.codes()[idx], dtype=np.float32)  # (n_i, n_latent, 512)
+                yield v.codes(idx)  # (n_i, n_latent, 512) float32
 
-    n_latent = int(videos[0].codes().shape[1])
+    n_latent = int(videos[0].code_shape[0])
     return fit_pca(chunks(), k, n_latent=n_latent, n_total=n_used)
 
 
@@ -518,7 +510,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             n = float(len(windows))
-            here = [float(loss) * n, float(latent) * n, float(lp) * n, n]
+            here = [float(x.detach()) * n for x in (loss, latent, lp)] + [n]
             total = _all_sum(here, env, device)  # every rank sees the same (NaN stops all)
             check_finite_loss(total[0] / total[3], step, "training loss")
             opt.step()

@@ -273,10 +273,12 @@ def _encode_to(
     limit: int,
     on_frames: Callable[[int], None] | None,
     source: Path,
-) -> int:
+) -> tuple[int, np.ndarray | None]:
+    """Encode frame batches into ``appender`` as float16 offsets from the mean code of the
+    first batch; returns (frames, that reference (n_latent, 512) float32)."""
     import torch
 
-    done = 0
+    done, ref = 0, None
     for frames in batches:
         frames = frames[: max(limit - done, 0)]
         if not len(frames):
@@ -286,11 +288,13 @@ def _encode_to(
         codes = w.to("cpu", torch.float32).numpy()
         if not np.isfinite(codes).all():
             raise InputFileError(source, "pSp produced NaN or infinite codes for its frames")
-        appender.append(codes.astype(np.float16))
+        if ref is None:
+            ref = codes.mean(axis=0)
+        appender.append((codes - ref).astype(np.float16))
         done += len(frames)
         if on_frames:
             on_frames(done)
-    return done
+    return done, ref
 
 
 def prepare_video(
@@ -358,13 +362,13 @@ def prepare_video(
         res = align_video_file(item.path, work, acfg, detectors, progress=align_progress)
         source, read_fps, aligned_path = res.output, None, res.output
 
-    w_path, m_path, rec_path = shard_paths(data, item.id)
+    files = shard_paths(data, item.id)
     limit = audio_frames
     try:
-        with atomic_output(w_path) as tmp:
+        with atomic_output(files.w) as tmp:
             appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
             try:
-                got = _encode_to(
+                got, ref = _encode_to(
                     appender,
                     _frame_batches(source, read_fps, cfg.batch_size),
                     encoder,
@@ -382,9 +386,10 @@ def prepare_video(
                     f"decoded only {got} frame(s): shorter than one audio window "
                     f"({min_frames} frames)",
                 )
-        with atomic_output(m_path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, rows)
+        for path, array in ((files.ref, ref), (files.mfcc, rows)):
+            with atomic_output(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
     finally:
         if aligned_path is not None:
             if cfg.keep_aligned:
@@ -415,7 +420,7 @@ def prepare_video(
             f"video ({expected_frames} frames) and audio ({audio_frames}) differ by over 1 s; "
             "the shorter one is used"
         )
-    write_json(rec_path, record)
+    write_json(files.record, record)
     return record
 
 
@@ -436,7 +441,7 @@ def dataset_settings(cfg: PrepareConfig, encoder_path: Path, encoder_sha256: str
         },
         "n_latent": encoder.n_styles,
         "style_dim": encoder.style_dim,
-        "codes_dtype": "float16",
+        "codes": "float16 offsets (<id>.w.npy) from a float32 reference (<id>.ref.npy)",
         "features": dict(FEATURE_SETTINGS),
     }
 
@@ -464,7 +469,7 @@ def check_compatible(data: Path, settings: dict[str, Any]) -> None:
 
 
 def _existing_record(data: Path, item: VideoItem) -> dict[str, Any] | None:
-    rec_path = shard_paths(data, item.id)[2]
+    rec_path = shard_paths(data, item.id).record
     if not rec_path.is_file():
         return None
     try:
@@ -476,8 +481,7 @@ def _existing_record(data: Path, item: VideoItem) -> dict[str, Any] | None:
 def _is_done(data: Path, rec: dict[str, Any] | None, encoder_sha256: str) -> bool:
     if rec is None or rec.get("status") != "ok" or rec.get("encoder_sha256") != encoder_sha256:
         return False
-    w, m, _ = shard_paths(data, rec["id"])
-    return w.is_file() and m.is_file()
+    return shard_paths(data, rec["id"]).arrays_exist()
 
 
 def failed_record(item: VideoItem, message: str) -> dict[str, Any]:
@@ -552,7 +556,7 @@ def prepare_dataset(
                 if isinstance(exc, ModelFileError | OutputError) or exc.exit_code != 2:
                     raise  # would fail every video: stop now
                 rec = failed_record(item, str(exc).splitlines()[0])
-                write_json(shard_paths(data, item.id)[2], rec)
+                write_json(shard_paths(data, item.id).record, rec)
         result.records.append(rec)
         if on_item:
             on_item(rec)
