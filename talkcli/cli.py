@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import traceback
@@ -180,7 +181,11 @@ def _guard_float_options(command: Any) -> None:
 # -- process-wide behaviour -----------------------------------------------------------------------
 
 
+_signal_seen: dict[str, bool] = {"terminated": False}
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _signal_seen["terminated"] = True  # click turns the exception into Abort; remember why
     raise Terminated()
 
 
@@ -216,14 +221,17 @@ def main(argv: list[str] | None = None) -> int:
             _guard_float_options(command)
             result = command.main(args=args, prog_name="talkcli", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer >= 0.24 turns KeyboardInterrupt into Exit(130)
+            raise KeyboardInterrupt
     except typer.Exit as exc:
         code = exc.exit_code
-    except Terminated:
-        console.print("terminated", style="yellow")
-        code = EXIT_TERMINATED
-    except (KeyboardInterrupt, typer.Abort):
-        console.print("interrupted", style="yellow")
-        code = EXIT_INTERRUPTED
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        if isinstance(exc, Terminated) or _signal_seen["terminated"]:
+            console.print("terminated", style="yellow")
+            code = EXIT_TERMINATED
+        else:
+            console.print("interrupted", style="yellow")
+            code = EXIT_INTERRUPTED
     except ClickException as exc:
         # Usage errors in one line like every other user error, with where to find help.
         ctx = getattr(exc, "ctx", None)
@@ -252,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     if argv is None:
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            # CPython remembers a KeyboardInterrupt raised inside some C-level evaluations (torch's
+            # imports) and kills itself with SIGINT at exit even though it was handled: leave now,
+            # with the exit code we promised (temporary files were removed while unwinding).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         sys.exit(code)
     return code
 

@@ -7,6 +7,7 @@ over both signals.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -29,5 +30,8 @@ def run() -> None:
         from talkcli.cli import main
     except KeyboardInterrupt:
         sys.stderr.write("terminated\n" if _terminated else "interrupted\n")
-        sys.exit(143 if _terminated else 130)
+        sys.stderr.flush()
+        # os._exit, not sys.exit: CPython may otherwise re-raise SIGINT at exit for an interrupt
+        # that landed inside an import (see talkcli.cli.main)
+        os._exit(143 if _terminated else 130)
     main()

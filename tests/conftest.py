@@ -36,6 +36,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_cli_inprocess(*args: str) -> CliResult:
+    """``talkcli ARGS`` in this process (no interpreter start, torch already imported): for the
+    many bad-input tests where a subprocess would cost a second each. The working folder and
+    environment are the test's own (use monkeypatch.chdir / setenv)."""
+    import contextlib
+    import io
+
+    from talkcli import cli
+    from talkcli.weights import registry
+
+    registry._IN_USE.clear()  # model files resolved by earlier in-process runs
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result: CliResult, *needles: str) -> None:
     """Exit 2, a single 'error:' line on stderr mentioning each needle, and no traceback."""
     assert result.code == 2, (result.code, result.stdout, result.stderr)

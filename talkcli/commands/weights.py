@@ -217,11 +217,14 @@ def tiny_cmd(
         64, "--size", min=16, max=1024, help="Generator output size: 16, 32, ..., 1024."
     ),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the weights."),
+    force: bool = typer.Option(
+        False, "--force", help="Write even into a folder that holds other (real) model files."
+    ),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
     from talkcli.weights.tiny import write_tiny_pack
 
-    written = write_tiny_pack(folder, size=size, seed=seed)
+    written = write_tiny_pack(folder, size=size, seed=seed, force=force)
     for name, path in written.items():
         info(f"{name}: {path}")
     info(f"random weights; use with --weights-dir {folder} (outputs will not look like faces)")

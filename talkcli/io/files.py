@@ -8,6 +8,7 @@ final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -17,16 +18,31 @@ from pathlib import Path
 from talkcli.errors import InputFileError, OutputError
 
 
+def _a(what: str) -> str:
+    """``what`` with its indefinite article: "an image", "a model file"."""
+    return ("an " if what[:1].lower() in "aeiou" else "a ") + what
+
+
 def require_file(path: str | Path, what: str = "input file") -> Path:
     """Return ``path`` as a Path if it is an existing, readable regular file, else raise."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputFileError(p, f"{what} not found", "check the path")
+    try:
+        p.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputFileError(p, "is a symbolic link loop", "point it at a real file") from None
+        if p.is_symlink():
+            target = os.readlink(p)
+            raise InputFileError(
+                p, f"is a broken symbolic link (to {target})", "point it at an existing file"
+            ) from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise InputFileError(p, f"cannot open the {what} ({exc.strerror})") from None
+        raise InputFileError(p, f"{what} not found", "check the path") from None
     if p.is_dir():
-        article = "an" if what[:1].lower() in "aeiou" else "a"
-        raise InputFileError(p, f"is a directory, expected {article} {what}", "pass a file")
+        raise InputFileError(p, f"is a directory, expected {_a(what)}", "pass a file")
     if not p.is_file():
-        raise InputFileError(p, f"is not a regular file, expected a {what}")
+        raise InputFileError(p, f"is not a regular file, expected {_a(what)}")
     if not os.access(p, os.R_OK):
         raise InputFileError(p, f"{what} is not readable", "check its permissions")
     if p.stat().st_size == 0:
@@ -49,6 +65,9 @@ def check_output_path(path: str | Path) -> Path:
     return p
 
 
+_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -62,10 +81,12 @@ def temporary_sibling(path: Path) -> Path:
     """A unique temporary name in the same folder as ``path``, keeping its extension.
 
     ffmpeg picks the container from the extension, so ``out.mp4`` becomes ``.out.XXXX.tmp.mp4``.
+    The stem is shortened so the name fits wherever the final name fits (255 bytes).
     """
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    suffix = f".tmp{path.suffix}"
+    room = _NAME_MAX - len(suffix.encode()) - 2 - 8  # two dots, mkstemp's 8 random characters
+    stem = path.stem.encode()[: max(room, 1)].decode("utf-8", "ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
@@ -83,11 +104,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"{final}: cannot write in {final.parent} ({exc.strerror})") from exc
     try:
-        yield tmp
-        if not tmp.exists() or tmp.stat().st_size == 0:
-            raise OutputError(f"{final}: nothing was written")
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
-        os.replace(tmp, final)
+        try:
+            yield tmp
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OutputError(f"{final}: nothing was written")
+            os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OutputError(f"{final}: disk full while writing (free some space)") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+                raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
+            raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

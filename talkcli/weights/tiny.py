@@ -21,9 +21,14 @@ PACK_NOTE = "TINY-PACK.json"
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
 
 
-def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), audio model, LPIPS backbones and heads; return
-    name -> path."""
+def write_tiny_pack(
+    folder: str | Path, size: int = 64, seed: int = 0, force: bool = False
+) -> dict[str, Path]:
+    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads; return name -> path.
+
+    A folder that already holds model files but is not a tiny pack (no ``TINY-PACK.json``: real
+    weights, say) is refused unless ``force``: random weights must never replace real ones.
+    """
     from talkcli.models.stylegan2 import generator_from_state_dict
     from talkcli.weights.tiny_audio import write_tiny_audio_model
     from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
@@ -43,6 +48,12 @@ def write_tiny_pack(folder: str | Path, size: int = 64, seed: int = 0) -> dict[s
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{root}: cannot create the folder ({exc.strerror})") from None
+    real = [e.filename for e in registry.MANIFEST if (root / e.relpath).is_file()]
+    if real and not force and not (root / PACK_NOTE).is_file():
+        raise OutputError(
+            f"{root}: holds model files that are not a tiny pack ({', '.join(real[:3])}); "
+            "random weights would replace them (choose an empty folder, or --force)"
+        )
     written: dict[str, Path] = {}
 
     g_sd = tiny_generator_state_dict(size, seed=seed)
