@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.speech import SAMPLE_RATE, has_espeak, espeak, synth_speech
+from tests.speech import SAMPLE_RATE, espeak, has_espeak, synth_speech
 
 VOICES = ("en", "en-us", "en-gb-x-rp")
 SPEEDS = (140, 170)
@@ -112,3 +112,31 @@ def make_clips(
             out.envelopes[f"{speaker}/{path.stem}"] = env
             index += 1
     return out
+
+
+def write_sensitive_encoder(path: Path, generator_path: Path, gain: float = 300.0) -> Path:
+    """A narrow random pSp file whose codes move with the picture as much as a real pSp's do.
+
+    The tiny pack's random encoder maps the synthetic clips' motion to code changes of ~1e-4
+    (its random style heads have a tiny gain), far below anything a model can be asked to learn;
+    this one scales the style heads' linear layers by ``gain`` (codes then move ~0.05 per value
+    over a clip, as pSp codes of a talking face do) and uses the narrowest widths, which also
+    makes ``train prepare`` several times faster.
+    """
+    from talkcli.weights.safe_load import load_torch_file
+    from talkcli.weights.tiny_psp import tiny_encoder_state_dict, write_psp_checkpoint
+
+    g = load_torch_file(generator_path)
+    n_latent = 2 * _log2_size(g) - 2
+    sd = tiny_encoder_state_dict(n_styles=n_latent, widths=(2, 4, 6, 8), style_hidden=8, seed=0)
+    for key in sd:
+        if key.endswith("linear.weight"):
+            sd[key] = sd[key] * gain
+    return write_psp_checkpoint(path, sd, g["g_ema"], g["latent_avg"].repeat(n_latent, 1))
+
+
+def _log2_size(ckpt: dict) -> int:
+    """log2 of the generator's output size, from its last noise buffer."""
+    noises = [k for k in ckpt["g_ema"] if k.startswith("noises.noise_")]
+    last = max(noises, key=lambda k: int(k.rsplit("_", 1)[1]))
+    return int(ckpt["g_ema"][last].shape[-1]).bit_length() - 1

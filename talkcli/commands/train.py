@@ -284,7 +284,8 @@ def fit_cmd(
     """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
     from talkcli.commands._common import generator_file
     from talkcli.distributed import torchrun_env
-    from talkcli.guards import guard_outputs
+    from talkcli.guards import guard_outputs, same_file
+    from talkcli.train.dataset import read_index
     from talkcli.train.fit import FitConfig, FitOutputs, fit
     from talkcli.weights import registry
 
@@ -309,6 +310,7 @@ def fit_cmd(
         steps_per_epoch=steps_per_epoch,
     )
     cfg.check()
+    read_index(data)  # a missing or foreign dataset folder is named before any model file
     env = torchrun_env()
     outputs = FitOutputs.beside(out, log, plot)
     if plot is not None:
@@ -326,6 +328,8 @@ def fit_cmd(
             registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
         )
     inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
+    if resume is not None and same_file(resume, outputs.state):
+        inputs.remove(resume)  # continuing in place: the state is read whole, then replaced
     guard_outputs(outputs.all(), inputs=inputs, weights_dir=wd)
     device = _torch_device(env.local_rank if env.distributed else None)
     if env.is_main:
