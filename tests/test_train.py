@@ -335,3 +335,67 @@ def test_prepare_refuses_to_redo_without_resume(synthetic, tmp_path):
                  str(synthetic["root"] / "clips"), "--out", str(data), "--aligned",
                  "--encoder", str(synthetic["encoder"]))  # fmt: skip
     assert_user_error(result, str(data), "--resume")
+
+
+def test_processes_share_the_work_by_shard_variables(synthetic, tmp_path):
+    from talkcli.io.video import VideoWriter
+    from tests.speech import synth_speech
+
+    folder = tmp_path / "videos" / "spk"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):  # short clips: 12 frames, 0.48 s of sound
+        with VideoWriter(folder / f"c{i}.mp4", 25.0, audio=(synth_speech(0.48, i), 16000)) as w:
+            w.write(rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
+    data = tmp_path / "data"
+    args = ["--weights-dir", str(synthetic["pack"]), "train", "prepare", str(folder), "--out",
+            str(data), "--aligned", "--encoder", str(synthetic["encoder"]), "--json"]  # fmt: skip
+    first = run_cli(*args, env={**ONE_THREAD, "SLURM_ARRAY_TASK_ID": "0",
+                                "SLURM_ARRAY_TASK_COUNT": "2"})  # fmt: skip
+    assert first.code == 0, first.stderr
+    done = json.loads(first.stdout)
+    assert done["shard"] == [0, 2] and done["prepared"] == 2
+    assert done["dataset"]["ok"] == 2 and done["dataset"]["pending"] == 1
+    second = run_cli(*args, env={**ONE_THREAD, "RANK": "1", "WORLD_SIZE": "2"})
+    assert second.code == 0, second.stderr
+    done = json.loads(second.stdout)
+    assert done["shard"] == [1, 2] and done["prepared"] == 1
+    assert done["dataset"]["ok"] == 3 and done["dataset"]["pending"] == 0
+    assert len(load_dataset(data).videos) == 3
+
+
+@pytest.mark.slow
+def test_prepare_aligns_raw_videos(synthetic, tmp_path, shared_fixtures):
+    """Without --aligned every frame goes through FFHQ alignment (MTCNN here) first."""
+    import skimage.data
+    from PIL import Image
+
+    from talkcli.io.video import VideoWriter
+    from tests.speech import synth_speech
+
+    weights = tmp_path / "weights"
+    (weights / "mtcnn").mkdir(parents=True)
+    for stage in ("pnet", "rnet", "onet"):
+        (weights / "mtcnn" / f"{stage}.npy").symlink_to(shared_fixtures / "mtcnn" / f"{stage}.npy")
+    photo = Image.fromarray(skimage.data.astronaut())
+    frames = np.stack([
+        np.asarray(photo.crop((100 + 2 * i, 0, 356 + 2 * i, 256)))
+        for i in range(15)
+    ])  # fmt: skip
+    video = tmp_path / "raw" / "astronaut" / "talk.mp4"
+    video.parent.mkdir(parents=True)
+    with VideoWriter(video, 25.0, audio=(synth_speech(0.6, seed=1), 16000)) as writer:
+        writer.write(frames)
+    data = tmp_path / "data"
+    result = cli("--weights-dir", str(weights), "train", "prepare", str(video), "--out",
+                 str(data), "--detector", "mtcnn", "--align-size", "64", "--keep-aligned",
+                 "--encoder", str(synthetic["encoder"]), "--holdout-speakers", "0")  # fmt: skip
+    assert result.code == 0, result.stderr
+    (entry,) = load_dataset(data).videos
+    assert entry.frames == 15 and entry.record["aligned"] is False
+    assert entry.speaker == "astronaut"
+    aligned = data / "aligned" / "talk.mp4"
+    from talkcli.io.video import probe_video
+
+    assert probe_video(aligned).width == 64  # the crop pSp encoded, kept on request
+    assert not (data / ".work").exists()
