@@ -278,3 +278,19 @@ def test_index_lists_every_video_with_status(tmp_path):
     assert status == {"a": ("ok", "train"), "b": ("failed", "val"), "c": ("pending", "val")}
     assert index["summary"]["frames"] == 10 and index["summary"]["train_frames"] == 10
     assert json.loads(json.dumps(index)) == index
+
+
+def test_library_callers_get_the_cli_ranges():
+    from talkcli.train.fit import FitConfig
+    from talkcli.train.prepare import PrepareConfig
+
+    with pytest.raises(UserError, match="--lr nan"):
+        FitConfig(lr=float("nan")).check()
+    with pytest.raises(UserError, match="--seq-len 0"):
+        FitConfig(seq_len=0).check()
+    with pytest.raises(UserError, match="--arch"):
+        FitConfig(arch="huge").check()
+    with pytest.raises(UserError, match="--fps 500"):
+        PrepareConfig(fps=500).check()
+    with pytest.raises(UserError, match="even"):
+        PrepareConfig(align_size=255).check()

@@ -373,6 +373,10 @@ def fit_cmd(
         )
     if not env.is_main:
         return
+    if result.val_clips == 0:
+        warn(
+            "no validation clips (no held-out speakers): the best model is chosen by training loss"
+        )
     if result.skipped_videos:
         warn(f"{result.skipped_videos} video(s) too short for --seq-len {seq_len} were not used")
     if plot is not None and result.history:

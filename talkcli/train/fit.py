@@ -40,7 +40,7 @@ from talkcli import __version__
 from talkcli.audio.features import windows_from_mfcc
 from talkcli.distributed import DistEnv
 from talkcli.errors import InputFileError, UserError
-from talkcli.guards import check_finite_array, check_finite_loss
+from talkcli.guards import check_finite_array, check_finite_loss, check_number
 from talkcli.io.files import atomic_output, sha256_file
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
 from talkcli.train.dataset import VideoEntry, load_dataset
@@ -51,6 +51,26 @@ WINDOW_HALF_S = 0.14  # half of the 280 ms window
 
 EpochFn = Callable[[dict[str, Any], list[dict[str, Any]]], None]  # (row, history)
 StepFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+# option -> (min, max), shared with the CLI (talkcli/commands/train.py)
+RANGES = (
+    ("epochs", 1, 100_000),
+    ("batch_size", 1, 4096),
+    ("seq_len", 1, 2000),
+    ("lr", 1e-9, 1.0),
+    ("latent_weight", 0.0, 1e9),
+    ("lpips_weight", 0.0, 1e9),
+    ("lpips_frames", 0, 2000),
+    ("lpips_size", 16, 1024),
+    ("lr_decay", 0.01, 1.0),
+    ("lr_patience", 0, 10_000),
+    ("components", 1, 100_000),
+    ("pca_frames", 2, 100_000_000),
+    ("seed", 0, 2**32 - 1),
+    ("workers", 0, 64),
+    ("steps_per_epoch", 0, 1_000_000_000),
+)
 
 
 @dataclass
@@ -75,15 +95,13 @@ class FitConfig:
     steps_per_epoch: int = 0  # 0 = every clip once per epoch
 
     def check(self) -> None:
+        """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
         if self.arch not in ARCH_PRESETS:
             raise UserError(f"--arch {self.arch!r}: expected one of {', '.join(ARCH_PRESETS)}")
-        for name in ("epochs", "batch_size", "seq_len", "pca_frames"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be 1 or more")
-        if not (0 < self.lr_decay <= 1):
-            raise UserError(f"--lr-decay {self.lr_decay}: expected 0 < value <= 1")
-        if self.lpips_weight < 0 or self.latent_weight < 0:
-            raise UserError("loss weights must be >= 0")
+        for name, lo, hi in RANGES:
+            value = getattr(self, name)
+            if value is not None:
+                check_number(f"--{name.replace('_', '-')}", value, lo, hi)
 
 
 @dataclass
@@ -206,7 +224,9 @@ def pca_from_videos(videos: list[VideoEntry], k: int, max_frames: int) -> PCARes
     def chunks():
         for v, idx in picks:
             if len(idx):
-                yield v.codes(idx)  # (n_i, n_latent, 512) float32
+                codes = v.codes(idx)  # (n_i, n_latent, 512) float32
+                check_finite_array(codes, v.files.w, "W+ codes")
+                yield codes
 
     n_latent = int(videos[0].code_shape[0])
     return fit_pca(chunks(), k, n_latent=n_latent, n_total=n_used)
@@ -217,6 +237,7 @@ def mfcc_statistics(videos: list[VideoEntry]) -> tuple[np.ndarray, np.ndarray]:
     n, s, ss = 0, np.zeros(12), np.zeros(12)
     for v in videos:
         rows = np.asarray(v.mfcc(), dtype=np.float64)
+        check_finite_array(rows, v.files.mfcc, "MFCC rows")
         n += len(rows)
         s += rows.sum(0)
         ss += (rows**2).sum(0)
@@ -409,6 +430,14 @@ def fit(
         )
         if model.latent_dim != latent_dim or model.fps != ds.fps:
             raise InputFileError(resume, "was trained on a dataset with other codes or fps")
+        trained_for = state.get("generator", {}).get("size")
+        if trained_for is not None and int(trained_for) != G.size:
+            raise InputFileError(
+                resume,
+                f"was trained for a {trained_for}x{trained_for} generator but {generator_path} "
+                f"is {G.size}x{G.size}",
+                "pass the generator it was trained with (--generator)",
+            )
         model.load_state_dict(state["model"], strict=True)
         pca_info = state.get("pca_info", {})
     else:
@@ -512,7 +541,11 @@ def fit(
             n = float(len(windows))
             here = [float(x.detach()) * n for x in (loss, latent, lp)] + [n]
             total = _all_sum(here, env, device)  # every rank sees the same (NaN stops all)
-            check_finite_loss(total[0] / total[3], step, "training loss")
+            check_finite_loss(
+                total[0] / total[3],
+                step,
+                f"train fit, epoch {epoch + 1} (files of earlier epochs are kept)",
+            )
             opt.step()
             step += 1
             sums = [a + b for a, b in zip(sums, total, strict=True)]
@@ -559,6 +592,7 @@ def fit(
 
     training_meta = {
         "dataset": str(ds.root),
+        "dataset_index_sha256": sha256_file(ds.root / "index.json"),
         "dataset_fps": ds.fps,
         "encoder_sha256": (ds.settings.get("encoder") or {}).get("sha256"),
         "train_speakers": sorted({v.speaker for v in train_videos}),
@@ -611,6 +645,7 @@ def fit(
                         "best_epoch": best_epoch,
                         "history": history,
                         "pca_info": pca_info,
+                        "generator": gen_meta,
                         "talkcli": __version__,
                     },
                 )

@@ -29,6 +29,7 @@ import numpy as np
 from talkcli import __version__
 from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
 from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
+from talkcli.guards import check_frame_count, check_number
 from talkcli.io.files import atomic_output, require_file, sha256_file
 from talkcli.io.images import VIDEO_EXTS
 from talkcli.train.dataset import (
@@ -46,7 +47,6 @@ from talkcli.train.dataset import (
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 ALIGNED_DIR = "aligned"
 WORK_DIR = ".work"
-MAX_FRAMES_PER_VIDEO = 500_000  # 5.5 h at 25 fps: longer is surely a mistake (split it)
 
 ItemFn = Callable[[dict[str, Any]], None]
 ProgressFn = Callable[[str, int, int | None], None]  # (video id, frames done, total or None)
@@ -88,12 +88,13 @@ class PrepareConfig:
     device: str = "cpu"
 
     def check(self) -> None:
-        if not (math.isfinite(self.fps) and 1 <= self.fps <= 120):
-            raise UserError(f"--fps {self.fps}: expected 1..120")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size {self.batch_size}: expected 1 or more")
-        if self.align_size % 2 or not 32 <= self.align_size <= 1024:
-            raise UserError(f"--align-size {self.align_size}: expected an even size 32..1024")
+        """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
+        check_number("--fps", self.fps, 1.0, 120.0)
+        check_number("--batch-size", self.batch_size, 1, 4096)
+        check_number("--smooth", self.smooth, 0.0, 50.0)
+        check_number("--align-size", self.align_size, 32, 1024)
+        if self.align_size % 2:
+            raise UserError(f"--align-size {self.align_size}: expected an even size")
 
 
 @dataclass
@@ -329,12 +330,7 @@ def prepare_video(
             f"is shorter than one audio window ({min(audio_frames, expected_frames)} frames; "
             f"280 ms = {min_frames} frames at {cfg.fps:g} fps)",
         )
-    if expected_frames > MAX_FRAMES_PER_VIDEO:
-        raise InputFileError(
-            item.path,
-            f"has {expected_frames} frames at {cfg.fps:g} fps (limit {MAX_FRAMES_PER_VIDEO})",
-            "split it into shorter clips",
-        )
+    check_frame_count(item.path, expected_frames, cfg.fps)
     rows = mfcc(samples).astype(np.float32)  # (M, 12)
     if not np.isfinite(rows).all():
         raise InputFileError(audio_source, "audio gives NaN or infinite MFCCs")
