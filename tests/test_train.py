@@ -411,7 +411,7 @@ def test_prepare_aligns_raw_videos(synthetic, tmp_path, shared_fixtures):
     (entry,) = load_dataset(data).videos
     assert entry.frames == 15 and entry.record["aligned"] is False
     assert entry.speaker == "astronaut"
-    aligned = data / "aligned" / "talk.mp4"
+    aligned = data / "aligned" / f"{entry.id}.mp4"  # named by video id
     from talkcli.io.video import probe_video
 
     assert probe_video(aligned).width == 64  # the crop pSp encoded, kept on request

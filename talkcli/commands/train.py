@@ -105,7 +105,10 @@ def prepare_cmd(
         raise UserError(f"{out}: --out must be a folder")
     wd = weights_dir(wdir)
     encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "train prepare")
-    paths = collect_videos(videos)
+    inside = out.resolve()
+    paths = [p for p in collect_videos(videos) if inside not in p.parents]  # not DATA/aligned/
+    if not paths:
+        raise UserError(f"no input videos outside the dataset folder {out}")
     items = plan_items(paths, audio_dir, speaker_level, speaker_regex)
     cfg = PrepareConfig(
         fps=fps,

@@ -165,6 +165,10 @@ class VideoEntry:
             picked = offsets[index]
         return picked.astype(np.float32) + ref  # (..., n_latent, 512)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # data-loader workers open their own memory maps (never pickle the arrays themselves)
+        return {**self.__dict__, "_arrays": None}
+
     @property
     def code_shape(self) -> tuple[int, int]:
         return tuple(self._open()[1].shape)  # type: ignore[return-value]

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from talkcli.train.dataset import VideoEntry, load_dataset
 from talkcli.train.pca import PCAResult, fit_pca, load_pca
 
 STATE_FORMAT = "talkcli-train-state"
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 WINDOW_HALF_S = 0.14  # half of the 280 ms window
 
 EpochFn = Callable[[dict[str, Any], list[dict[str, Any]]], None]  # (row, history)
@@ -259,7 +261,10 @@ def setup_distributed(env: DistEnv, device: torch.device) -> torch.device:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # rank 0 may compute the PCA while the others wait at the broadcast: be patient
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT
+        )
     return device
 
 
@@ -379,11 +384,74 @@ def fit(
     the checkpoint). ``lpips_paths``: (vgg16 backbone, lpips-vgg heads), needed when
     ``cfg.lpips_weight`` > 0. Only rank 0 of ``env`` writes ``outputs``.
     """
-    from talkcli.models.stylegan2 import load_generator
-
     cfg.check()
     env = env or DistEnv()
     device = setup_distributed(env, device or torch.device("cpu"))
+    try:
+        return _fit(
+            data, outputs, cfg, generator_path, pca_path, resume, lpips_paths, device, env,
+            on_epoch, on_step,
+        )  # fmt: skip
+    finally:
+        if env.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _resumed_model(
+    resume: Path, state: dict[str, Any], G, generator_path: Path, ds
+) -> Audio2Latent:
+    """The model saved in a training state file, checked against this dataset and generator."""
+    try:
+        mc = state["model_config"]
+        model = Audio2Latent(
+            int(mc["n_components"]),
+            int(mc["n_latent"]),
+            int(mc["style_dim"]),
+            arch=ARCH_PRESETS[str(mc["arch_name"])],
+            fps=float(mc["fps"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFileError(resume, f"training state is incomplete ({exc})") from None
+    if model.latent_dim != ds.n_latent * ds.style_dim or model.fps != ds.fps:
+        raise InputFileError(
+            resume, f"was trained on a dataset with other codes or fps than {ds.root}"
+        )
+    trained_for = (state.get("generator") or {}).get("size")
+    if trained_for is not None and int(trained_for) != G.size:
+        raise InputFileError(
+            resume,
+            f"was trained for a {trained_for}x{trained_for} generator but {generator_path} "
+            f"is {G.size}x{G.size}",
+            "pass the generator it was trained with (--generator)",
+        )
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise InputFileError(
+            resume, f"training state does not fit its model ({first[:120]})"
+        ) from None
+    return model
+
+
+def _fit(
+    data,
+    outputs,
+    cfg,
+    generator_path,
+    pca_path,
+    resume,
+    lpips_paths,
+    device,
+    env,
+    on_epoch,
+    on_step,
+) -> FitResult:
+    from talkcli.models.stylegan2 import load_generator
+
     ds = load_dataset(data)
     train_videos, val_videos = ds.split("train"), ds.split("val")
     if not train_videos:
@@ -419,41 +487,31 @@ def fit(
     state = load_state(resume) if resume is not None else None
     latent_dim = ds.n_latent * ds.style_dim
     if state is not None:
-        mc = state["model_config"]
-        torch.manual_seed(cfg.seed)
-        model = Audio2Latent(
-            int(mc["n_components"]),
-            int(mc["n_latent"]),
-            int(mc["style_dim"]),
-            arch=ARCH_PRESETS[str(mc["arch_name"])],
-            fps=float(mc["fps"]),
-        )
-        if model.latent_dim != latent_dim or model.fps != ds.fps:
-            raise InputFileError(resume, "was trained on a dataset with other codes or fps")
-        trained_for = state.get("generator", {}).get("size")
-        if trained_for is not None and int(trained_for) != G.size:
-            raise InputFileError(
-                resume,
-                f"was trained for a {trained_for}x{trained_for} generator but {generator_path} "
-                f"is {G.size}x{G.size}",
-                "pass the generator it was trained with (--generator)",
-            )
-        model.load_state_dict(state["model"], strict=True)
+        model = _resumed_model(resume, state, G, generator_path, ds)
         pca_info = state.get("pca_info", {})
     else:
-        if pca_path is not None:
+        pca, failure = None, None
+        if pca_path is not None:  # every rank reads the file (and fails alike)
             pca = load_pca(pca_path, latent_dim)
             k = min(cfg.components or pca.k, pca.k)
             pca.basis, pca.explained_variance = pca.basis[:k], pca.explained_variance[:k]
             pca_info = {"source": str(pca_path), "sha256": sha256_file(pca_path), "k": k}
-        elif env.is_main:
-            pca = pca_from_videos(train_videos, cfg.components or 2500, cfg.pca_frames)
-            pca_info = {"source": "dataset (train split)", "k": pca.k, "frames": pca.n_samples}
         else:
-            pca = None
+            if env.is_main:  # the others wait at the broadcast below
+                try:
+                    pca = pca_from_videos(train_videos, cfg.components or 2500, cfg.pca_frames)
+                except Exception as exc:  # tell the waiting ranks first, then raise it here
+                    failure = exc
             pca_info = {"source": "dataset (train split)"}
-        k_t = torch.tensor([pca.k if pca is not None else 0], dtype=torch.int64, device=device)
+            if pca is not None:
+                pca_info.update(k=pca.k, frames=pca.n_samples)
+        # rank 0's k reaches every rank (-1: it failed), then its basis
+        k_t = torch.tensor([pca.k if pca is not None else -1], dtype=torch.int64, device=device)
         k = int(_broadcast(k_t, env).item())
+        if k < 0:
+            if failure is not None:
+                raise failure
+            raise UserError("rank 0 could not compute the PCA (its error says why)")
         mean_t = torch.zeros(latent_dim, device=device)
         basis_t = torch.zeros(k, latent_dim, device=device)
         if pca is not None:
@@ -607,58 +665,51 @@ def fit(
     log_lines: list[str] = []
     if state is not None and outputs.log.is_file():  # resumed: continue the same log
         log_lines = [ln for ln in outputs.log.read_text(encoding="utf-8").splitlines() if ln]
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            row = {"epoch": epoch + 1, **run_epoch(epoch), **validate()}
-            row["step"] = step
-            row["lr"] = opt.param_groups[0]["lr"]
-            score = row.get("val_loss", row["train_loss"])
-            sched.step(score)
-            improved = score < best_loss
+    for epoch in range(start_epoch, cfg.epochs):
+        row = {"epoch": epoch + 1, **run_epoch(epoch), **validate()}
+        row["step"] = step
+        row["lr"] = opt.param_groups[0]["lr"]
+        score = row.get("val_loss", row["train_loss"])
+        sched.step(score)
+        improved = score < best_loss
+        if improved:
+            best_loss, best_epoch = score, epoch + 1
+        row["best"] = improved
+        history.append(row)
+        if env.is_main:
+            meta = {
+                **training_meta,
+                "epochs": epoch + 1,
+                "steps": step,
+                "best_epoch": best_epoch,
+                "best_loss": best_loss,
+                "last": row,
+            }
+            save_audio2latent(outputs.last, model, gen_meta, meta)
             if improved:
-                best_loss, best_epoch = score, epoch + 1
-            row["best"] = improved
-            history.append(row)
-            if env.is_main:
-                meta = {
-                    **training_meta,
-                    "epochs": epoch + 1,
-                    "steps": step,
-                    "best_epoch": best_epoch,
+                save_audio2latent(outputs.best, model, gen_meta, meta)
+            save_state(
+                outputs.state,
+                {
+                    "format": STATE_FORMAT,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model_config": {**model.config(), "arch_name": _arch_name(model)},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
                     "best_loss": best_loss,
-                    "last": row,
-                }
-                save_audio2latent(outputs.last, model, gen_meta, meta)
-                if improved:
-                    save_audio2latent(outputs.best, model, gen_meta, meta)
-                save_state(
-                    outputs.state,
-                    {
-                        "format": STATE_FORMAT,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "model_config": {**model.config(), "arch_name": _arch_name(model)},
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "best_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "history": history,
-                        "pca_info": pca_info,
-                        "generator": gen_meta,
-                        "talkcli": __version__,
-                    },
-                )
-                log_lines.append(json.dumps(row))
-                _write_log(outputs.log, log_lines)
-                if on_epoch:
-                    on_epoch(row, history)
-    finally:
-        if env.distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "pca_info": pca_info,
+                    "generator": gen_meta,
+                    "talkcli": __version__,
+                },
+            )
+            log_lines.append(json.dumps(row))
+            _write_log(outputs.log, log_lines)
+            if on_epoch:
+                on_epoch(row, history)
     result.best_epoch, result.best_loss = best_epoch, best_loss
     return result
 

@@ -298,6 +298,57 @@ def _encode_to(
     return done, ref
 
 
+def _align(item: VideoItem, work: Path, cfg: PrepareConfig, detectors, progress) -> Path:
+    """FFHQ-align the video (``talkcli align``'s code) into ``work``; the aligned clip's path."""
+    from talkcli.face.align import AlignConfig, align_video_file
+
+    acfg = AlignConfig(
+        size=cfg.align_size,
+        detector=cfg.detector,
+        fps=cfg.fps,
+        smooth=cfg.smooth,
+        weights_dir=cfg.weights_dir,
+        device=cfg.device,
+    )
+    work.mkdir(parents=True, exist_ok=True)
+
+    def align_progress(done: int, total: int | None) -> None:
+        if progress:
+            progress(f"{item.id} (align)", done, total)
+
+    return align_video_file(item.path, work, acfg, detectors, progress=align_progress).output
+
+
+def _encode_file(
+    path: Path,
+    source: Path,
+    fps: float | None,
+    encoder,
+    batch_size: int,
+    limit: int,
+    item: VideoItem,
+    progress: ProgressFn | None,
+    expected: int,
+) -> tuple[int, np.ndarray | None]:
+    """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically)."""
+    with atomic_output(path) as tmp:
+        appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
+        try:
+            got, ref = _encode_to(
+                appender,
+                _frame_batches(source, fps, batch_size),
+                encoder,
+                limit,
+                (lambda d: progress(item.id, d, expected)) if progress else None,
+                item.path,
+            )
+        except BaseException:
+            appender.abort()
+            raise
+        appender.close()
+    return got, ref
+
+
 def prepare_video(
     item: VideoItem,
     data: Path,
@@ -336,71 +387,38 @@ def prepare_video(
         raise InputFileError(audio_source, "audio gives NaN or infinite MFCCs")
     del samples
 
-    source, read_fps, aligned_path = item.path, cfg.fps, None
-    work = data / WORK_DIR / item.id
-    if not cfg.aligned:
-        from talkcli.face.align import AlignConfig, align_video_file
-
-        acfg = AlignConfig(
-            size=cfg.align_size,
-            detector=cfg.detector,
-            fps=cfg.fps,
-            smooth=cfg.smooth,
-            weights_dir=cfg.weights_dir,
-            device=cfg.device,
-        )
-        work.mkdir(parents=True, exist_ok=True)
-
-        def align_progress(done: int, total: int | None) -> None:
-            if progress:
-                progress(f"{item.id} (align)", done, total)
-
-        res = align_video_file(item.path, work, acfg, detectors, progress=align_progress)
-        source, read_fps, aligned_path = res.output, None, res.output
-
     files = shard_paths(data, item.id)
-    limit = audio_frames
+    work = data / WORK_DIR / item.id
     try:
-        with atomic_output(files.w) as tmp:
-            appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
-            try:
-                got, ref = _encode_to(
-                    appender,
-                    _frame_batches(source, read_fps, cfg.batch_size),
-                    encoder,
-                    limit,
-                    (lambda d: progress(item.id, d, expected_frames)) if progress else None,
-                    item.path,
-                )
-            except BaseException:
-                appender.abort()
-                raise
-            appender.close()
-            if got < min_frames:
-                raise InputFileError(
-                    item.path,
-                    f"decoded only {got} frame(s): shorter than one audio window "
-                    f"({min_frames} frames)",
-                )
+        source, read_fps = item.path, cfg.fps
+        if not cfg.aligned:
+            source, read_fps = _align(item, work, cfg, detectors, progress), None
+        got, ref = _encode_file(files.w, source, read_fps, encoder, cfg.batch_size,
+                                audio_frames, item, progress, expected_frames)  # fmt: skip
+        if got < min_frames:
+            files.w.unlink()
+            raise InputFileError(
+                item.path,
+                f"decoded only {got} frame(s): shorter than one audio window ({min_frames} frames)",
+            )
         for path, array in ((files.ref, ref), (files.mfcc, rows)):
             with atomic_output(path) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
+        if cfg.keep_aligned and not cfg.aligned:  # named by video id: stems may repeat
+            keep = data / ALIGNED_DIR
+            keep.mkdir(exist_ok=True)
+            for f in work.iterdir():
+                shutil.move(str(f), keep / f"{item.id}{f.suffix}")
     finally:
-        if aligned_path is not None:
-            if cfg.keep_aligned:
-                keep = data / ALIGNED_DIR
-                keep.mkdir(exist_ok=True)
-                for f in work.iterdir():
-                    shutil.move(str(f), keep / f.name)
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     record = {
         **item.plan(),
         "status": "ok",
         "message": "",
         "frames": got,
-        "video_frames": got if got < limit else expected_frames,
+        "video_frames": got if got < audio_frames else expected_frames,
         "audio_frames": audio_frames,
         "mfcc_rows": int(len(rows)),
         "fps": cfg.fps,
