@@ -168,3 +168,42 @@ def plot_pca_variance(path: str | Path, explained_ratio: np.ndarray, title: str 
 
 
 # -- evaluation ----------------------------------------------------------------------------------
+
+METRIC_LABELS = {
+    "psnr": "PSNR (dB)",
+    "ssim": "SSIM",
+    "lpips": "LPIPS",
+    "lmd": "LMD mouth (px)",
+    "lmd_face": "LMD face (px)",
+    "cpbd": "CPBD",
+}
+LEGEND_MAX = 10  # more videos than this: curves without a legend
+
+
+def plot_metrics(
+    path: str | Path, curves: dict[str, dict[str, np.ndarray]], fps: float, title: str = ""
+) -> Path:
+    """``evaluate --plot``: one panel per metric, one per-frame curve per video (x: seconds).
+
+    ``curves`` maps video name -> metric -> (frames,) values; non-finite values (PSNR of identical
+    frames, frames without a face for LMD) leave gaps.
+    """
+    metrics = [m for m in METRIC_LABELS if any(m in c for c in curves.values())]
+    if not metrics:
+        raise UserError("--plot: no per-frame metric was computed (PSNR, SSIM, LPIPS, LMD, CPBD)")
+    with figure(8.0, 1.9 * len(metrics) + 1.0) as fig:
+        axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, metric in zip(axes, metrics, strict=True):
+            for name, per_video in curves.items():
+                if metric not in per_video:
+                    continue
+                y = np.asarray(per_video[metric], dtype=np.float64)
+                y = np.where(np.isfinite(y), y, np.nan)
+                ax.plot(np.arange(len(y)) / fps, y, linewidth=1, label=name)
+            ax.set_ylabel(METRIC_LABELS[metric])
+            ax.grid(True, alpha=0.3)
+        axes[-1].set_xlabel("time (s)")
+        if 1 < len(curves) <= LEGEND_MAX:
+            axes[0].legend(loc="best", fontsize="small")
+        axes[0].set_title(title or f"per-frame metrics, {len(curves)} video(s)")
+        return save_figure(fig, path)

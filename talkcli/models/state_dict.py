@@ -14,7 +14,8 @@ def short_list(names: Sequence[str], limit: int = 5) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _shape_text(value: Any) -> str:
+def shape_text(value: Any) -> str:
+    """A tensor's shape as "(a, b)", or the type name of anything else (for messages)."""
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
@@ -29,7 +30,7 @@ def describe_mismatch(
     missing = [f"{prefix}{k}" for k in expected if k not in sd]
     unexpected = [f"{prefix}{k}" for k in sd if k not in expected]
     wrong = [
-        f"{prefix}{k} {_shape_text(sd[k])} expected {tuple(shape)}"
+        f"{prefix}{k} {shape_text(sd[k])} expected {tuple(shape)}"
         for k, shape in expected.items()
         if k in sd and (not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != tuple(shape))
     ]
@@ -41,3 +42,27 @@ def describe_mismatch(
     if wrong:
         parts.append(f"wrong shapes: {short_list(wrong, limit)}")
     return "; ".join(parts) or None
+
+
+def assign_checked(net: Any, sd: Mapping[str, Any]) -> Any:
+    """Load ``sd`` into ``net`` (built on the meta device) strictly: keys and shapes must match
+    (ValueError with ``describe_mismatch``'s line), float tensors must be finite; floats are
+    assigned as float32, integer buffers (``num_batches_tracked``) as int64. Returns ``net``
+    in eval mode."""
+    import torch
+
+    expected = net.state_dict()
+    problem = describe_mismatch({k: tuple(v.shape) for k, v in expected.items()}, sd)
+    if problem:
+        raise ValueError(problem)
+    tensors = {}
+    for key in expected:
+        t = sd[key].detach().cpu()
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{key} holds NaN or infinite values")
+            tensors[key] = t.float()
+        else:
+            tensors[key] = t.long()
+    net.load_state_dict(tensors, assign=True)
+    return net.eval()

@@ -24,7 +24,8 @@ SIZES = (16, 32, 64, 128, 256, 512, 1024)
 def write_tiny_pack(
     folder: str | Path, size: int = 64, seed: int = 0, force: bool = False
 ) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads; return name -> path.
+    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads, and narrow FID
+    Inception and SyncNet files (``tiny_metrics``); return name -> path.
 
     A folder that already holds model files but is not a tiny pack (no ``TINY-PACK.json``: real
     weights, say) is refused unless ``force``: random weights must never replace real ones.
@@ -77,6 +78,10 @@ def write_tiny_pack(
         backbone, heads = ("alexnet", "lpips-alex") if net == "alex" else ("vgg16", "lpips-vgg")
         written[backbone] = files["backbone"]
         written[heads] = files["heads"]
+
+    from talkcli.weights.tiny_metrics import write_metric_model_files  # evaluate: FID, SyncNet
+
+    written.update(write_metric_model_files(root, seed=seed))
 
     note = {
         "warning": "random weights for tests and demos; outputs are not faces",

@@ -1,0 +1,759 @@
+"""Evaluate generated videos: every metric over every pair, streamed, deterministic.
+
+``plan(cfg)`` decides which metrics run and resolves their model files first (a missing file skips
+the metric with a note, or is a one-line error when the metric was asked for by name);
+``evaluate(pairs, cfg, plan)`` then reads each generated video and its reference at a common
+frame rate and evaluation size in batches (frames matched by index, the shorter length used),
+computes the per-frame metrics (PSNR, SSIM, LPIPS, LMD, CPBD), accumulates Inception statistics
+for FID over all frames of all videos, and scores LSE-C/LSE-D on SyncNet face crops of the
+generated video with its own audio. Memory stays bounded by the batch size (plus a few numbers
+per frame).
+
+Reproducibility: ``deterministic(threads, seed, device)`` fixes torch's thread count and seed
+(and on GPUs turns on deterministic algorithms); nothing random is drawn, so a rerun gives
+identical values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
+from talkcli.metrics.inputs import Pair
+
+METRICS = ("psnr", "ssim", "lpips", "fid", "lmd", "cpbd", "lse")
+NEEDS_REFERENCE = frozenset({"psnr", "ssim", "lpips", "lmd"})  # FID: a reference or --fid-stats
+COLUMNS = {
+    "psnr": ("psnr",),
+    "ssim": ("ssim",),
+    "lpips": ("lpips",),
+    "fid": ("fid",),
+    "lmd": ("lmd", "lmd_face"),
+    "cpbd": ("cpbd",),
+    "lse": ("lse_d", "lse_c", "lse_offset"),
+}
+PER_FRAME = ("psnr", "ssim", "lpips", "lmd", "lmd_face", "cpbd")
+HIGHER_IS_BETTER = {
+    "psnr": True,
+    "ssim": True,
+    "lpips": False,
+    "fid": False,
+    "lmd": False,
+    "lmd_face": False,
+    "cpbd": True,
+    "lse_d": False,
+    "lse_c": True,
+}
+CROPS = ("full", "aligned")
+FACE_CROPS = ("auto", "detect", "aligned")
+LPIPS_NETS = ("alex", "vgg")
+DEFAULT_THREADS = 4
+
+
+def default_threads() -> int:
+    """The default ``--threads``: 4, or fewer on smaller machines (recorded in every report)."""
+    return max(1, min(DEFAULT_THREADS, os.cpu_count() or 1))
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``talkcli evaluate`` (see its help and docs/evaluate.md)."""
+
+    metrics: tuple[str, ...] = METRICS
+    named: bool = False  # metrics were asked for by name: a missing model file is an error
+    fps: float = 25.0
+    resolution: int | None = None
+    crop: str = "full"
+    face_crop: str = "auto"
+    lpips_net: str = "alex"
+    strict: bool = False
+    max_frames: int | None = None
+    batch: int = 8
+    threads: int = field(default_factory=default_threads)
+    seed: int = 0
+    device: str = "cpu"  # a --device spec; resolved when the networks are loaded
+    weights_dir: Path | None = None
+    inception: Path | None = None
+    syncnet: Path | None = None
+    fid_stats: Path | None = None
+
+    def check(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise UserError(
+                f"--metrics {','.join(self.metrics) or '(none)'}: expected names from "
+                f"{', '.join(METRICS)}"
+            )
+        if self.crop not in CROPS:
+            raise UserError(f"--crop {self.crop!r}: expected one of {', '.join(CROPS)}")
+        if self.face_crop not in FACE_CROPS:
+            raise UserError(f"--face-crop {self.face_crop!r}: expected {', '.join(FACE_CROPS)}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
+        from talkcli.guards import check_number
+
+        check_number("--fps", self.fps, 1, 120)
+        check_number("--resolution", self.resolution, 16, 4096)
+        check_number("--max-frames", self.max_frames, 1, 10**7)
+        check_number("--batch", self.batch, 1, 256)
+        check_number("--threads", self.threads, 1, 256)
+        from talkcli.guards import SEED_MAX
+
+        check_number("--seed", self.seed, 0, SEED_MAX)
+
+    @property
+    def lse_crop(self) -> str:
+        """How LSE face crops are made: the aligned frame's fixed box, or detection."""
+        if self.face_crop != "auto":
+            return self.face_crop
+        return "aligned" if self.crop == "aligned" else "detect"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = list(self.metrics)
+        d["lse_crop"] = self.lse_crop
+        for key in ("weights_dir", "inception", "syncnet", "fid_stats"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+
+@dataclass
+class Plan:
+    """What will run: metrics, their model files (registry name -> path), skipped metrics."""
+
+    metrics: list[str]
+    files: dict[str, Path]
+    skipped: dict[str, str]
+    detector: str | None = None  # for --face-crop detect: "fan" or "mtcnn"
+
+
+def _try_resolve(
+    names: tuple[str, ...], cfg: EvalConfig, purpose: str, explicit: Path | None = None
+) -> dict[str, Path]:
+    from talkcli.weights import registry
+
+    if explicit is not None:
+        return {names[0]: registry.resolve_option(explicit, names[0], cfg.weights_dir, purpose)}
+    return {n: registry.resolve(n, cfg.weights_dir, purpose=purpose) for n in names}
+
+
+def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
+    """Resolve the model files of the selected metrics before any work.
+
+    A metric whose file is missing is skipped with a note, unless it was asked for by name (then
+    the registry's one-line ModelFileError, naming the file to fetch, ends the run).
+    """
+    cfg.check()
+    from talkcli.face.landmarks import FAN_FILES
+
+    files: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    run: list[str] = []
+    detector = None
+    backbone = {"alex": "alexnet", "vgg": "vgg16"}[cfg.lpips_net]
+    needs = {
+        "lpips": ((backbone, f"lpips-{cfg.lpips_net}"), f"LPIPS-{cfg.lpips_net}", None),
+        "fid": (("fid-inception",), "FID", cfg.inception),
+        "lmd": (FAN_FILES, "LMD (FAN landmarks)", None),
+        "lse": (("syncnet",), "LSE-C/LSE-D", cfg.syncnet),
+    }
+    for metric in cfg.metrics:
+        if metric in NEEDS_REFERENCE and not has_reference:
+            skipped[metric] = "needs reference videos"
+            continue
+        if metric == "fid" and not has_reference and cfg.fid_stats is None:
+            skipped[metric] = "needs reference videos or --fid-stats"
+            continue
+        if metric in needs:
+            names, purpose, explicit = needs[metric]
+            try:
+                files.update(_try_resolve(names, cfg, f"evaluate {purpose}", explicit))
+            except ModelFileError as exc:
+                if cfg.named:
+                    raise
+                skipped[metric] = _short_reason(exc, names, cfg.weights_dir)
+                continue
+            if metric == "lse" and cfg.lse_crop == "detect":
+                try:
+                    detector = _face_detector_backend(cfg)
+                except ModelFileError:
+                    if cfg.named:
+                        raise
+                    skipped[metric] = (
+                        "--face-crop detect needs FAN or MTCNN files (`talkcli weights fetch "
+                        "mtcnn-pnet mtcnn-rnet mtcnn-onet`), or use --face-crop aligned for "
+                        "FFHQ-aligned videos"
+                    )
+                    continue
+        run.append(metric)
+    return Plan(run, files, skipped, detector)
+
+
+def _short_reason(exc: ModelFileError, names: tuple[str, ...], weights_dir: Path | None) -> str:
+    """'model file fan-2d not found (`talkcli weights fetch fan-2d s3fd`)' for a skip note."""
+    from talkcli.weights import registry
+
+    first = str(exc).splitlines()[0]
+    missing = [n for n in names if registry.locate(n, weights_dir) is None]
+    if "not found" not in first or not missing:
+        return first
+    return (
+        f"model file {', '.join(missing)} not found "
+        f"(`talkcli weights fetch {' '.join(names)}`; asking for the metric by name says where)"
+    )
+
+
+def _face_detector_backend(cfg: EvalConfig) -> str:
+    from talkcli.face.landmarks import choose_backend
+
+    return choose_backend("auto", cfg.weights_dir)
+
+
+@contextlib.contextmanager
+def deterministic(threads: int, seed: int, device: str = "cpu") -> Iterator[None]:
+    """Fixed torch threads and seed; on GPUs also deterministic algorithms (cuDNN); restored
+    afterwards. talkcli's CPU kernels here are deterministic for a fixed thread count, and
+    ``torch.use_deterministic_algorithms`` costs seconds of imports (torch._dynamo) on CPU."""
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    gpu = not str(device).startswith("cpu")
+    old_det = torch.are_deterministic_algorithms_enabled() if gpu else None
+    if gpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        if gpu:
+            torch.use_deterministic_algorithms(bool(old_det))
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoResult:
+    """One pair's outcome: values (video means), per-frame curves, notes, or the error."""
+
+    pair: Pair
+    status: str = "ok"
+    error: str | None = None
+    frames: int = 0
+    size: tuple[int, int] | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    per_frame: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.pair.to_dict(),
+            "status": self.status,
+            "error": self.error,
+            "frames": self.frames,
+            "size": None if self.size is None else list(self.size),
+            "values": dict(self.values),
+            "notes": list(self.notes),
+            "sha256": dict(self.hashes),
+        }
+
+
+@dataclass
+class Models:
+    """Loaded networks, shared by every pair."""
+
+    lpips: Any = None
+    inception: Any = None
+    fan: Any = None
+    syncnet: Any = None
+    face_detector: Any = None
+
+
+def load_models(cfg: EvalConfig, p: Plan) -> Models:
+    """Load the networks the plan needs (each once)."""
+    m = Models()
+    dev = cfg.device
+    if "lpips" in p.metrics:
+        from talkcli.models.perceptual import load_lpips
+
+        backbone = {"alex": "alexnet", "vgg": "vgg16"}[cfg.lpips_net]
+        m.lpips = load_lpips(
+            cfg.lpips_net,
+            device=dev,
+            backbone_path=p.files[backbone],
+            heads_path=p.files[f"lpips-{cfg.lpips_net}"],
+        )
+    if "fid" in p.metrics:
+        from talkcli.models.inception import load_inception
+
+        m.inception = load_inception(p.files["fid-inception"], dev)
+    if "lmd" in p.metrics:
+        from talkcli.face.landmarks import FANDetector
+
+        m.fan = FANDetector(cfg.weights_dir, dev)
+    if "lse" in p.metrics:
+        from talkcli.models.syncnet import load_syncnet
+
+        m.syncnet = load_syncnet(p.files["syncnet"], dev)
+        if p.detector is not None:
+            from talkcli.face.landmarks import select_detector
+
+            m.face_detector = (
+                m.fan
+                if p.detector == "fan" and m.fan
+                else select_detector(p.detector, cfg.weights_dir, dev)
+            )
+    return m
+
+
+# -- one pair --------------------------------------------------------------------------------
+
+FrameProgress = Callable[[int, int | None], None]  # (frames done, total or None)
+
+
+def eval_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
+    """(W, H) frames are compared at: the given width (height keeping the aspect), or as is."""
+    if resolution is None:
+        return width, height
+    return int(resolution), max(1, int(round(height * resolution / width)))
+
+
+def _frames_at(info: Any, fps: float) -> int:
+    """Frames a video yields at ``fps`` (exact when it is stored at that rate)."""
+    if abs(info.fps - fps) <= 1e-6 * fps:
+        return info.n_frames
+    return int(round(info.n_frames * fps / info.fps))
+
+
+@dataclass
+class Prepared:
+    """A pair checked and probed (no frame decoded yet): what ``evaluate_pair`` needs."""
+
+    res: VideoResult
+    gen: Path
+    g_info: Any
+    n: int  # frames to compare
+    run_lse: bool
+
+
+def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
+    """Check one pair before any decoding: files, sizes, lengths, audio for LSE; notes."""
+    from talkcli.guards import check_frame_count
+    from talkcli.io.files import require_file, sha256_file
+    from talkcli.io.video import probe_video
+
+    res = VideoResult(pair)
+    if pair.missing_reference is not None:
+        raise InputFileError(
+            pair.generated,
+            f"has no reference video (looked for {pair.missing_reference})",
+            "add it, or pair the files with --pairs",
+        )
+    gen = require_file(pair.generated, "generated video")
+    g_info = probe_video(gen)
+    r_info = None
+    if pair.reference is not None:
+        ref = require_file(pair.reference, "reference video")
+        r_info = probe_video(ref)
+    run_lse = "lse" in p.metrics
+    if run_lse and not g_info.has_audio:
+        if cfg.named:
+            raise _no_audio(gen)
+        res.notes.append("LSE skipped: the video has no audio track")
+        run_lse = False
+    base = r_info or g_info
+    if r_info is not None and (g_info.width, g_info.height) != (r_info.width, r_info.height):
+        sizes = f"{g_info.width}x{g_info.height} vs the reference's {r_info.width}x{r_info.height}"
+        if cfg.strict:
+            raise InputFileError(gen, f"frame size {sizes}", "resize one, or drop --strict")
+        target = eval_size(base.width, base.height, cfg.resolution)
+        res.notes.append(f"sizes differ ({sizes}): both compared at {target[0]}x{target[1]}")
+    res.size = eval_size(base.width, base.height, cfg.resolution)
+    _check_size(gen, res.size, p.metrics if pair.reference is not None else ["cpbd"], cfg)
+    n_gen = check_frame_count(gen, _frames_at(g_info, cfg.fps), cfg.fps)
+    n = n_gen
+    if r_info is not None:
+        n_ref = check_frame_count(pair.reference, _frames_at(r_info, cfg.fps), cfg.fps)
+        if n_gen != n_ref:
+            res.notes.append(
+                f"lengths differ at {cfg.fps:g} fps (generated {n_gen} frames, reference "
+                f"{n_ref}): the first {min(n_gen, n_ref)} frames are compared"
+            )
+        n = min(n_gen, n_ref)
+    if cfg.max_frames is not None and n > cfg.max_frames:
+        n = cfg.max_frames
+    res.hashes["generated"] = sha256_file(gen)
+    if pair.reference is not None:
+        res.hashes["reference"] = sha256_file(pair.reference)
+    return Prepared(res, gen, g_info, n, run_lse)
+
+
+def evaluate_pair(
+    prep: Prepared,
+    cfg: EvalConfig,
+    p: Plan,
+    models: Models,
+    fid_gen: Any | None,
+    fid_ref: Any | None,
+    on_frames: FrameProgress | None = None,
+) -> VideoResult:
+    """Every per-video metric of a prepared pair (FID statistics go to ``fid_gen``/``fid_ref``)."""
+    from talkcli.io.video import VideoReader
+
+    res, gen, n, pair, size = prep.res, prep.gen, prep.n, prep.res.pair, prep.res.size
+    frame_metrics = [m for m in p.metrics if m in ("psnr", "ssim", "lpips", "lmd", "cpbd")]
+    needs_frames = frame_metrics or ("fid" in p.metrics and (fid_gen is not None))
+    curves: dict[str, list[np.ndarray]] = {}
+    done = 0
+    if needs_frames:
+        readers = [VideoReader(gen, fps=cfg.fps, size=size)]
+        if pair.reference is not None:
+            readers.append(VideoReader(pair.reference, fps=cfg.fps, size=size))
+        try:
+            while done < n:
+                want = min(cfg.batch, n - done)
+                batches = [r.read_batch(want) for r in readers]
+                k = min(len(b) for b in batches)
+                if k == 0:
+                    break
+                g = batches[0][:k]
+                r = batches[1][:k] if len(batches) > 1 else None
+                for name, values in _frame_metrics(g, r, p.metrics, models, cfg).items():
+                    curves.setdefault(name, []).append(values)
+                if fid_gen is not None:
+                    fid_gen.add(_features(g, models.inception, cfg))
+                if fid_ref is not None and r is not None:
+                    fid_ref.add(_features(r, models.inception, cfg))
+                done += k
+                if on_frames:
+                    on_frames(done, n)
+                if k < want:
+                    break
+        finally:
+            for reader in readers:
+                reader.close()
+        if done == 0:
+            raise InputFileError(gen, "no frames could be compared", "is it a complete video?")
+    res.frames = done
+    res.per_frame = {k: np.concatenate(v) for k, v in curves.items()}
+    for name, values in res.per_frame.items():
+        finite = values[~np.isnan(values)]
+        res.values[name] = float(np.mean(finite)) if len(finite) else math.nan
+        if name == "lmd" and len(finite) < len(values):
+            res.notes.append(f"LMD: no face found in {len(values) - len(finite)} frame pair(s)")
+    if prep.run_lse:
+        res.values.update(_lse(gen, prep.g_info, cfg, models, res))
+    return res
+
+
+def _check_size(gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> None:
+    """Refuse an evaluation size too small for a selected metric (before decoding)."""
+    from talkcli.models.perceptual import MIN_SIZE
+
+    need = {"ssim": 11, "lpips": MIN_SIZE[cfg.lpips_net]}
+    for metric, side in need.items():
+        if metric in metrics and min(size) < side:
+            raise InputFileError(
+                gen,
+                f"{metric.upper()} needs frames of at least {side}x{side} pixels, the evaluation "
+                f"size is {size[0]}x{size[1]}",
+                "pass a larger --resolution",
+            )
+
+
+def _features(frames: np.ndarray, net: Any, cfg: EvalConfig) -> np.ndarray:
+    from talkcli.metrics.frechet import inception_features
+
+    return inception_features(frames, net, batch_size=cfg.batch)
+
+
+def _frame_metrics(
+    g: np.ndarray, r: np.ndarray | None, metrics: list[str], models: Models, cfg: EvalConfig
+) -> dict[str, np.ndarray]:
+    """Per-frame values of one batch (B,) each."""
+    out: dict[str, np.ndarray] = {}
+    if r is not None:
+        if "psnr" in metrics:
+            from talkcli.metrics.pixel import psnr_frames
+
+            out["psnr"] = psnr_frames(g, r)
+        if "ssim" in metrics:
+            from talkcli.metrics.pixel import ssim_frames
+
+            out["ssim"] = ssim_frames(g, r, cfg.device)
+        if "lpips" in metrics:
+            from talkcli.metrics.perceptual import lpips_frames
+
+            out["lpips"] = lpips_frames(g, r, cfg.lpips_net, models.lpips, cfg.batch)
+        if "lmd" in metrics:
+            from talkcli.metrics.landmarks import (
+                FACE,
+                MOUTH,
+                detect_landmarks,
+                landmark_distances,
+            )
+
+            lg = detect_landmarks(g, models.fan)
+            lr = detect_landmarks(r, models.fan)
+            out["lmd"] = landmark_distances(lg, lr, MOUTH)
+            out["lmd_face"] = landmark_distances(lg, lr, FACE)
+    if "cpbd" in metrics:
+        from talkcli.metrics.sharpness import cpbd_frames
+
+        out["cpbd"] = cpbd_frames(g)
+    return out
+
+
+def _no_audio(gen: Path) -> InputFileError:
+    return InputFileError(
+        gen,
+        "has no audio track, which LSE-C/LSE-D needs",
+        "mux the speech into the video, or leave lse out of --metrics",
+    )
+
+
+def _lse(
+    gen: Path, info: Any, cfg: EvalConfig, models: Models, res: VideoResult
+) -> dict[str, float]:
+    """LSE-D, LSE-C and the offset of the generated video with its own audio track."""
+    from talkcli.io.audio import load_audio
+    from talkcli.io.video import VideoReader
+    from talkcli.metrics.sync import (
+        SYNC_FPS,
+        aligned_box,
+        crop_face,
+        lip_embeddings,
+        lse_from_lip,
+        smooth_boxes,
+    )
+
+    if not info.has_audio:
+        raise _no_audio(gen)
+    audio = load_audio(gen)
+    n = _frames_at(info, SYNC_FPS)
+    if cfg.max_frames is not None:
+        n = min(n, cfg.max_frames)
+    if cfg.lse_crop == "aligned":
+        boxes = np.tile(aligned_box(info.width, info.height), (n, 1))
+    else:
+        boxes = _detect_boxes(gen, models.face_detector, n, res)
+    xys = smooth_boxes(boxes)  # (T, 3) centre x, centre y, half-size
+
+    cropped = [0]
+
+    def crops() -> Iterator[np.ndarray]:
+        with VideoReader(gen, fps=SYNC_FPS) as reader:
+            while cropped[0] < len(xys):
+                batch = reader.read_batch(min(32, len(xys) - cropped[0]))
+                if len(batch) == 0:
+                    return
+                yield np.stack([crop_face(f, *xys[cropped[0] + i]) for i, f in enumerate(batch)])
+                cropped[0] += len(batch)
+
+    lip = lip_embeddings(crops(), models.syncnet)  # (frames - 4, D)
+    try:
+        score = lse_from_lip(lip, cropped[0], audio, models.syncnet)
+    except ValueError as exc:
+        raise InputFileError(gen, f"LSE: {exc}") from None
+    return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
+
+
+def _detect_boxes(gen: Path, detector: Any, n: int, res: VideoResult) -> np.ndarray:
+    """Face boxes (n, 4) of every frame at 25 fps (largest face); gaps interpolated."""
+    from talkcli.face.landmarks import choose_face
+    from talkcli.io.video import VideoReader
+    from talkcli.metrics.sync import SYNC_FPS
+
+    boxes = np.full((n, 4), np.nan)
+    with VideoReader(gen, fps=SYNC_FPS) as reader:
+        for i, frame in enumerate(reader):
+            if i >= n:
+                break
+            faces = detector.detect(frame)
+            if faces:
+                boxes[i] = np.asarray(choose_face(faces).box, dtype=np.float64)[:4]
+    found = ~np.isnan(boxes[:, 0])
+    if not found.any():
+        raise InputFileError(
+            gen,
+            "no face found for the LSE crops",
+            "for FFHQ-aligned videos use --face-crop aligned",
+        )
+    if not found.all():
+        res.notes.append(f"LSE: no face detected in {int((~found).sum())} frame(s), interpolated")
+        idx = np.arange(n)
+        for c in range(4):
+            boxes[:, c] = np.interp(idx, idx[found], boxes[found, c])
+    return boxes
+
+
+# -- all pairs -------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRun:
+    """Everything a report needs."""
+
+    cfg: EvalConfig
+    plan: Plan
+    results: list[VideoResult]
+    fid: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_global(exc: TalkcliError) -> bool:
+    """Errors that would fail every pair (a model file, an unwritable output)."""
+    from talkcli.errors import OutputError
+
+    return isinstance(exc, ModelFileError | OutputError)
+
+
+def evaluate(
+    pairs: list[Pair],
+    cfg: EvalConfig,
+    p: Plan,
+    *,
+    on_pair: Callable[[VideoResult], None] | None = None,
+    on_start: Callable[[Pair], FrameProgress | None] | None = None,
+) -> EvalRun:
+    """Evaluate every pair. A single pair raises its error; in a batch a failed pair is recorded
+    and the others finish. Networks are loaded when the first pair has been checked."""
+    run = EvalRun(cfg, p, [])
+    single = len(pairs) == 1
+    with contextlib.ExitStack() as stack:
+        models: Models | None = None
+        fid_gen = fid_ref = cached = None
+        for pair in pairs:
+            try:
+                prep = prepare_pair(pair, cfg, p)
+                if models is None:  # loaded once a pair is known to be readable
+                    from talkcli.device import resolve_device
+
+                    cfg.device = str(resolve_device(cfg.device))
+                    stack.enter_context(deterministic(cfg.threads, cfg.seed, cfg.device))
+                    models = load_models(cfg, p)
+                    if "fid" in p.metrics:
+                        from talkcli.metrics.frechet import FeatureStats
+
+                        dim = models.inception.feature_dim
+                        fid_gen = FeatureStats(dim)
+                        cached = _cached_reference_stats(cfg, pairs, run.notes)
+                        fid_ref = FeatureStats(dim) if cached is None else None
+                res = evaluate_pair(
+                    prep, cfg, p, models, fid_gen, fid_ref, on_start(pair) if on_start else None
+                )
+            except TalkcliError as exc:
+                if single or exc.exit_code != 2 or _is_global(exc):
+                    raise
+                res = VideoResult(pair, status="failed", error=str(exc).splitlines()[0])
+            run.results.append(res)
+            if on_pair:
+                on_pair(res)
+        if fid_gen is not None:
+            run.fid = _fid(cfg, pairs, fid_gen, fid_ref, cached, run)
+    return run
+
+
+def _stats_meta(cfg: EvalConfig, pairs: list[Pair]) -> dict[str, Any]:
+    """What a cached reference-set statistics file must match to be reused."""
+    from talkcli.io.files import sha256_file
+
+    refs = sorted(
+        sha256_file(pr.reference)
+        for pr in pairs
+        if pr.reference is not None and pr.reference.is_file()
+    )
+    inception = cfg.inception or _registry_path("fid-inception", cfg)
+    return {
+        "kind": "talkcli-fid-stats",
+        "reference_sha256": refs,
+        "fps": cfg.fps,
+        "resolution": cfg.resolution,
+        "max_frames": cfg.max_frames,
+        "inception_sha256": sha256_file(inception) if inception else None,
+    }
+
+
+def _registry_path(name: str, cfg: EvalConfig) -> Path | None:
+    from talkcli.weights import registry
+
+    return registry.locate(name, cfg.weights_dir)
+
+
+def _cached_reference_stats(
+    cfg: EvalConfig, pairs: list[Pair], notes: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The reference statistics from ``--fid-stats`` when the file exists and matches."""
+    from talkcli.metrics.frechet import load_stats
+
+    if cfg.fid_stats is None or not Path(cfg.fid_stats).exists():
+        return None
+    mu, sigma, meta = load_stats(cfg.fid_stats)
+    has_refs = any(pr.reference is not None for pr in pairs)
+    if not meta:
+        notes.append(f"FID: reference statistics from {cfg.fid_stats} (made elsewhere; unchecked)")
+        return mu, sigma, meta
+    want = _stats_meta(cfg, pairs)
+    keys = ("fps", "resolution", "max_frames", "inception_sha256")
+    same = all(meta.get(k) == want[k] for k in keys)
+    if has_refs:
+        same = same and meta.get("reference_sha256") == want["reference_sha256"]
+    if same:
+        notes.append(f"FID: reference statistics reused from {cfg.fid_stats}")
+        return mu, sigma, meta
+    if not has_refs:
+        raise InputFileError(
+            cfg.fid_stats,
+            "was made with other settings (fps, resolution, --max-frames or Inception file)",
+            "evaluate with the settings it was made with, or recompute it with references",
+        )
+    notes.append(f"FID: {cfg.fid_stats} was made from other references or settings; recomputed")
+    return None
+
+
+def _fid(cfg, pairs, fid_gen, fid_ref, cached, run: EvalRun) -> dict[str, Any] | None:
+    from talkcli.metrics.frechet import frechet_distance, save_stats
+
+    if cached is not None:
+        mu_r, sigma_r, meta = cached
+        n_ref = meta.get("n")
+    else:
+        if fid_ref is None or fid_ref.n < 2:
+            run.notes.append("FID: fewer than 2 reference frames; not computed")
+            return None
+        mu_r, sigma_r, n_ref = fid_ref.mu, fid_ref.sigma, fid_ref.n
+        if cfg.fid_stats is not None:
+            save_stats(cfg.fid_stats, mu_r, sigma_r, {**_stats_meta(cfg, pairs), "n": n_ref})
+            run.notes.append(f"FID: reference statistics written to {cfg.fid_stats}")
+    if fid_gen.n < 2:
+        run.notes.append("FID: fewer than 2 generated frames; not computed")
+        return None
+    if fid_gen.dim != len(mu_r):
+        raise InputFileError(
+            cfg.fid_stats or "reference statistics",
+            f"holds {len(mu_r)}-d statistics but the Inception network gives {fid_gen.dim}-d",
+            "recompute it with the same Inception file",
+        )
+    try:
+        value = frechet_distance(fid_gen.mu, fid_gen.sigma, mu_r, sigma_r)
+    except ValueError as exc:
+        run.notes.append(str(exc))
+        return None
+    if fid_gen.n < fid_gen.dim:
+        run.notes.append(
+            f"FID from {fid_gen.n} generated frames (< {fid_gen.dim} feature dimensions) is "
+            "biased upwards; compare only runs with the same number of frames"
+        )
+    return {"value": value, "n_generated": fid_gen.n, "n_reference": n_ref}
