@@ -53,11 +53,19 @@ def cli(*args: str, env: dict[str, str] | None = None):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory, tiny_pack):
-    """8 one-clip speakers (2 held out), prepared with ``train prepare --aligned``."""
-    root = tmp_path_factory.mktemp("synthetic")
+def basics(tmp_path_factory, tiny_pack):
+    """The tiny pack, its generator and a pSp file whose codes follow the picture."""
+    root = tmp_path_factory.mktemp("encoder")
     g_path = registry.resolve("stylegan2-ffhq", tiny_pack)
     encoder = write_sensitive_encoder(root / "psp_sensitive.pt", g_path)
+    return {"pack": tiny_pack, "generator": g_path, "encoder": encoder}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory, basics):
+    """8 one-clip speakers (2 held out), prepared with ``train prepare --aligned``."""
+    root = tmp_path_factory.mktemp("synthetic")
+    g_path, encoder, tiny_pack = basics["generator"], basics["encoder"], basics["pack"]
     clips = make_clips(
         root / "clips", g_path, n_speakers=8, clips_per_speaker=1, identity_spread=0.1,
         lead_in=0.5, tail=0.3,
@@ -71,39 +79,6 @@ def synthetic(tmp_path_factory, tiny_pack):
     assert result.code == 0, result.stderr
     return {"root": root, "clips": clips, "data": data, "encoder": encoder, "pack": tiny_pack,
             "generator": g_path, "summary": json.loads(result.stdout)}  # fmt: skip
-
-
-def test_prepare_writes_codes_mfcc_split_and_hashes(synthetic):
-    summary = synthetic["summary"]
-    assert summary["prepared"] == 8 and summary["failed"] == 0
-    index = json.loads((synthetic["data"] / "index.json").read_text())
-    assert index["summary"]["ok"] == 8 and index["summary"]["pending"] == 0
-    assert sorted(index["splits"]["val"]) == sorted(
-        s for s, split in index["speakers"].items() if split == "val"
-    )
-    assert len(index["splits"]["val"]) == 2 and len(index["splits"]["train"]) == 6
-    assert index["settings"]["encoder"]["sha256"] == sha256_file(synthetic["encoder"])
-    assert index["settings"]["fps"] == 25.0 and index["settings"]["n_latent"] == 8
-
-    ds = load_dataset(synthetic["data"])
-    video = ds.videos[0]
-    rec = video.record
-    assert rec["source_sha256"] == sha256_file(rec["source"])
-    # codes: float16 offsets on disk, equal to pSp on the decoded frames (to float16 precision)
-    from talkcli.io.video import read_video
-    from talkcli.models.psp import load_encoder
-
-    files = shard_paths(synthetic["data"], video.id)
-    assert np.load(files.w, mmap_mode="r").dtype == np.float16
-    frames = read_video(rec["source"], fps=25.0)
-    with torch.no_grad():
-        direct = load_encoder(synthetic["encoder"]).encode_images(frames).numpy()
-    codes = video.codes()
-    assert codes.shape == (video.frames, 8, 512) and video.frames == len(frames)
-    motion = np.abs(direct - direct[:32].mean(0)).max()  # offsets from the first batch's mean
-    assert np.abs(codes - direct).max() <= 1e-3 * motion
-    # MFCC rows of the soundtrack, as features.mfcc computes them
-    np.testing.assert_allclose(video.mfcc(), mfcc(load_audio(rec["source"])), rtol=1e-5, atol=1e-4)
 
 
 def _displacements(model, video, identity_frame: int, shuffle: np.random.Generator | None):
@@ -131,7 +106,10 @@ def test_the_model_learns_latent_motion_from_speech(synthetic, tmp_path):
     model = load_audio2latent(model_path)
     ds = load_dataset(synthetic["data"])
     held_out = ds.split("val")
-    assert len(held_out) == 2
+    assert len(held_out) == 2 and len(ds.split("train")) == 6  # --holdout-speakers 2
+    index = json.loads((synthetic["data"] / "index.json").read_text())
+    assert sorted(index["splits"]["val"]) == sorted(v.speaker for v in held_out)
+    assert model.training_info["val_speakers"] == index["splits"]["val"]
     # identity = frame 0 (the silent lead-in); displacements projected on the targets' main axis
     rng = np.random.default_rng(0)
     pred, shuffled, target = [], [], []
@@ -226,6 +204,7 @@ def run_cli_torchrun(*args: str):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pca_command_and_fit_with_a_given_basis(synthetic, tmp_path):
     pca_path = tmp_path / "pca.npz"
     result = cli("train", "pca", str(synthetic["data"]), "--components", "5", "--out",
@@ -267,17 +246,19 @@ def test_pca_command_and_fit_with_a_given_basis(synthetic, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bad_folder(synthetic, tmp_path_factory):
-    """One good clip beside a silent video, a 0.2 s clip and a corrupt file."""
+def bad_folder(basics, tmp_path_factory):
+    """One good talking clip beside a silent video, a 0.2 s clip and a corrupt file."""
     from talkcli.io.video import VideoWriter
+    from tests.speech import speech
 
     folder = tmp_path_factory.mktemp("bad") / "spk"
     folder.mkdir()
-    good = synthetic["clips"].videos["spk0"][0]
-    shutil.copy(good, folder / "good.mp4")
-    frames = np.full((10, 32, 32, 3), 128, np.uint8)
-    with VideoWriter(folder / "silent.mp4", 25.0) as w:
+    audio = speech(0, folder.parent, seconds=1.5)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    with VideoWriter(folder / "good.mp4", 25.0, audio=(audio, 16000), trim_audio=True) as w:
         w.write(frames)
+    with VideoWriter(folder / "silent.mp4", 25.0) as w:
+        w.write(frames[:10])
     short_audio = (0.1 * np.sin(np.arange(3200) / 3)).astype(np.float32)  # 0.2 s
     with VideoWriter(folder / "short.mp4", 25.0, audio=(short_audio, 16000)) as w:
         w.write(frames[:5])
@@ -285,12 +266,18 @@ def bad_folder(synthetic, tmp_path_factory):
     return folder
 
 
-def test_prepare_skips_and_counts_bad_videos(synthetic, bad_folder, tmp_path):
-    data = tmp_path / "data"
-    args = ["--weights-dir", str(synthetic["pack"]), "train", "prepare", str(bad_folder.parent),
+@pytest.fixture(scope="module")
+def small_data(basics, bad_folder, tmp_path_factory):
+    """``train prepare`` on the bad folder: (dataset folder, the CLI's result)."""
+    data = tmp_path_factory.mktemp("small") / "data"
+    args = ["--weights-dir", str(basics["pack"]), "train", "prepare", str(bad_folder.parent),
             "--out", str(data), "--aligned", "--holdout-speakers", "0",
-            "--encoder", str(synthetic["encoder"])]  # fmt: skip
-    result = cli(*args)
+            "--encoder", str(basics["encoder"])]  # fmt: skip
+    return data, args, cli(*args)
+
+
+def test_prepare_skips_and_counts_bad_videos(small_data, bad_folder, tmp_path):
+    data, args, result = small_data
     assert_user_error(result, "3 of 4 video(s) failed", "--allow-failed")
     index = json.loads((data / "index.json").read_text())
     status = {Path(v["source"]).name: v for v in index["videos"]}
@@ -302,21 +289,50 @@ def test_prepare_skips_and_counts_bad_videos(synthetic, bad_folder, tmp_path):
     for name in ("silent.mp4", "short.mp4", "corrupt.mp4"):
         assert f"skipped {bad_folder / name}" in result.stderr
     # --resume retries the failed ones (and keeps the good one); --allow-failed exits 0
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    args = [str(copy) if a == str(data) else a for a in args]
     again = cli(*args, "--resume", "--allow-failed", "--json")
     assert again.code == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["skipped"] == 1 and summary["failed"] == 3
     # the dataset trains on what is good
-    assert len(load_dataset(data).videos) == 1
+    assert len(load_dataset(copy).videos) == 1
 
 
-def test_wholly_bad_or_empty_inputs_exit_2_with_one_line(synthetic, bad_folder, tmp_path):
+def test_prepare_writes_codes_mfcc_and_hashes(small_data, basics):
+    data = small_data[0]
+    index = json.loads((data / "index.json").read_text())
+    assert index["settings"]["encoder"]["sha256"] == sha256_file(basics["encoder"])
+    assert index["settings"]["fps"] == 25.0 and index["settings"]["n_latent"] == 8
+    (video,) = load_dataset(data).videos
+    rec = video.record
+    assert rec["source_sha256"] == sha256_file(rec["source"])
+    assert rec["encoder_sha256"] == index["settings"]["encoder"]["sha256"]
+    # codes: float16 offsets on disk, equal to pSp on the decoded frames (to float16 precision)
+    from talkcli.io.video import read_video
+    from talkcli.models.psp import load_encoder
+
+    files = shard_paths(data, video.id)
+    assert np.load(files.w, mmap_mode="r").dtype == np.float16
+    frames = read_video(rec["source"], fps=25.0)
+    with torch.no_grad():
+        direct = load_encoder(basics["encoder"]).encode_images(frames).numpy()
+    codes = video.codes()
+    assert codes.shape == (video.frames, 8, 512) and video.frames == len(frames)
+    motion = np.abs(direct - direct[:32].mean(0)).max()  # offsets from the first batch's mean
+    assert np.abs(codes - direct).max() <= 1e-3 * motion
+    # MFCC rows of the soundtrack, as features.mfcc computes them
+    np.testing.assert_allclose(video.mfcc(), mfcc(load_audio(rec["source"])), rtol=1e-5, atol=1e-4)
+
+
+def test_wholly_bad_or_empty_inputs_exit_2_with_one_line(basics, bad_folder, tmp_path):
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     for name in ("silent.mp4", "corrupt.mp4"):
         shutil.copy(bad_folder / name, only_bad / name)
-    base = ["--weights-dir", str(synthetic["pack"]), "train", "prepare"]
-    tail = ["--aligned", "--encoder", str(synthetic["encoder"])]
+    base = ["--weights-dir", str(basics["pack"]), "train", "prepare"]
+    tail = ["--aligned", "--encoder", str(basics["encoder"])]
     result = cli(*base, str(only_bad), "--out", str(tmp_path / "d1"), *tail)
     assert_user_error(result, "no usable video", "2 failed")
     empty = tmp_path / "empty"
@@ -324,7 +340,7 @@ def test_wholly_bad_or_empty_inputs_exit_2_with_one_line(synthetic, bad_folder, 
     result = cli(*base, str(empty), "--out", str(tmp_path / "d2"), *tail)
     assert_user_error(result, str(empty), "holds no video files")
     # fit on a dataset with nothing usable
-    result = cli("--weights-dir", str(synthetic["pack"]), "train", "fit", str(tmp_path / "d1"),
+    result = cli("--weights-dir", str(basics["pack"]), "train", "fit", str(tmp_path / "d1"),
                  "--out", str(tmp_path / "m.safetensors"), "--lpips-weight", "0")  # fmt: skip
     assert_user_error(result, "nothing to train on")
     assert not (tmp_path / "m.safetensors").exists()
@@ -334,28 +350,26 @@ def test_wholly_bad_or_empty_inputs_exit_2_with_one_line(synthetic, bad_folder, 
     assert_user_error(result, "dataset folder not found")
 
 
-def test_fit_refuses_a_generator_of_another_size_naming_both(synthetic, tmp_path):
+def test_fit_refuses_a_generator_of_another_size_naming_both(basics, small_data, tmp_path):
     from talkcli.weights.tiny_stylegan2 import tiny_generator_state_dict
 
+    data = small_data[0]
     big = tmp_path / "g64.pt"
     torch.save({"g_ema": tiny_generator_state_dict(64), "latent_avg": torch.zeros(512)}, big)
-    result = cli("--weights-dir", str(synthetic["pack"]), "train", "fit", str(synthetic["data"]),
+    result = cli("--weights-dir", str(basics["pack"]), "train", "fit", str(data),
                  "--out", str(tmp_path / "m.safetensors"), "--generator", str(big),
                  "--lpips-weight", "0")  # fmt: skip
-    assert_user_error(result, str(big), str(synthetic["data"]), "64x64")
+    assert_user_error(result, str(big), str(data), "64x64")
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_prepare_refuses_to_redo_without_resume(synthetic, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(synthetic["data"], data)
-    result = cli("--weights-dir", str(synthetic["pack"]), "train", "prepare",
-                 str(synthetic["root"] / "clips"), "--out", str(data), "--aligned",
-                 "--encoder", str(synthetic["encoder"]))  # fmt: skip
+def test_prepare_refuses_to_redo_without_resume(small_data):
+    data, args, _ = small_data
+    result = cli(*args)  # the same command again
     assert_user_error(result, str(data), "--resume")
 
 
-def test_processes_share_the_work_by_shard_variables(synthetic, tmp_path):
+def test_processes_share_the_work_by_shard_variables(basics, tmp_path):
     from talkcli.io.video import VideoWriter
     from tests.speech import synth_speech
 
@@ -366,8 +380,8 @@ def test_processes_share_the_work_by_shard_variables(synthetic, tmp_path):
         with VideoWriter(folder / f"c{i}.mp4", 25.0, audio=(synth_speech(0.48, i), 16000)) as w:
             w.write(rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
     data = tmp_path / "data"
-    args = ["--weights-dir", str(synthetic["pack"]), "train", "prepare", str(folder), "--out",
-            str(data), "--aligned", "--encoder", str(synthetic["encoder"]), "--json"]  # fmt: skip
+    args = ["--weights-dir", str(basics["pack"]), "train", "prepare", str(folder), "--out",
+            str(data), "--aligned", "--encoder", str(basics["encoder"]), "--json"]  # fmt: skip
     first = cli(*args, env={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"})
     assert first.code == 0, first.stderr
     done = json.loads(first.stdout)
@@ -382,7 +396,7 @@ def test_processes_share_the_work_by_shard_variables(synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_aligns_raw_videos(synthetic, tmp_path, shared_fixtures):
+def test_prepare_aligns_raw_videos(basics, tmp_path, shared_fixtures):
     """Without --aligned every frame goes through FFHQ alignment (MTCNN here) first."""
     import skimage.data
     from PIL import Image
@@ -406,7 +420,7 @@ def test_prepare_aligns_raw_videos(synthetic, tmp_path, shared_fixtures):
     data = tmp_path / "data"
     result = cli("--weights-dir", str(weights), "train", "prepare", str(video), "--out",
                  str(data), "--detector", "mtcnn", "--align-size", "64", "--keep-aligned",
-                 "--encoder", str(synthetic["encoder"]), "--holdout-speakers", "0")  # fmt: skip
+                 "--encoder", str(basics["encoder"]), "--holdout-speakers", "0")  # fmt: skip
     assert result.code == 0, result.stderr
     (entry,) = load_dataset(data).videos
     assert entry.frames == 15 and entry.record["aligned"] is False
