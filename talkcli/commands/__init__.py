@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "invert",
     "tune_pti",
     "evaluate",
+    "train",
 )
 
 

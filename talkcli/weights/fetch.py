@@ -38,7 +38,7 @@ def fetch(entry: ModelFile, weights_dir: str | Path | None = None, *, force: boo
         raise ModelFileError(
             target,
             f"{entry.name!r} has no public download URL",
-            f"produce it with talkcli or copy it to {target}",
+            entry.missing_hint or f"produce it with talkcli or copy it to {target}",
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,12 @@ class ModelFile:
     subdir: str = ""  # relative folder inside a weights folder
     bundled_in: tuple[str, str] | None = None  # (python package, relative path) shipping it
     optional: bool = False  # not needed by the main job (e.g. the NVIDIA pickle)
+    missing_hint: str | None = None  # what to do when absent, for files without a download
+
+    @property
+    def fetchable(self) -> bool:
+        """Whether ``weights fetch`` can download it (talkcli's own trained files cannot)."""
+        return self.url is not None
 
     @property
     def relpath(self) -> Path:
@@ -180,6 +186,19 @@ MANIFEST: tuple[ModelFile, ...] = (
         used_by=("evaluate",),
         license="MIT",
     ),
+    ModelFile(
+        name="audio2latent",
+        filename="audio2latent.safetensors",
+        url=None,  # nobody publishes weights for it: users train their own
+        description="audio-to-latent model (thesis 4.3) trained by `talkcli train fit`",
+        used_by=("animate",),
+        license="yours (trained on your data)",
+        missing_hint=(
+            "no pretrained audio model is published: train one with `talkcli train prepare`, "
+            "`talkcli train fit DATA --out audio2latent.safetensors` and copy it to that path, "
+            "or pass --model FILE"
+        ),
+    ),
 )
 
 _BY_NAME = {m.name: m for m in MANIFEST}
@@ -282,11 +301,13 @@ def resolve(name: str, weights_dir: str | Path | None = None, *, purpose: str = 
     entry = get(name)
     target = fetch_dir(weights_dir) / entry.relpath
     need = f" (needed by {purpose})" if purpose else ""
+    how = entry.missing_hint or (
+        f"run `talkcli weights fetch {entry.name}`, or download {entry.url} to that path"
+    )
     raise ModelFileError(
         target,
         f"model file {entry.name!r} not found{need}",
-        f"run `talkcli weights fetch {entry.name}`, or download {entry.url} to that path; "
-        f"searched {search_path(weights_dir).describe()}",
+        f"{how}; searched {search_path(weights_dir).describe()}",
     )
 
 

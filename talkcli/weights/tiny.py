@@ -31,6 +31,7 @@ def write_tiny_pack(
     weights, say) is refused unless ``force``: random weights must never replace real ones.
     """
     from talkcli.models.stylegan2 import generator_from_state_dict
+    from talkcli.weights.tiny_audio import write_tiny_audio_model
     from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
     from talkcli.weights.tiny_psp import (
         n_styles_for_size,
@@ -69,6 +70,8 @@ def write_tiny_pack(
     psp_path = root / registry.get("psp-ffhq-encode").relpath
     write_psp_checkpoint(psp_path, e_sd, g_sd, latent_avg.repeat(n_styles, 1))
     written["psp-ffhq-encode"] = psp_path
+
+    written["audio2latent"] = write_tiny_audio_model(root, g_path, G, seed=seed)
 
     for net in ("alex", "vgg"):
         files = write_tiny_lpips_files(root, net, seed=seed)

@@ -1,0 +1,187 @@
+"""MFCC features and the per-frame MFCC windows the audio-to-latent model reads (thesis 4.3.3).
+
+* ``mfcc(samples) -> (M, 12)``: python_speech_features ``mfcc(samples, 16000, winlen=0.025,
+  winstep=0.01, numcep=13)`` with the first coefficient dropped (the thesis computes 13 and uses
+  the last 12). Row ``r`` describes samples ``[160 r, 160 r + 400)`` (10 ms step, 25 ms window).
+* ``mfcc_windows(samples, fps) -> float32 (T, 12, 28)``: one 280 ms window per video frame,
+  centred on the frame. ``T = ceil(len(samples) / 16000 * fps)``; frame ``t`` uses MFCC rows
+  ``[s, s + 28)`` with ``s = floor(100 * (t + 0.5) / fps - 14 + 0.5)`` (at 25 fps rows
+  ``4t - 12 .. 4t + 15``: the 7-frame window with frame ``t`` in the middle). Rows outside
+  ``[0, M)`` repeat the nearest valid row. Both formulas are evaluated exactly (rational
+  arithmetic), so frame counts never depend on float rounding.
+* ``iter_mfcc_windows(samples, fps)`` yields the same windows chunk by chunk and computes only the
+  MFCC rows each chunk needs: memory stays bounded for any audio length (``animate`` streams
+  through it). ``mfcc_windows`` is the concatenation of its chunks.
+
+Values are raw MFCCs: normalisation belongs to the model (``Audio2Latent`` keeps the training
+set's per-coefficient mean and standard deviation as buffers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINLEN = 0.025  # seconds
+WINSTEP = 0.01  # seconds
+NUMCEP = 13  # computed; the first is dropped
+N_MFCC = NUMCEP - 1  # 12 coefficients used
+MFCC_RATE = 100  # MFCC rows per second (1 / WINSTEP)
+WINDOW = 28  # MFCC rows per window: 280 ms
+FRAME_LEN = 400  # samples per MFCC row (25 ms at 16 kHz)
+FRAME_STEP = 160  # samples between rows (10 ms)
+PREEMPH = 0.97
+CHUNK_ROWS = 4096  # MFCC rows computed at once (~40 s of audio, a few MB)
+
+# What a checkpoint records so that ``animate`` computes exactly the features it was trained on.
+FEATURE_SETTINGS: dict[str, object] = {
+    "library": "python_speech_features",
+    "sample_rate": SAMPLE_RATE,
+    "winlen": WINLEN,
+    "winstep": WINSTEP,
+    "numcep": NUMCEP,
+    "drop_first": True,
+    "n_mfcc": N_MFCC,
+    "window": WINDOW,
+    "window_rule": "s = floor(100 * (t + 0.5) / fps - 14 + 0.5); rows [s, s + 28), edges repeated",
+}
+
+
+def _check_samples(samples: np.ndarray) -> np.ndarray:
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise ValueError(f"samples must be mono (T,), got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError("samples are empty: no audio to compute MFCCs from")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"samples must be floats in [-1, 1], got {x.dtype}")
+    return x
+
+
+def _fps(fps: float) -> Fraction:
+    if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return Fraction(fps)  # exact value of the float
+
+
+def n_mfcc_rows(n_samples: int) -> int:
+    """Number of MFCC rows python_speech_features makes from ``n_samples`` samples (>= 1)."""
+    if n_samples <= FRAME_LEN:
+        return 1
+    return 1 + -(-(n_samples - FRAME_LEN) // FRAME_STEP)
+
+
+def n_frames(n_samples: int, fps: float) -> int:
+    """Video frames covered by ``n_samples`` samples: ``ceil(n_samples / 16000 * fps)``."""
+    return math.ceil(Fraction(int(n_samples), SAMPLE_RATE) * _fps(fps))
+
+
+def window_starts(frames: np.ndarray | range | int, fps: float) -> np.ndarray:
+    """First MFCC row of the window of each frame: ``floor(100 (t + 0.5) / fps - 13.5)``.
+
+    ``frames``: frame indices, or a count T for frames ``0 .. T-1``. Returns int64 (T,).
+    """
+    idx = range(frames) if isinstance(frames, int) else frames
+    f = _fps(fps)
+    p, q = f.numerator, f.denominator
+    # floor(100 (2t + 1) q / (2 p) - 27 / 2) = floor((100 (2t + 1) q - 27 p) / (2 p)), exact ints
+    return np.array(
+        [(MFCC_RATE * (2 * int(t) + 1) * q - 27 * p) // (2 * p) for t in idx], dtype=np.int64
+    )
+
+
+def _preemphasised(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Pre-emphasised samples ``[lo, hi)`` (zero beyond the end), exactly as psf computes them
+    for the whole signal: ``y[0] = x[0]``, ``y[i] = x[i] - 0.97 x[i - 1]``."""
+    from python_speech_features.sigproc import preemphasis
+
+    n = len(samples)
+    start = max(lo - 1, 0)
+    seg = preemphasis(samples[start : min(hi, n)], PREEMPH)
+    if lo > 0:
+        seg = seg[1:]
+    if len(seg) < hi - lo:  # psf pads the framed signal with zeros
+        seg = np.concatenate([seg, np.zeros(hi - lo - len(seg), dtype=seg.dtype)])
+    return seg
+
+
+def mfcc_rows(samples: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """MFCC rows ``[start, stop)`` of ``mfcc(samples)``, computed from those samples only.
+
+    The values of the full ``mfcc(samples)`` sliced (to float64 rounding: the pre-emphasis is
+    recomputed from the sample before the slice). Returns float64 (stop - start, 12).
+    """
+    from python_speech_features import mfcc as psf_mfcc
+
+    x = _check_samples(samples)
+    m = n_mfcc_rows(len(x))
+    if not 0 <= start <= stop <= m:
+        raise ValueError(f"rows [{start}, {stop}) outside the {m} MFCC rows of this audio")
+    out = np.empty((stop - start, N_MFCC), dtype=np.float64)
+    for a in range(start, stop, CHUNK_ROWS):
+        b = min(a + CHUNK_ROWS, stop)
+        seg = _preemphasised(x, a * FRAME_STEP, (b - 1) * FRAME_STEP + FRAME_LEN)
+        rows = psf_mfcc(
+            seg, SAMPLE_RATE, winlen=WINLEN, winstep=WINSTEP, numcep=NUMCEP, preemph=0.0
+        )  # (b - a, 13): pre-emphasis done above
+        out[a - start : b - start] = rows[:, 1:]
+    return out
+
+
+def mfcc(samples: np.ndarray) -> np.ndarray:
+    """MFCCs of 16 kHz mono ``samples`` (T,): float64 (M, 12), the first of 13 dropped.
+
+    Equals ``python_speech_features.mfcc(samples, 16000, winlen=0.025, winstep=0.01,
+    numcep=13)[:, 1:]``, computed in chunks of ~40 s of audio.
+    """
+    x = _check_samples(samples)
+    return mfcc_rows(x, 0, n_mfcc_rows(len(x)))
+
+
+def windows_from_mfcc(rows: np.ndarray, frames: np.ndarray | range | int, fps: float) -> np.ndarray:
+    """Gather the 280 ms windows of ``frames`` from MFCC rows (M, 12) -> float32 (T, 12, 28).
+
+    Rows outside ``[0, M)`` repeat the nearest valid row.
+    """
+    if rows.ndim != 2 or rows.shape[1] != N_MFCC or rows.shape[0] == 0:
+        raise ValueError(f"MFCC rows must be (M, {N_MFCC}) with M >= 1, got {rows.shape}")
+    starts = window_starts(frames, fps)  # (T,)
+    idx = np.clip(starts[:, None] + np.arange(WINDOW)[None, :], 0, rows.shape[0] - 1)  # (T, 28)
+    return np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)  # (T, 12, 28)
+
+
+def iter_mfcc_windows(
+    samples: np.ndarray, fps: float = 25.0, chunk_frames: int = 500
+) -> Iterator[np.ndarray]:
+    """Yield ``mfcc_windows(samples, fps)`` in chunks of up to ``chunk_frames`` frames.
+
+    Each chunk computes only the MFCC rows its windows touch, so memory is bounded by the chunk
+    size whatever the audio length. Chunks are float32 (n, 12, 28), in frame order.
+    """
+    x = _check_samples(samples)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    total = n_frames(len(x), fps)
+    m = n_mfcc_rows(len(x))
+    for t0 in range(0, total, chunk_frames):
+        frames = range(t0, min(t0 + chunk_frames, total))
+        starts = window_starts(frames, fps)
+        lo = int(np.clip(starts[0], 0, m - 1))
+        hi = int(np.clip(starts[-1] + WINDOW, lo + 1, m))
+        rows = mfcc_rows(x, lo, hi)  # (hi - lo, 12)
+        idx = np.clip(starts[:, None] + np.arange(WINDOW)[None, :], 0, m - 1) - lo  # (n, 28)
+        yield np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)
+
+
+def mfcc_windows(samples: np.ndarray, fps: float = 25.0) -> np.ndarray:
+    """One 280 ms MFCC window per video frame: float32 (T, 12, 28), T = ceil(len / 16000 * fps).
+
+    Frame ``t`` uses MFCC rows ``[s, s + 28)``, ``s = floor(100 (t + 0.5) / fps - 14 + 0.5)``,
+    edge rows repeated (see the module docstring).
+    """
+    chunks = list(iter_mfcc_windows(samples, fps))
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, N_MFCC, WINDOW), np.float32)

@@ -1,0 +1,1 @@
+"""Training the audio-to-latent model: dataset preparation, PCA, the trainer."""
