@@ -95,6 +95,78 @@ def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
 # -- training ------------------------------------------------------------------------------------
 
 
+def plot_training_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> Path:
+    """``train fit --plot``: training and validation loss per epoch (log scale when positive),
+    the learning rate on a second axis, the best epoch marked."""
+    epochs = np.array([row["epoch"] for row in history], dtype=float)
+    train = np.array([row.get("train_loss", np.nan) for row in history], dtype=float)
+    val = np.array([row.get("val_loss", np.nan) for row in history], dtype=float)
+    lr = np.array([row.get("lr", np.nan) for row in history], dtype=float)
+    with figure(7.2, 4.8) as fig:
+        ax = fig.add_subplot()
+        ax.plot(epochs, train, marker="o", markersize=3, label="train loss")
+        if np.isfinite(val).any():
+            ax.plot(epochs, val, marker="s", markersize=3, label="validation loss")
+            best = int(np.nanargmin(val))
+            ax.scatter(
+                [epochs[best]],
+                [val[best]],
+                s=80,
+                facecolors="none",
+                edgecolors="red",
+                zorder=3,
+                label=f"best (epoch {int(epochs[best])})",
+            )
+        finite = np.concatenate([train[np.isfinite(train)], val[np.isfinite(val)]])
+        if finite.size and (finite > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (250 latent L2 + LPIPS, per clip)")
+        ax.grid(True, alpha=0.3)
+        if np.isfinite(lr).any():
+            ax2 = ax.twinx()
+            ax2.plot(epochs, lr, color="0.5", linestyle="--", linewidth=1, label="learning rate")
+            ax2.set_ylabel("learning rate")
+            ax2.set_yscale("log")
+            lines = ax.get_legend_handles_labels()
+            lines2 = ax2.get_legend_handles_labels()
+            ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
+        else:
+            ax.legend(loc="upper right")
+        ax.set_title(title or f"training, {len(history)} epoch(s)")
+        return save_figure(fig, path)
+
+
+def plot_pca_variance(path: str | Path, explained_ratio: np.ndarray, title: str = "") -> Path:
+    """``train pca --plot``: cumulative explained variance against the number of components,
+    with the per-component share on a second (log) axis."""
+    ratio = np.asarray(explained_ratio, dtype=float)
+    k = np.arange(1, len(ratio) + 1)
+    with figure(7.2, 4.8) as fig:
+        ax = fig.add_subplot()
+        ax.plot(k, np.cumsum(ratio), color="C0", label="cumulative")
+        ax.set_xlabel("number of components")
+        ax.set_ylabel("explained variance (cumulative)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax2 = ax.twinx()
+        positive = ratio > 0
+        ax2.plot(k[positive], ratio[positive], color="C1", linewidth=1, label="per component")
+        ax2.set_ylabel("explained variance (per component)")
+        if positive.any():
+            ax2.set_yscale("log")
+        for level in (0.9, 0.99):
+            n = int(np.searchsorted(np.cumsum(ratio), level) + 1)
+            if n <= len(ratio):
+                ax.axvline(n, color="0.6", linestyle=":", linewidth=1)
+                ax.text(n, 0.05, f" {level:.0%}: {n}", color="0.3", fontsize=8)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="center right")
+        ax.set_title(title or f"PCA, {len(ratio)} components")
+        return save_figure(fig, path)
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 
 METRIC_LABELS = {

@@ -7,6 +7,7 @@ loudness envelope rises and falls like speech and its spectrum changes within ea
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,6 +32,9 @@ SENTENCES = (
 
 
 def has_espeak() -> bool:
+    """espeak-ng is installed (TALKCLI_TEST_NO_ESPEAK=1 pretends it is not: tests the fallback)."""
+    if os.environ.get("TALKCLI_TEST_NO_ESPEAK"):
+        return False
     return shutil.which("espeak-ng") is not None
 
 

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "tune_pti",
     "animate",
     "evaluate",
+    "train",
 )
 
 

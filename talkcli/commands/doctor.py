@@ -13,7 +13,7 @@ from rich.table import Table
 
 from talkcli import __version__
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import console, settings
+from talkcli.console import console, info, settings
 from talkcli.errors import TalkcliError
 from talkcli.weights import registry
 
@@ -99,12 +99,16 @@ def doctor(
             f"[yellow]note:[/yellow] {escape(folder)} holds a random-weight tiny pack "
             "(for tests and demos; outputs will not look like faces)"
         )
-    missing = [s.entry.name for s in statuses if s.state == "missing" and not s.entry.optional]
-    if missing:
-        console.print(
-            f"{len(missing)} model file(s) missing: `talkcli weights fetch --all`, "
+    missing = [s.entry for s in statuses if s.state == "missing" and not s.entry.optional]
+    fetchable = [e.name for e in missing if e.fetchable]
+    if fetchable:
+        info(
+            f"{len(fetchable)} model file(s) missing: `talkcli weights fetch --all`, "
             "or `talkcli weights tiny DIR` for a random-weight test pack"
         )
+    for entry in missing:
+        if not entry.fetchable and entry.missing_hint:
+            info(f"{entry.name} missing: {entry.missing_hint}")
 
 
 def register(app: typer.Typer) -> None:

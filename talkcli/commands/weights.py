@@ -202,10 +202,28 @@ def inspect_cmd(
         from talkcli.io.files import require_file
 
         path = require_file(name_or_path, "model file")
-    obj = load_numpy_file(path) if path.suffix == ".npy" else load_torch_file(path)
+    if path.suffix == ".safetensors":  # talkcli's own models (audio2latent): no pickle at all
+        obj = _load_safetensors(path)
+    else:
+        obj = load_numpy_file(path) if path.suffix == ".npy" else load_torch_file(path)
     print(path)
     for line in _summarise(obj):
         print(line)
+
+
+def _load_safetensors(path: Path) -> dict:
+    """Tensors and metadata of a safetensors file, or a one-line ModelFileError."""
+    from safetensors.torch import load_file
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return {**load_file(str(path)), "metadata": metadata}
+    except Exception as exc:  # safetensors has its own error types for bad headers
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(path, f"is not a readable safetensors file ({first[:100]})") from None
 
 
 @weights_app.command("tiny")

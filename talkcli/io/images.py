@@ -13,7 +13,7 @@ from talkcli.errors import InputFileError, UserError
 from talkcli.io.files import atomic_output, require_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def expand_inputs(items: list[str] | list[Path], exts: tuple[str, ...] = IMAGE_EXTS) -> list[Path]:

@@ -193,6 +193,10 @@ class Audio2Latent(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(h, k),  # (B, T, k) = h_t
         )
+        # Start from "no motion" (w_t = w_I): the last layer begins at zero, so training does not
+        # first have to undo random displacements far larger than real mouth motion.
+        nn.init.zeros_(self.decoder[-1].weight)
+        nn.init.zeros_(self.decoder[-1].bias)
         if k > dim:
             raise ValueError(f"n_components {k} exceeds the W+ dimension {dim}")
         self.register_buffer("pca_mean", torch.zeros(dim))

@@ -7,8 +7,8 @@ dense D x D matrix:
 * the scatter matrix sum (x - m0)(x - m0)^T is accumulated chunk by chunk (m0 = the first
   chunk's mean, which keeps the float64 sums well conditioned), turned into the covariance in
   place, and only its top ``k`` eigenvectors are computed (LAPACK ``syevr`` on the same memory);
-* when N <= D is known up front the codes themselves (N x D, no larger than D x D) are kept
-  instead, and the N x N Gram matrix gives the same directions (V = X^T U / sqrt(lambda)).
+* when N <= D / 2 is known up front the codes themselves (N x D) are kept instead, and the
+  N x N Gram matrix gives the same directions (V = X^T U / sqrt(lambda)).
 
 ``k`` is capped at what the data supports (N - 1 and the numerical rank) with a warning.
 Directions are unit vectors with a fixed sign (largest entry positive) so that runs repeat.
@@ -91,6 +91,15 @@ def _cap(k: int, eigenvalues: np.ndarray, n: int) -> int:
     return k
 
 
+def _accumulate(scatter: np.ndarray, y: np.ndarray) -> None:
+    """``scatter += y.T @ y`` without allocating another D x D matrix."""
+    from scipy.linalg.blas import dgemm
+
+    out = dgemm(1.0, y, y, beta=1.0, c=scatter.T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(out, scatter):  # pragma: no cover - BLAS made a copy after all
+        scatter[:] = out.T
+
+
 def fit_pca(
     data: np.ndarray | Iterable[np.ndarray],
     k: int,
@@ -119,7 +128,9 @@ def fit_pca(
     if n_latent is None:
         n_latent = d // style_dim
     m0 = x0.mean(axis=0)  # provisional mean: conditions the float64 sums
-    use_gram = n_total is not None and n_total <= d
+    # the Gram route holds the codes (N x D) and the N x N Gram matrix: together less than one
+    # D x D matrix when N <= D / 2
+    use_gram = n_total is not None and n_total <= d // 2
     n = 0
     total = np.zeros(d)
     kept: list[np.ndarray] = []  # centred codes (Gram route, N <= D)
@@ -136,8 +147,8 @@ def fit_pca(
             if n > d:
                 raise ValueError(f"fit_pca: n_total {n_total} was given but more codes came")
             kept.append(y)
-        else:
-            scatter[:] += y.T @ y
+        else:  # scatter += y^T y in place (BLAS gemm on the F-ordered view; no D x D temporary)
+            _accumulate(scatter, y)
 
     add(x0)
     del x0
@@ -164,7 +175,8 @@ def fit_pca(
         basis = ((y.T @ evecs[:, :k]) / np.sqrt(lam * (n - 1))).T  # (k, D) unit rows
     else:  # covariance in place, top-k eigenvectors only
         cov = scatter
-        cov -= n * np.outer(shift, shift)
+        for a in range(0, d, 1024):  # cov -= n shift shift^T, a block of rows at a time
+            cov[a : a + 1024] -= n * np.outer(shift[a : a + 1024], shift)
         cov /= n - 1
         total_var = float(np.trace(cov))
         lo = max(d - k, 0)

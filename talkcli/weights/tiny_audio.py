@@ -65,9 +65,9 @@ def write_tiny_audio_model(
     pca = fit_pca(codes.numpy(), TINY_COMPONENTS, n_latent=G.n_latent, style_dim=G.style_dim)
     torch.manual_seed(seed)
     model = Audio2Latent(pca.k, G.n_latent, G.style_dim, arch=ARCH_PRESETS["tiny"], fps=25.0)
-    with torch.no_grad():
-        model.decoder[-1].weight.mul_(0.1)  # small random motions
-        model.decoder[-1].bias.zero_()
+    with torch.no_grad():  # a trained model moves; the fresh one starts still: small motions
+        last = model.decoder[-1].weight
+        last.copy_(torch.randn(last.shape, generator=torch.Generator().manual_seed(seed)) * 0.01)
     model.set_pca(pca.mean, pca.basis)
     model.set_mfcc_stats(*_synthetic_mfcc_stats(seed=seed))
     gen_meta = {

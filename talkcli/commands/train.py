@@ -1,0 +1,410 @@
+"""``talkcli train``: prepare a dataset, compute a PCA basis, fit the audio-to-latent model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.console import info, progress, settings, warn
+from talkcli.errors import UserError
+from talkcli.guards import SEED_MAX
+
+PLOT_EVERY_S = 60.0  # --plot is redrawn during training at most this often
+
+train_app = typer.Typer(
+    help=(
+        "Train the audio-to-latent model on your talking-head videos: prepare -> (pca) -> fit. "
+        "Multi-GPU: run `fit` (and `prepare`) under torchrun."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _torch_device(local_rank: int | None = None):
+    """The --device for this process; under torchrun CUDA ranks take cuda:LOCAL_RANK."""
+    import torch
+
+    from talkcli.device import resolve_device
+
+    device = resolve_device(settings.device)
+    if device.type == "cuda" and local_rank is not None and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+@train_app.command("prepare")
+def prepare_cmd(
+    videos: list[str] = typer.Argument(
+        ..., help="Talking-head videos: files, folders (searched recursively) or globs."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create or extend."),
+    fps: float = typer.Option(25.0, "--fps", min=1.0, max=120.0, help="Frame rate to sample at."),
+    aligned: bool = typer.Option(
+        False, "--aligned", help="Inputs already are FFHQ-aligned crops (skip alignment)."
+    ),
+    align_size: int = typer.Option(
+        256,
+        "--align-size",
+        min=32,
+        max=1024,
+        help="Aligned crop size fed to pSp (256 is its input).",
+    ),
+    detector: str = typer.Option("auto", "--detector", help="Landmarks: auto, fan or mtcnn."),
+    smooth: float = typer.Option(
+        1.0, "--smooth", min=0.0, max=50.0, help="Temporal smoothing of the crop (sigma, frames)."
+    ),
+    audio_dir: Path | None = typer.Option(
+        None, "--audio-dir", help="Folder of separate audio files, paired with videos by stem."
+    ),
+    speaker_level: int = typer.Option(
+        1,
+        "--speaker-level",
+        min=0,
+        max=32,
+        help="Speaker = folder this many levels above the file (1 = parent; 0 = file name).",
+    ),
+    speaker_regex: str | None = typer.Option(
+        None, "--speaker-regex", help="Speaker = this regex's group 1 (or match) on the path."
+    ),
+    holdout: str = typer.Option(
+        "10%",
+        "--holdout-speakers",
+        help="Validation speakers: N, P% or a comma-separated list of names (0: none).",
+    ),
+    batch_size: int = typer.Option(
+        16, "--batch-size", min=1, max=4096, help="Frames per pSp batch."
+    ),
+    encoder: Path | None = typer.Option(None, "--encoder", help="pSp file (default: registry)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip videos already prepared."),
+    shard: str | None = typer.Option(
+        None, "--shard", help="Do share K of N (K from 0); default from torchrun/Slurm variables."
+    ),
+    keep_aligned: bool = typer.Option(
+        False, "--keep-aligned", help="Keep the aligned clips in DATA/aligned/."
+    ),
+    allow_failed: bool = typer.Option(
+        False, "--allow-failed", help="Exit 0 when some videos failed (they are still skipped)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the speaker split."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Encode videos into a training dataset: pSp W+ per frame (fp16) + MFCC of the soundtrack."""
+    from talkcli.distributed import resolve_shard, torchrun_env
+    from talkcli.train.prepare import PrepareConfig, collect_videos, plan_items, prepare_dataset
+    from talkcli.weights import registry
+
+    if detector not in ("auto", "fan", "mtcnn"):
+        raise UserError(f"--detector {detector!r}: expected auto, fan or mtcnn")
+    k, n = resolve_shard(shard)
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out must be a folder")
+    wd = weights_dir(wdir)
+    encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "train prepare")
+    inside = out.resolve()
+    paths = [p for p in collect_videos(videos) if inside not in p.parents]  # not DATA/aligned/
+    if not paths:
+        raise UserError(f"no input videos outside the dataset folder {out}")
+    items = plan_items(paths, audio_dir, speaker_level, speaker_regex)
+    cfg = PrepareConfig(
+        fps=fps,
+        aligned=aligned,
+        align_size=align_size,
+        detector=detector,
+        smooth=smooth,
+        batch_size=batch_size,
+        resume=resume,
+        keep_aligned=keep_aligned,
+        holdout=holdout,
+        seed=seed,
+        weights_dir=wd,
+        device=str(_torch_device(torchrun_env().local_rank)),
+    )
+    cfg.check()
+    share = f" (shard {k}/{n})" if n > 1 else ""
+    info(f"preparing {len(items)} video(s){share} into {out} on {cfg.device}")
+    with progress() as bar:
+        overall = bar.add_task("videos", total=len(items[k::n]))
+        current: dict[str, int] = {}
+
+        def on_progress(name: str, done: int, total: int | None) -> None:
+            if name not in current:
+                for task in current.values():
+                    bar.remove_task(task)
+                current.clear()
+                current[name] = bar.add_task(name, total=total)
+            bar.update(current[name], completed=done, total=total)
+
+        def on_item(rec: dict) -> None:
+            bar.advance(overall)
+            if rec.get("status") == "failed":
+                warn(f"skipped {rec['source']}: {rec['message']}")
+
+        result = prepare_dataset(
+            items, out, cfg, encoder_path, (k, n), on_item=on_item, progress=on_progress
+        )
+    summary = result.index["summary"]
+    failed = [r for r in result.records if r.get("status") == "failed"]
+    mine = {
+        "prepared": result.count("ok") - len(result.skipped),
+        "skipped": len(result.skipped),
+        "failed": len(failed),
+    }
+    if as_json:
+        print_json({"out": str(out), "shard": [k, n], **mine, "dataset": summary})
+    info(
+        f"this process: prepared {mine['prepared']}, already done {mine['skipped']}, failed "
+        f"{mine['failed']}; dataset {out}: {summary['ok']} video(s), {summary['frames']} frames "
+        f"(train {summary['train_frames']}, val {summary['val_frames']}), "
+        f"{summary['failed']} failed, {summary['pending']} pending"
+    )
+    if summary["ok"] == 0 and summary["pending"] == 0:
+        first = failed[0]["message"] if failed else "no video"
+        raise UserError(f"{out}: no usable video ({len(failed)} failed, first: {first})")
+    if failed and not allow_failed:
+        raise UserError(
+            f"{len(failed)} of {len(result.records)} video(s) failed (first: "
+            f"{failed[0]['message']}); the dataset holds the rest (see {out / 'index.json'}; "
+            "--allow-failed exits 0)"
+        )
+
+
+@train_app.command("pca")
+def pca_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder made by `train prepare`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (mean, basis, variances)."),
+    components: int = typer.Option(
+        2500, "--components", "-k", min=1, max=100_000, help="Principal components to keep."
+    ),
+    max_frames: int = typer.Option(
+        100_000, "--max-frames", min=2, max=100_000_000, help="Use at most N training frames."
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Explained-variance curve (PNG...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """PCA basis of the training split's W+ codes (the thesis used pSp-encoded FFHQ)."""
+    from talkcli.guards import guard_outputs
+    from talkcli.train.dataset import load_dataset
+    from talkcli.train.fit import pca_from_videos
+    from talkcli.train.pca import save_pca
+
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: a PCA is saved as .npz (use a name ending in .npz)")
+    if plot is not None:
+        from talkcli.plots import check_plot_path
+
+        check_plot_path(plot)
+    guard_outputs([out, plot])
+    ds = load_dataset(data)
+    videos = ds.split("train")
+    if not videos:
+        raise UserError(f"{data}: no training videos (every speaker is held out)")
+    info(f"PCA of {min(ds.frames('train'), max_frames)} frames from {len(videos)} video(s)")
+    pca = pca_from_videos(videos, components, max_frames)
+    save_pca(out, pca)
+    explained = float(pca.explained_ratio.sum())
+    info(f"wrote {out}: {pca.k} components explain {explained:.1%} of the variance")
+    if plot is not None:
+        from talkcli.plots import plot_pca_variance
+
+        plot_pca_variance(plot, pca.explained_ratio, title=f"PCA of {pca.n_samples} codes")
+        info(f"wrote {plot}")
+    if as_json:
+        print_json(
+            {"out": str(out), "components": pca.k, "frames": pca.n_samples, "explained": explained}
+        )
+
+
+@train_app.command("fit")
+def fit_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder made by `train prepare`."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Best model (.safetensors); NAME.last / NAME.state.pt beside it."
+    ),
+    epochs: int = typer.Option(20, "--epochs", min=1, max=100_000, help="Passes over the clips."),
+    batch_size: int = typer.Option(
+        16, "--batch-size", min=1, max=4096, help="Clips per step (per process under torchrun)."
+    ),
+    seq_len: int = typer.Option(
+        16, "--seq-len", min=1, max=2000, help="Consecutive frames per clip."
+    ),
+    lr: float = typer.Option(2e-4, "--lr", min=1e-9, max=1.0, help="Adam learning rate."),
+    latent_weight: float = typer.Option(
+        250.0, "--latent-weight", min=0.0, max=1e9, help="Weight of the W+ L2 term (thesis 250)."
+    ),
+    lpips_weight: float = typer.Option(
+        1.0,
+        "--lpips-weight",
+        min=0.0,
+        max=1e9,
+        help="Weight of LPIPS-vgg between G(predicted) and G(target); 0 skips rendering.",
+    ),
+    lpips_frames: int = typer.Option(
+        0, "--lpips-frames", min=0, max=2000, help="Render only N random frames per clip (0: all)."
+    ),
+    lpips_size: int = typer.Option(
+        256, "--lpips-size", min=16, max=1024, help="Images are shrunk to this size for LPIPS."
+    ),
+    lr_decay: float = typer.Option(
+        0.5, "--lr-decay", min=0.01, max=1.0, help="LR factor when validation stops improving."
+    ),
+    lr_patience: int = typer.Option(
+        2, "--lr-patience", min=0, max=10_000, help="Epochs without improvement before decay."
+    ),
+    components: int | None = typer.Option(
+        None,
+        "--components",
+        "-k",
+        min=1,
+        max=100_000,
+        help="PCA components (default 2500, capped by the data; or all of --pca).",
+    ),
+    pca: Path | None = typer.Option(None, "--pca", help="PCA .npz from `train pca` or elsewhere."),
+    pca_frames: int = typer.Option(
+        100_000, "--pca-frames", min=2, max=100_000_000, help="Frames used for the PCA."
+    ),
+    arch: str = typer.Option("thesis", "--arch", help="thesis (tables 4.3/4.4) or tiny (tests)."),
+    generator: Path | None = typer.Option(
+        None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue from a training state file (NAME.state.pt)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="Data loader processes."),
+    steps_per_epoch: int = typer.Option(
+        0, "--steps-per-epoch", min=0, max=1_000_000_000, help="Cap steps per epoch (0: all)."
+    ),
+    log: Path | None = typer.Option(None, "--log", help="JSONL log (default NAME.log.jsonl)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Training curves picture (PNG...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
+    from talkcli.commands._common import generator_file
+    from talkcli.distributed import torchrun_env
+    from talkcli.guards import guard_outputs, same_file
+    from talkcli.train.dataset import read_index
+    from talkcli.train.fit import FitConfig, FitOutputs, fit
+    from talkcli.weights import registry
+
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: the model is saved as .safetensors (use a name ending in it)")
+    cfg = FitConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        latent_weight=latent_weight,
+        lpips_weight=lpips_weight,
+        lpips_frames=lpips_frames,
+        lpips_size=lpips_size,
+        lr_decay=lr_decay,
+        lr_patience=lr_patience,
+        components=components,
+        pca_frames=pca_frames,
+        arch=arch,
+        seed=seed,
+        workers=workers,
+        steps_per_epoch=steps_per_epoch,
+    )
+    cfg.check()
+    read_index(data)  # a missing or foreign dataset folder is named before any model file
+    env = torchrun_env()
+    outputs = FitOutputs.beside(out, log, plot)
+    if plot is not None:
+        from talkcli.plots import check_plot_path
+
+        check_plot_path(plot)
+    wd = weights_dir(wdir)
+    generator_path = generator_file(
+        generator, wd, registry.locate("psp-ffhq-encode", wd), "train fit"
+    )
+    lpips_paths = None
+    if lpips_weight > 0:
+        lpips_paths = (
+            registry.resolve("vgg16", wd, purpose="train fit (LPIPS-vgg)"),
+            registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
+        )
+    inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
+    if resume is not None and same_file(resume, outputs.state):
+        inputs.remove(resume)  # continuing in place: the state is read whole, then replaced
+    guard_outputs(outputs.all(), inputs=inputs, weights_dir=wd)
+    device = _torch_device(env.local_rank if env.distributed else None)
+    if env.is_main:
+        where = f"{env.world_size} processes" if env.distributed else str(device)
+        info(f"training on {data} ({where}); writing {out}")
+
+    plotted = [time.monotonic()]
+    with progress() as bar:
+        task: dict[str, int] = {}
+
+        def on_step(phase: str, done: int, total: int) -> None:
+            if "id" not in task:
+                task["id"] = bar.add_task(phase, total=total)
+            bar.update(task["id"], completed=done, total=total, description=phase)
+
+        def on_epoch(row: dict, history: list[dict]) -> None:
+            val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""
+            mark = " (best)" if row.get("best") else ""
+            info(
+                f"epoch {row['epoch']}: train {row['train_loss']:.4g}{val}, lr {row['lr']:.2g}, "
+                f"{row['samples_per_s']:.1f} clips/s{mark}"
+            )
+            if plot is not None and time.monotonic() - plotted[0] > PLOT_EVERY_S:
+                from talkcli.plots import plot_training_curves
+
+                plot_training_curves(plot, history)  # watch long runs; redrawn at the end
+                plotted[0] = time.monotonic()
+
+        result = fit(
+            data,
+            outputs,
+            cfg,
+            generator_path,
+            pca_path=pca,
+            resume=resume,
+            lpips_paths=lpips_paths,
+            device=device,
+            env=env,
+            on_epoch=on_epoch,
+            on_step=on_step if env.is_main else None,
+        )
+    if not env.is_main:
+        return
+    if result.val_clips == 0:
+        warn(
+            "no validation clips (no held-out speakers): the best model is chosen by training loss"
+        )
+    if result.skipped_videos:
+        warn(f"{result.skipped_videos} video(s) too short for --seq-len {seq_len} were not used")
+    if plot is not None and result.history:
+        from talkcli.plots import plot_training_curves
+
+        plot_training_curves(plot, result.history)
+    info(
+        f"best epoch {result.best_epoch} (loss {result.best_loss:.4g}) -> {result.best}; "
+        f"last -> {result.last}; state -> {outputs.state}"
+    )
+    if as_json:
+        print_json(
+            {
+                "out": str(result.best),
+                "last": str(result.last),
+                "state": str(outputs.state),
+                "log": str(outputs.log),
+                "best_epoch": result.best_epoch,
+                "best_loss": result.best_loss,
+                "train_clips": result.train_clips,
+                "val_clips": result.val_clips,
+                "history": result.history,
+            }
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,735 @@
+"""``train fit``: stage 1 of the thesis (4.3.2.1): train E_A and D with pSp and G frozen.
+
+Samples (figure 4.8): a clip of ``seq_len`` consecutive frames of one video, each frame with its
+centred 280 ms MFCC window, and an identity frame drawn at random from the same video outside
+the clip's audio windows. The model predicts w̄_t = w_I + h_t V for every frame of the clip.
+
+Loss per clip (summed over its frames t, averaged over the batch)::
+
+    latent_weight (250) * sum_t mean((w_t - w̄_t)^2)
+    + lpips_weight (1) * sum_t LPIPS-vgg(G(w̄_t), G(w_t))
+
+where w_t = E(x_t) are the dataset's pSp codes. The squared distance is averaged over the
+n_latent x 512 values of a code (PyTorch's MSE): with a plain sum the LPIPS term would be ~1e-4
+of the total and the thesis' weights 250 : 1 would mean nothing. ``lpips_weight`` 0 skips
+rendering (fast runs); ``lpips_frames`` renders only that many random frames per clip (the sum
+is rescaled to the clip length).
+
+Adam (lr 2e-4), learning rate decay on plateau of the validation loss, validation on the
+held-out speakers every epoch, best and last checkpoints, a training-state file for ``resume``,
+a JSONL log. Multi-GPU / multi-node through torchrun: DDP (nccl on GPU, gloo on CPU), a
+DistributedSampler for the training clips, rank 0 alone computes the PCA (then broadcast) and
+writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from talkcli import __version__
+from talkcli.audio.features import windows_from_mfcc
+from talkcli.distributed import DistEnv
+from talkcli.errors import InputFileError, UserError
+from talkcli.guards import check_finite_array, check_finite_loss, check_number
+from talkcli.io.files import atomic_output, sha256_file
+from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
+from talkcli.train.dataset import VideoEntry, load_dataset
+from talkcli.train.pca import PCAResult, fit_pca, load_pca
+
+STATE_FORMAT = "talkcli-train-state"
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+WINDOW_HALF_S = 0.14  # half of the 280 ms window
+
+EpochFn = Callable[[dict[str, Any], list[dict[str, Any]]], None]  # (row, history)
+StepFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+# option -> (min, max), shared with the CLI (talkcli/commands/train.py)
+RANGES = (
+    ("epochs", 1, 100_000),
+    ("batch_size", 1, 4096),
+    ("seq_len", 1, 2000),
+    ("lr", 1e-9, 1.0),
+    ("latent_weight", 0.0, 1e9),
+    ("lpips_weight", 0.0, 1e9),
+    ("lpips_frames", 0, 2000),
+    ("lpips_size", 16, 1024),
+    ("lr_decay", 0.01, 1.0),
+    ("lr_patience", 0, 10_000),
+    ("components", 1, 100_000),
+    ("pca_frames", 2, 100_000_000),
+    ("seed", 0, 2**32 - 1),
+    ("workers", 0, 64),
+    ("steps_per_epoch", 0, 1_000_000_000),
+)
+
+
+@dataclass
+class FitConfig:
+    """Options of ``talkcli train fit`` (see its help)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    seq_len: int = 16
+    lr: float = 2e-4
+    latent_weight: float = 250.0
+    lpips_weight: float = 1.0
+    lpips_frames: int = 0  # 0 = every frame of the clip
+    lpips_size: int = 256
+    lr_decay: float = 0.5
+    lr_patience: int = 2
+    components: int | None = None  # None: 2500, or all rows of --pca
+    pca_frames: int = 100_000
+    arch: str = "thesis"
+    seed: int = 0
+    workers: int = 0
+    steps_per_epoch: int = 0  # 0 = every clip once per epoch
+
+    def check(self) -> None:
+        """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
+        if self.arch not in ARCH_PRESETS:
+            raise UserError(f"--arch {self.arch!r}: expected one of {', '.join(ARCH_PRESETS)}")
+        for name, lo, hi in RANGES:
+            value = getattr(self, name)
+            if value is not None:
+                check_number(f"--{name.replace('_', '-')}", value, lo, hi)
+
+
+@dataclass
+class FitOutputs:
+    """Files ``fit`` writes (rank 0): best model, last model, training state, log, plot."""
+
+    best: Path
+    last: Path
+    state: Path
+    log: Path
+    plot: Path | None = None
+
+    @classmethod
+    def beside(cls, out: Path, log: Path | None = None, plot: Path | None = None) -> FitOutputs:
+        stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+        return cls(
+            best=out,
+            last=out.with_name(f"{stem}.last{out.suffix or '.safetensors'}"),
+            state=out.with_name(f"{stem}.state.pt"),
+            log=log or out.with_name(f"{stem}.log.jsonl"),
+            plot=plot,
+        )
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.best, self.last, self.state, self.log, self.plot) if p]
+
+
+@dataclass
+class FitResult:
+    best: Path
+    last: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_loss: float = math.inf
+    skipped_videos: int = 0
+    train_clips: int = 0
+    val_clips: int = 0
+
+
+# -- samples -------------------------------------------------------------------------------------
+
+
+def identity_margin(fps: float) -> int:
+    """Frames on each side of a frame that lie inside its 280 ms audio window."""
+    return int(math.floor(WINDOW_HALF_S * fps + 1e-9))
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of ``seq_len`` frames (figure 4.8) from prepared videos.
+
+    Item -> (windows (L, 12, 28), targets (L, n_latent, 512), identity (n_latent, 512)).
+    Clip starts are every ``seq_len`` frames; for training they move by a random offset each
+    epoch (``set_epoch``) and the identity frame is redrawn; validation clips are fixed.
+    """
+
+    def __init__(
+        self, videos: list[VideoEntry], seq_len: int, fps: float, seed: int, train: bool
+    ) -> None:
+        self.videos = videos
+        self.seq_len = seq_len
+        self.fps = fps
+        self.seed = seed
+        self.train = train
+        self.epoch = 0
+        self.margin = identity_margin(fps)
+        self.items: list[tuple[int, int]] = []
+        self.too_short: list[str] = []
+        for vi, v in enumerate(videos):
+            starts = [s for s in range(0, v.frames - seq_len + 1, seq_len) if self._free(v, s)]
+            if not starts:
+                self.too_short.append(v.id)
+            self.items.extend((vi, s) for s in starts)
+
+    def _free(self, v: VideoEntry, start: int) -> int:
+        """Frames of ``v`` outside the audio windows of the clip starting at ``start``."""
+        lo = max(start - self.margin, 0)
+        hi = min(start + self.seq_len - 1 + self.margin, v.frames - 1)
+        return v.frames - (hi - lo + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        vi, start = self.items[i]
+        v = self.videos[vi]
+        rng = np.random.default_rng([self.seed, self.epoch if self.train else 0, i])
+        if self.train:  # move within the next stride, where the clip still fits
+            room = min(self.seq_len - 1, v.frames - self.seq_len - start)
+            shifted = start + int(rng.integers(0, room + 1)) if room > 0 else start
+            start = shifted if self._free(v, shifted) > 0 else start
+        lo = max(start - self.margin, 0)
+        hi = min(start + self.seq_len - 1 + self.margin, v.frames - 1)
+        choices = np.concatenate([np.arange(0, lo), np.arange(hi + 1, v.frames)])
+        ident = int(rng.choice(choices))
+        target = v.codes(slice(start, start + self.seq_len))  # (L, n_latent, 512)
+        identity = v.codes(ident)  # (n_latent, 512)
+        windows = windows_from_mfcc(v.mfcc(), range(start, start + self.seq_len), self.fps)
+        for arr, what, path in (
+            (target, "W+ codes", v.files.w),
+            (identity, "W+ codes", v.files.w),
+            (windows, "MFCC rows", v.files.mfcc),
+        ):
+            check_finite_array(arr, path, what)
+        return torch.from_numpy(windows), torch.from_numpy(target), torch.from_numpy(identity)
+
+
+# -- PCA and MFCC statistics ---------------------------------------------------------------------
+
+
+def pca_from_videos(videos: list[VideoEntry], k: int, max_frames: int) -> PCAResult:
+    """PCA of the training codes; at most ``max_frames`` frames, spread evenly over videos."""
+    total = sum(v.frames for v in videos)
+    step = max(1, math.ceil(total / max_frames))
+    picks = [(v, np.arange(0, v.frames, step)) for v in videos]
+    n_used = sum(len(p) for _, p in picks)
+
+    def chunks():
+        for v, idx in picks:
+            if len(idx):
+                codes = v.codes(idx)  # (n_i, n_latent, 512) float32
+                check_finite_array(codes, v.files.w, "W+ codes")
+                yield codes
+
+    n_latent = int(videos[0].code_shape[0])
+    return fit_pca(chunks(), k, n_latent=n_latent, n_total=n_used)
+
+
+def mfcc_statistics(videos: list[VideoEntry]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coefficient mean and std of the training videos' MFCC rows (float64 sums)."""
+    n, s, ss = 0, np.zeros(12), np.zeros(12)
+    for v in videos:
+        rows = np.asarray(v.mfcc(), dtype=np.float64)
+        check_finite_array(rows, v.files.mfcc, "MFCC rows")
+        n += len(rows)
+        s += rows.sum(0)
+        ss += (rows**2).sum(0)
+    mean = s / max(n, 1)
+    std = np.sqrt(np.maximum(ss / max(n, 1) - mean**2, 0.0))
+    return mean, np.maximum(std, 1e-3)
+
+
+# -- process group -------------------------------------------------------------------------------
+
+
+def setup_distributed(env: DistEnv, device: torch.device) -> torch.device:
+    """Join the torchrun process group (nccl on CUDA, gloo otherwise); the rank's device."""
+    import torch.distributed as dist
+
+    if not env.distributed:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # rank 0 may compute the PCA while the others wait at the broadcast: be patient
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT
+        )
+    return device
+
+
+def _all_sum(values: list[float], env: DistEnv, device: torch.device) -> list[float]:
+    if not env.distributed:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _broadcast(t: Tensor, env: DistEnv) -> Tensor:
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.broadcast(t, src=0)
+    return t
+
+
+# -- losses --------------------------------------------------------------------------------------
+
+
+class Renderer:
+    """G and LPIPS-vgg for the perceptual term (frozen, no_grad on G's weights)."""
+
+    def __init__(self, G, lpips, size: int) -> None:
+        self.G, self.lpips, self.size = G, lpips, size
+
+    def images(self, w: Tensor) -> Tensor:
+        img = self.G.synthesis(w, noise_mode="const")  # (N, 3, S, S)
+        if img.shape[-1] > self.size:
+            img = torch.nn.functional.interpolate(img, size=(self.size, self.size), mode="area")
+        return img
+
+    def distance(self, w_pred: Tensor, w_true: Tensor) -> Tensor:
+        """(N, n_latent, 512) pairs -> LPIPS (N,)."""
+        with torch.no_grad():
+            target = self.images(w_true)
+        return self.lpips(self.images(w_pred), target)
+
+
+def clip_losses(
+    w_pred: Tensor,
+    w_true: Tensor,
+    cfg: FitConfig,
+    renderer: Renderer | None,
+    gen: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, latent term, lpips term), each averaged over the batch of clips (B, L, n, 512)."""
+    b, length = w_pred.shape[:2]
+    latent = ((w_pred - w_true) ** 2).mean(dim=(2, 3)).sum(dim=1).mean()  # sum_t MSE
+    lp = torch.zeros((), device=w_pred.device)
+    if renderer is not None and cfg.lpips_weight > 0:
+        k = length if cfg.lpips_frames <= 0 else min(cfg.lpips_frames, length)
+        if k < length:
+            idx = torch.stack([torch.randperm(length, generator=gen)[:k] for _ in range(b)])
+        else:
+            idx = torch.arange(length).expand(b, length)
+        idx = idx.to(w_pred.device)
+        rows = torch.arange(b, device=w_pred.device)[:, None]
+        sel_p = w_pred[rows, idx].flatten(0, 1)  # (B*k, n, 512)
+        sel_t = w_true[rows, idx].flatten(0, 1)
+        lp = renderer.distance(sel_p, sel_t).view(b, k).sum(1).mean() * (length / k)
+    loss = cfg.latent_weight * latent + cfg.lpips_weight * lp
+    return loss, latent, lp
+
+
+# -- checkpoint metadata and state ---------------------------------------------------------------
+
+
+def generator_info(G, path: Path) -> dict[str, Any]:
+    return {
+        "sha256": sha256_file(path),
+        "size": int(G.size),
+        "n_latent": int(G.n_latent),
+        "style_dim": int(G.style_dim),
+        "file": path.name,
+    }
+
+
+def save_state(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    from talkcli.weights.safe_load import load_torch_file
+
+    state = load_torch_file(path, "training state file")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise InputFileError(path, "is not a talkcli training state file", "pass NAME.state.pt")
+    return state
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+
+def fit(
+    data: str | Path,
+    outputs: FitOutputs,
+    cfg: FitConfig,
+    generator_path: Path,
+    *,
+    pca_path: Path | None = None,
+    resume: Path | None = None,
+    lpips_paths: tuple[Path, Path] | None = None,
+    device: torch.device | None = None,
+    env: DistEnv | None = None,
+    on_epoch: EpochFn | None = None,
+    on_step: StepFn | None = None,
+) -> FitResult:
+    """Train an ``Audio2Latent`` on a prepared dataset; see the module docstring.
+
+    ``generator_path``: the StyleGAN2 file the model is for (rendered for LPIPS, recorded in
+    the checkpoint). ``lpips_paths``: (vgg16 backbone, lpips-vgg heads), needed when
+    ``cfg.lpips_weight`` > 0. Only rank 0 of ``env`` writes ``outputs``.
+    """
+    cfg.check()
+    env = env or DistEnv()
+    device = setup_distributed(env, device or torch.device("cpu"))
+    try:
+        return _fit(
+            data, outputs, cfg, generator_path, pca_path, resume, lpips_paths, device, env,
+            on_epoch, on_step,
+        )  # fmt: skip
+    finally:
+        if env.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _resumed_model(
+    resume: Path, state: dict[str, Any], G, generator_path: Path, ds
+) -> Audio2Latent:
+    """The model saved in a training state file, checked against this dataset and generator."""
+    try:
+        mc = state["model_config"]
+        model = Audio2Latent(
+            int(mc["n_components"]),
+            int(mc["n_latent"]),
+            int(mc["style_dim"]),
+            arch=ARCH_PRESETS[str(mc["arch_name"])],
+            fps=float(mc["fps"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFileError(resume, f"training state is incomplete ({exc})") from None
+    if model.latent_dim != ds.n_latent * ds.style_dim or model.fps != ds.fps:
+        raise InputFileError(
+            resume, f"was trained on a dataset with other codes or fps than {ds.root}"
+        )
+    trained_for = (state.get("generator") or {}).get("size")
+    if trained_for is not None and int(trained_for) != G.size:
+        raise InputFileError(
+            resume,
+            f"was trained for a {trained_for}x{trained_for} generator but {generator_path} "
+            f"is {G.size}x{G.size}",
+            "pass the generator it was trained with (--generator)",
+        )
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise InputFileError(
+            resume, f"training state does not fit its model ({first[:120]})"
+        ) from None
+    return model
+
+
+def _fit(
+    data,
+    outputs,
+    cfg,
+    generator_path,
+    pca_path,
+    resume,
+    lpips_paths,
+    device,
+    env,
+    on_epoch,
+    on_step,
+) -> FitResult:
+    from talkcli.models.stylegan2 import load_generator
+
+    ds = load_dataset(data)
+    train_videos, val_videos = ds.split("train"), ds.split("val")
+    if not train_videos:
+        raise UserError(f"{ds.root}: no training videos (every speaker is held out)")
+
+    G = load_generator(generator_path, device)
+    if G.n_latent != ds.n_latent or G.style_dim != ds.style_dim:
+        raise UserError(
+            f"{generator_path}: a {G.size}x{G.size} generator ({G.n_latent} W+ layers) does "
+            f"not fit {ds.root}, encoded for {ds.n_latent} layers (pass the matching --generator)"
+        )
+    renderer = None
+    if cfg.lpips_weight > 0:
+        from talkcli.models.perceptual import load_lpips
+
+        if lpips_paths is None:
+            raise ValueError("lpips_paths are needed when lpips_weight > 0")
+        lpips = load_lpips(
+            "vgg", device=device, backbone_path=lpips_paths[0], heads_path=lpips_paths[1]
+        )
+        renderer = Renderer(G, lpips, cfg.lpips_size)
+
+    train_ds = ClipDataset(train_videos, cfg.seq_len, ds.fps, cfg.seed, train=True)
+    val_ds = ClipDataset(val_videos, cfg.seq_len, ds.fps, cfg.seed + 1, train=False)
+    if len(train_ds) == 0:
+        raise UserError(
+            f"{ds.root}: no training video is long enough for --seq-len {cfg.seq_len} plus an "
+            f"identity frame outside the audio windows ({cfg.seq_len + 2 * train_ds.margin + 1} "
+            "frames); lower --seq-len"
+        )
+
+    # -- the model: fresh (PCA + MFCC statistics from the data) or resumed ----------------------
+    state = load_state(resume) if resume is not None else None
+    latent_dim = ds.n_latent * ds.style_dim
+    if state is not None:
+        model = _resumed_model(resume, state, G, generator_path, ds)
+        pca_info = state.get("pca_info", {})
+    else:
+        pca, failure = None, None
+        if pca_path is not None:  # every rank reads the file (and fails alike)
+            pca = load_pca(pca_path, latent_dim)
+            k = min(cfg.components or pca.k, pca.k)
+            pca.basis, pca.explained_variance = pca.basis[:k], pca.explained_variance[:k]
+            pca_info = {"source": str(pca_path), "sha256": sha256_file(pca_path), "k": k}
+        else:
+            if env.is_main:  # the others wait at the broadcast below
+                try:
+                    pca = pca_from_videos(train_videos, cfg.components or 2500, cfg.pca_frames)
+                except Exception as exc:  # tell the waiting ranks first, then raise it here
+                    failure = exc
+            pca_info = {"source": "dataset (train split)"}
+            if pca is not None:
+                pca_info.update(k=pca.k, frames=pca.n_samples)
+        # rank 0's k reaches every rank (-1: it failed), then its basis
+        k_t = torch.tensor([pca.k if pca is not None else -1], dtype=torch.int64, device=device)
+        k = int(_broadcast(k_t, env).item())
+        if k < 0:
+            if failure is not None:
+                raise failure
+            raise UserError("rank 0 could not compute the PCA (its error says why)")
+        mean_t = torch.zeros(latent_dim, device=device)
+        basis_t = torch.zeros(k, latent_dim, device=device)
+        if pca is not None:
+            mean_t.copy_(torch.from_numpy(pca.mean))
+            basis_t.copy_(torch.from_numpy(pca.basis))
+        _broadcast(mean_t, env)
+        _broadcast(basis_t, env)
+        torch.manual_seed(cfg.seed)
+        model = Audio2Latent(k, ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps)
+        model.set_pca(mean_t.cpu(), basis_t.cpu())
+        model.set_mfcc_stats(*mfcc_statistics(train_videos))
+        if pca is not None and np.isfinite(pca.explained_ratio).all():
+            pca_info["explained"] = float(pca.explained_ratio.sum())
+    model.to(device)
+    ddp = model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # PCA and MFCC buffers never change
+        )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_decay, patience=cfg.lr_patience
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    best_loss, best_epoch = math.inf, -1
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state.get("history", []))
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+
+    sampler = torch.utils.data.DistributedSampler(
+        train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+    )
+    val_idx = list(range(env.rank, len(val_ds), env.world_size))
+    val_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(val_ds, val_idx), batch_size=cfg.batch_size, shuffle=False
+    )
+    gen_meta = generator_info(G, generator_path)
+    lpips_gen = torch.Generator().manual_seed(cfg.seed + env.rank)
+    per_epoch = len(loader) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(loader))
+    result = FitResult(
+        outputs.best,
+        outputs.last,
+        history,
+        best_epoch,
+        best_loss,
+        skipped_videos=len(train_ds.too_short) + len(val_ds.too_short),
+        train_clips=len(train_ds),
+        val_clips=len(val_ds),
+    )
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        nonlocal step
+        ddp.train()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, latent * n, lpips * n, n
+        started = time.perf_counter()
+        for i, (windows, target, identity) in enumerate(loader):
+            if i >= per_epoch:
+                break
+            windows, target = (
+                windows.to(device),
+                target.to(device),
+            )  # (B, L, 12, 28), (B, L, n, 512)
+            identity = identity.to(device)  # (B, n, 512)
+            w_pred, _ = ddp(windows, identity)  # (B, L, n, 512)
+            loss, latent, lp = clip_losses(w_pred, target, cfg, renderer, lpips_gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            n = float(len(windows))
+            here = [float(x.detach()) * n for x in (loss, latent, lp)] + [n]
+            total = _all_sum(here, env, device)  # every rank sees the same (NaN stops all)
+            check_finite_loss(
+                total[0] / total[3],
+                step,
+                f"train fit, epoch {epoch + 1} (files of earlier epochs are kept)",
+            )
+            opt.step()
+            step += 1
+            sums = [a + b for a, b in zip(sums, total, strict=True)]
+            if on_step and env.is_main:
+                on_step(f"epoch {epoch + 1}", i + 1, per_epoch)
+        seconds = time.perf_counter() - started
+        n = max(sums[3], 1.0)
+        return {
+            "train_loss": sums[0] / n,
+            "train_latent": sums[1] / n,
+            "train_lpips": sums[2] / n,
+            "samples": int(sums[3]),
+            "samples_per_s": sums[3] / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+
+    @torch.no_grad()
+    def validate() -> dict[str, float]:
+        model.eval()
+        sums = [0.0, 0.0, 0.0, 0.0]
+        for windows, target, identity in val_loader:
+            windows, target, identity = windows.to(device), target.to(device), identity.to(device)
+            w_pred, _ = model(windows, identity)
+            loss, latent, lp = clip_losses(w_pred, target, cfg, renderer, lpips_gen)
+            n = float(len(windows))
+            sums = [
+                a + b
+                for a, b in zip(
+                    sums, [float(loss) * n, float(latent) * n, float(lp) * n, n], strict=True
+                )
+            ]
+        total = _all_sum(sums, env, device)
+        if total[3] == 0:
+            return {}
+        n = total[3]
+        per_frame = n * cfg.seq_len
+        return {
+            "val_loss": total[0] / n,
+            "val_latent": total[1] / n,
+            "val_lpips": total[2] / n,
+            "val_latent_mse": total[1] / per_frame,
+            "val_lpips_per_frame": total[2] / per_frame,
+        }
+
+    training_meta = {
+        "dataset": str(ds.root),
+        "dataset_index_sha256": sha256_file(ds.root / "index.json"),
+        "dataset_fps": ds.fps,
+        "encoder_sha256": (ds.settings.get("encoder") or {}).get("sha256"),
+        "train_speakers": sorted({v.speaker for v in train_videos}),
+        "val_speakers": sorted({v.speaker for v in val_videos}),
+        "options": asdict(cfg),
+        "pca": pca_info,
+        "world_size": env.world_size,
+        "device": str(device),
+        "torch": torch.__version__,
+        "talkcli": __version__,
+    }
+    log_lines: list[str] = []
+    if state is not None and outputs.log.is_file():  # resumed: continue the same log
+        log_lines = [ln for ln in outputs.log.read_text(encoding="utf-8").splitlines() if ln]
+    for epoch in range(start_epoch, cfg.epochs):
+        row = {"epoch": epoch + 1, **run_epoch(epoch), **validate()}
+        row["step"] = step
+        row["lr"] = opt.param_groups[0]["lr"]
+        score = row.get("val_loss", row["train_loss"])
+        sched.step(score)
+        improved = score < best_loss
+        if improved:
+            best_loss, best_epoch = score, epoch + 1
+        row["best"] = improved
+        history.append(row)
+        if env.is_main:
+            meta = {
+                **training_meta,
+                "epochs": epoch + 1,
+                "steps": step,
+                "best_epoch": best_epoch,
+                "best_loss": best_loss,
+                "last": row,
+            }
+            save_audio2latent(outputs.last, model, gen_meta, meta)
+            if improved:
+                save_audio2latent(outputs.best, model, gen_meta, meta)
+            save_state(
+                outputs.state,
+                {
+                    "format": STATE_FORMAT,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model_config": {**model.config(), "arch_name": _arch_name(model)},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "pca_info": pca_info,
+                    "generator": gen_meta,
+                    "talkcli": __version__,
+                },
+            )
+            log_lines.append(json.dumps(row))
+            _write_log(outputs.log, log_lines)
+            if on_epoch:
+                on_epoch(row, history)
+    result.best_epoch, result.best_loss = best_epoch, best_loss
+    return result
+
+
+def _arch_name(model: Audio2Latent) -> str:
+    for name, arch in ARCH_PRESETS.items():
+        if arch == model.arch:
+            return name
+    raise ValueError("model has an architecture outside ARCH_PRESETS")
+
+
+def _write_log(path: Path, lines: list[str]) -> None:
+    """The JSONL log, one line per epoch, rewritten atomically (it stays small)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows

@@ -1,0 +1,581 @@
+"""``train prepare``: talking-head videos -> pSp W+ codes per frame + MFCC rows (a dataset).
+
+Per video: decode at ``fps`` (25), FFHQ-align with temporal smoothing (``talkcli.face.align``)
+unless the inputs already are aligned crops (``aligned``), encode every frame with pSp in batches
+(fp16 on disk), compute the MFCC rows of the soundtrack (or of a separate audio file paired by
+stem from ``audio_dir``), and write the shard files and the record (``talkcli.train.dataset``).
+
+Speakers come from the folder layout (``speaker_level`` 1 = the parent folder, 2 = the one
+above, 0 = the file name) or a regular expression on the path; the held-out speakers form the
+``val`` split, the rest ``train``. The split is decided from the whole input list, so processes
+that share the work (``shard``) agree on it. Bad videos are recorded as failed and skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkcli import __version__
+from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
+from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
+from talkcli.guards import check_frame_count, check_number
+from talkcli.io.files import atomic_output, require_file, sha256_file
+from talkcli.io.images import VIDEO_EXTS
+from talkcli.train.dataset import (
+    INDEX,
+    SHARDS,
+    NpyAppender,
+    build_index,
+    read_index,
+    read_json,
+    safe_name,
+    shard_paths,
+    write_json,
+)
+
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+ALIGNED_DIR = "aligned"
+WORK_DIR = ".work"
+
+ItemFn = Callable[[dict[str, Any]], None]
+ProgressFn = Callable[[str, int, int | None], None]  # (video id, frames done, total or None)
+
+
+@dataclass
+class VideoItem:
+    """One input video: its dataset id, files and speaker."""
+
+    id: str
+    path: Path
+    audio: Path | None
+    speaker: str
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": str(self.path),
+            "audio": str(self.audio) if self.audio else None,
+            "speaker": self.speaker,
+        }
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``talkcli train prepare`` (see its help)."""
+
+    fps: float = 25.0
+    aligned: bool = False
+    align_size: int = 256
+    detector: str = "auto"
+    smooth: float = 1.0
+    batch_size: int = 16
+    resume: bool = False
+    keep_aligned: bool = False
+    holdout: str = "10%"
+    seed: int = 0
+    weights_dir: Path | None = None
+    device: str = "cpu"
+
+    def check(self) -> None:
+        """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
+        check_number("--fps", self.fps, 1.0, 120.0)
+        check_number("--batch-size", self.batch_size, 1, 4096)
+        check_number("--smooth", self.smooth, 0.0, 50.0)
+        check_number("--align-size", self.align_size, 32, 1024)
+        if self.align_size % 2:
+            raise UserError(f"--align-size {self.align_size}: expected an even size")
+
+
+@dataclass
+class PrepareResult:
+    """What a ``prepare`` process did: records of its videos and the dataset's index."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # this process's videos
+    skipped: list[str] = field(default_factory=list)  # ids already done (--resume)
+    index: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        """Videos of this process now ``ok`` (including skipped ones) or ``failed``."""
+        return sum(r.get("status") == status for r in self.records)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+
+def collect_videos(items: list[str] | list[Path]) -> list[Path]:
+    """Video files from files, folders (searched recursively) and globs, sorted and unique."""
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        p = Path(text).expanduser()
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS
+            )
+            if not found:
+                raise InputFileError(
+                    p, "folder holds no video files", f"expected {', '.join(VIDEO_EXTS)}"
+                )
+            out.extend(found)
+        elif p.exists():
+            out.append(require_file(p, "video file"))
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(
+                Path(m)
+                for m in glob.glob(text, recursive=True)
+                if Path(m).is_file() and Path(m).suffix.lower() in VIDEO_EXTS
+            )
+            if not matches:
+                raise InputFileError(text, "pattern matches no video files", "check the glob")
+            out.extend(matches)
+        else:
+            require_file(p, "video file")  # the standard "not found"
+    if not out:
+        raise UserError("no input videos given")
+    return list(dict.fromkeys(p.resolve() for p in out))
+
+
+def speaker_of(path: Path, level: int = 1, regex: str | None = None) -> str:
+    """Speaker id of a video: ``regex`` on its path (group 1, else the match), else the folder
+    ``level`` levels up (1 = parent), or the file stem for level 0."""
+    if regex:
+        m = re.search(regex, path.as_posix())
+        if not m:
+            raise InputFileError(path, f"--speaker-regex {regex!r} does not match this path")
+        return m.group(1) if m.groups() else m.group(0)
+    if level == 0:
+        return path.stem
+    parents = path.parents
+    if level > len(parents) - 1:
+        raise InputFileError(path, f"--speaker-level {level}: the path has no folder that high")
+    return parents[level - 1].name
+
+
+def _audio_index(audio_dir: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for f in sorted(audio_dir.rglob("*")):
+        if f.is_file() and f.suffix.lower() in AUDIO_EXTS:
+            found.setdefault(f.stem, []).append(f)
+    return found
+
+
+def plan_items(
+    videos: list[Path],
+    audio_dir: Path | None = None,
+    speaker_level: int = 1,
+    speaker_regex: str | None = None,
+) -> list[VideoItem]:
+    """Ids, paired audio files and speakers of every video (same on every process)."""
+    if speaker_regex:
+        try:
+            re.compile(speaker_regex)
+        except re.error as exc:
+            raise UserError(f"--speaker-regex {speaker_regex!r}: {exc}") from None
+    audio_files: dict[str, list[Path]] = {}
+    if audio_dir is not None:
+        if not audio_dir.is_dir():
+            raise InputFileError(audio_dir, "--audio-dir is not a folder")
+        audio_files = _audio_index(audio_dir)
+    items: list[VideoItem] = []
+    bases: dict[str, int] = {}
+    for video in videos:
+        speaker = speaker_of(video, speaker_level, speaker_regex)
+        base = safe_name(f"{speaker}__{video.stem}" if speaker != video.stem else video.stem)
+        bases[base] = bases.get(base, 0) + 1
+        audio = None
+        candidates = audio_files.get(video.stem, [])
+        if len(candidates) > 1:  # prefer the one in a folder named like the speaker
+            same = [a for a in candidates if speaker in a.parts]
+            candidates = same if len(same) == 1 else candidates
+        if len(candidates) == 1:
+            audio = candidates[0]
+        elif len(candidates) > 1:
+            audio = None  # ambiguous: reported when the video is processed
+        items.append(VideoItem(base, video, audio, speaker))
+    for item in items:  # same base for two videos: make both unique, stably
+        if bases[item.id] > 1:
+            digest = hashlib.sha1(str(item.path).encode()).hexdigest()[:8]
+            item.id = f"{item.id}-{digest}"
+    if audio_dir is not None:
+        for item in items:
+            n = len(audio_files.get(item.path.stem, []))
+            if n > 1 and item.audio is None:
+                item.audio = Path(f"<ambiguous:{n}>")
+    return items
+
+
+def choose_holdout(speakers: list[str], spec: str, seed: int = 0) -> dict[str, str]:
+    """Split speakers: ``spec`` is N (that many, drawn with ``seed``), P% (rounded up, at least
+    one when there are two or more speakers), or a comma-separated list of names."""
+    names = sorted(set(speakers))
+    text = str(spec).strip()
+    chosen: list[str]
+    if re.fullmatch(r"\d+", text):
+        n = int(text)
+        if n >= len(names) and n > 0:
+            raise UserError(
+                f"--holdout-speakers {n}: the inputs have only {len(names)} speaker(s); "
+                "keep at least one for training"
+            )
+        chosen = _draw(names, n, seed)
+    elif re.fullmatch(r"\d+(\.\d+)?%", text):
+        pct = float(text[:-1])
+        if not 0 <= pct < 100:
+            raise UserError(f"--holdout-speakers {text}: expected a percentage below 100")
+        n = math.ceil(len(names) * pct / 100) if len(names) > 1 else 0
+        chosen = _draw(names, min(n, len(names) - 1), seed)
+    else:
+        chosen = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in names]
+        if unknown:
+            raise UserError(
+                f"--holdout-speakers: unknown speaker(s) {', '.join(unknown)}; "
+                f"the inputs have {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+            )
+        if len(set(chosen)) >= len(names):
+            raise UserError("--holdout-speakers: keep at least one speaker for training")
+    return {s: ("val" if s in chosen else "train") for s in names}
+
+
+def _draw(names: list[str], n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(names, size=n, replace=False).tolist()) if n else []
+
+
+# -- one video -----------------------------------------------------------------------------------
+
+
+def _frame_batches(path: Path, fps: float | None, batch: int):
+    from talkcli.io.video import VideoReader
+
+    with VideoReader(path, fps=fps) as reader:
+        while True:
+            frames = reader.read_batch(batch)  # (b, H, W, 3) uint8
+            if not len(frames):
+                return
+            yield frames
+
+
+def _encode_to(
+    appender: NpyAppender,
+    batches,
+    encoder,
+    limit: int,
+    on_frames: Callable[[int], None] | None,
+    source: Path,
+) -> tuple[int, np.ndarray | None]:
+    """Encode frame batches into ``appender`` as float16 offsets from the mean code of the
+    first batch; returns (frames, that reference (n_latent, 512) float32)."""
+    import torch
+
+    done, ref = 0, None
+    for frames in batches:
+        frames = frames[: max(limit - done, 0)]
+        if not len(frames):
+            break
+        with torch.no_grad():
+            w = encoder.encode_images(frames)  # (b, n_latent, 512)
+        codes = w.to("cpu", torch.float32).numpy()
+        if not np.isfinite(codes).all():
+            raise InputFileError(source, "pSp produced NaN or infinite codes for its frames")
+        if ref is None:
+            ref = codes.mean(axis=0)
+        appender.append((codes - ref).astype(np.float16))
+        done += len(frames)
+        if on_frames:
+            on_frames(done)
+    return done, ref
+
+
+def _align(item: VideoItem, work: Path, cfg: PrepareConfig, detectors, progress) -> Path:
+    """FFHQ-align the video (``talkcli align``'s code) into ``work``; the aligned clip's path."""
+    from talkcli.face.align import AlignConfig, align_video_file
+
+    acfg = AlignConfig(
+        size=cfg.align_size,
+        detector=cfg.detector,
+        fps=cfg.fps,
+        smooth=cfg.smooth,
+        weights_dir=cfg.weights_dir,
+        device=cfg.device,
+    )
+    work.mkdir(parents=True, exist_ok=True)
+
+    def align_progress(done: int, total: int | None) -> None:
+        if progress:
+            progress(f"{item.id} (align)", done, total)
+
+    return align_video_file(item.path, work, acfg, detectors, progress=align_progress).output
+
+
+def _encode_file(
+    path: Path,
+    source: Path,
+    fps: float | None,
+    encoder,
+    batch_size: int,
+    limit: int,
+    item: VideoItem,
+    progress: ProgressFn | None,
+    expected: int,
+) -> tuple[int, np.ndarray | None]:
+    """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically)."""
+    with atomic_output(path) as tmp:
+        appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
+        try:
+            got, ref = _encode_to(
+                appender,
+                _frame_batches(source, fps, batch_size),
+                encoder,
+                limit,
+                (lambda d: progress(item.id, d, expected)) if progress else None,
+                item.path,
+            )
+        except BaseException:
+            appender.abort()
+            raise
+        appender.close()
+    return got, ref
+
+
+def prepare_video(
+    item: VideoItem,
+    data: Path,
+    cfg: PrepareConfig,
+    encoder,
+    encoder_sha256: str,
+    detectors=None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Encode one video into ``DATA/shards``; returns its ``ok`` record (errors propagate)."""
+    from talkcli.io.audio import load_audio
+    from talkcli.io.video import probe_video
+
+    started = time.perf_counter()
+    info = probe_video(item.path)  # missing, corrupt, no video stream: InputFileError
+    if item.audio is not None and str(item.audio).startswith("<ambiguous"):
+        raise InputFileError(item.path, "several audio files in --audio-dir have its name")
+    audio_source = item.audio or item.path
+    if item.audio is None and not info.has_audio:
+        raise InputFileError(
+            item.path, "has no audio stream", "pass videos with sound, or --audio-dir"
+        )
+    samples = load_audio(audio_source)  # (S,) float32 16 kHz
+    audio_frames = n_frames(len(samples), cfg.fps)
+    min_frames = math.ceil(WINDOW / 100 * cfg.fps)  # one 280 ms window
+    expected_frames = int(math.floor(info.duration * cfg.fps + 0.5))
+    if min(audio_frames, expected_frames) < min_frames:
+        raise InputFileError(
+            item.path,
+            f"is shorter than one audio window ({min(audio_frames, expected_frames)} frames; "
+            f"280 ms = {min_frames} frames at {cfg.fps:g} fps)",
+        )
+    check_frame_count(item.path, expected_frames, cfg.fps)
+    rows = mfcc(samples).astype(np.float32)  # (M, 12)
+    if not np.isfinite(rows).all():
+        raise InputFileError(audio_source, "audio gives NaN or infinite MFCCs")
+    del samples
+
+    files = shard_paths(data, item.id)
+    work = data / WORK_DIR / item.id
+    try:
+        source, read_fps = item.path, cfg.fps
+        if not cfg.aligned:
+            source, read_fps = _align(item, work, cfg, detectors, progress), None
+        got, ref = _encode_file(files.w, source, read_fps, encoder, cfg.batch_size,
+                                audio_frames, item, progress, expected_frames)  # fmt: skip
+        if got < min_frames:
+            files.w.unlink()
+            raise InputFileError(
+                item.path,
+                f"decoded only {got} frame(s): shorter than one audio window ({min_frames} frames)",
+            )
+        for path, array in ((files.ref, ref), (files.mfcc, rows)):
+            with atomic_output(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
+        if cfg.keep_aligned and not cfg.aligned:  # named by video id: stems may repeat
+            keep = data / ALIGNED_DIR
+            keep.mkdir(exist_ok=True)
+            for f in work.iterdir():
+                shutil.move(str(f), keep / f"{item.id}{f.suffix}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    record = {
+        **item.plan(),
+        "status": "ok",
+        "message": "",
+        "frames": got,
+        "video_frames": got if got < audio_frames else expected_frames,
+        "audio_frames": audio_frames,
+        "mfcc_rows": int(len(rows)),
+        "fps": cfg.fps,
+        "source_sha256": sha256_file(item.path),
+        "audio_sha256": sha256_file(item.audio) if item.audio else None,
+        "encoder_sha256": encoder_sha256,
+        "aligned": cfg.aligned,
+        "seconds": round(time.perf_counter() - started, 3),
+        "talkcli": __version__,
+    }
+    if abs(expected_frames - audio_frames) > cfg.fps:
+        record["message"] = (
+            f"video ({expected_frames} frames) and audio ({audio_frames}) differ by over 1 s; "
+            "the shorter one is used"
+        )
+    write_json(files.record, record)
+    return record
+
+
+# -- the dataset ---------------------------------------------------------------------------------
+
+
+def dataset_settings(cfg: PrepareConfig, encoder_path: Path, encoder_sha256: str, encoder) -> dict:
+    return {
+        "fps": cfg.fps,
+        "aligned": cfg.aligned,
+        "align": None
+        if cfg.aligned
+        else {"size": cfg.align_size, "detector": cfg.detector, "smooth": cfg.smooth},
+        "encoder": {
+            "file": encoder_path.name,
+            "sha256": encoder_sha256,
+            "n_styles": encoder.n_styles,
+        },
+        "n_latent": encoder.n_styles,
+        "style_dim": encoder.style_dim,
+        "codes": "float16 offsets (<id>.w.npy) from a float32 reference (<id>.ref.npy)",
+        "features": dict(FEATURE_SETTINGS),
+    }
+
+
+_MUST_MATCH = ("fps", "aligned", "n_latent", "style_dim")
+
+
+def check_compatible(data: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix videos prepared with other settings (fps, encoder, aligned) in ``DATA``."""
+    if not (data / INDEX).is_file():
+        return
+    old = read_index(data)["settings"]
+    for key in _MUST_MATCH:
+        if old.get(key) != settings[key]:
+            raise UserError(
+                f"{data}: this dataset was prepared with {key}={old.get(key)!r}, this run uses "
+                f"{settings[key]!r} (use the same settings or another --out)"
+            )
+    old_sha = (old.get("encoder") or {}).get("sha256")
+    if old_sha and old_sha != settings["encoder"]["sha256"]:
+        raise UserError(
+            f"{data}: this dataset was encoded with another pSp file (sha256 {old_sha[:12]}...); "
+            "use the same --encoder or another --out"
+        )
+
+
+def _existing_record(data: Path, item: VideoItem) -> dict[str, Any] | None:
+    rec_path = shard_paths(data, item.id).record
+    if not rec_path.is_file():
+        return None
+    try:
+        return read_json(rec_path, "video record")
+    except InputFileError:
+        return None
+
+
+def _is_done(data: Path, rec: dict[str, Any] | None, encoder_sha256: str) -> bool:
+    if rec is None or rec.get("status") != "ok" or rec.get("encoder_sha256") != encoder_sha256:
+        return False
+    return shard_paths(data, rec["id"]).arrays_exist()
+
+
+def failed_record(item: VideoItem, message: str) -> dict[str, Any]:
+    return {
+        **item.plan(),
+        "status": "failed",
+        "message": message,
+        "frames": 0,
+        "talkcli": __version__,
+    }
+
+
+def prepare_dataset(
+    items: list[VideoItem],
+    data: Path,
+    cfg: PrepareConfig,
+    encoder_path: Path,
+    shard: tuple[int, int] = (0, 1),
+    *,
+    on_item: ItemFn | None = None,
+    progress: ProgressFn | None = None,
+) -> PrepareResult:
+    """Prepare this process's share of ``items`` into ``data``; returns records and index.
+
+    Every process computes the same speaker split from all ``items``. Without ``cfg.resume``
+    videos of this shard that ``data`` already holds are refused before any work.
+    """
+    from talkcli.distributed import split_items
+    from talkcli.models.psp import load_encoder
+
+    cfg.check()
+    data = Path(data)
+    speakers = choose_holdout([it.speaker for it in items], cfg.holdout, cfg.seed)
+    mine = split_items(items, *shard)
+    existing = {it.id: _existing_record(data, it) for it in mine}
+    if not cfg.resume:
+        present = [i for i, rec in existing.items() if rec is not None]
+        if present:
+            raise UserError(
+                f"{data}: already holds {len(present)} of these videos (e.g. {present[0]}); "
+                "pass --resume to continue, or choose another --out"
+            )
+    try:
+        (data / SHARDS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{data}: cannot create the dataset folder ({exc.strerror})") from None
+    encoder = load_encoder(encoder_path, cfg.device)
+    encoder_sha256 = sha256_file(encoder_path)
+    settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)
+    check_compatible(data, settings)
+    holdout = {"spec": cfg.holdout, "seed": cfg.seed}
+    planned = [it.plan() for it in items]
+    write_json(data / INDEX, build_index(data, settings, speakers, planned, holdout))
+
+    detectors = None
+    if not cfg.aligned:
+        from talkcli.face.align import AlignConfig, Detectors
+
+        detectors = Detectors(
+            AlignConfig(detector=cfg.detector, weights_dir=cfg.weights_dir, device=cfg.device)
+        )
+    result = PrepareResult()
+    for item in mine:
+        done = existing[item.id]
+        if cfg.resume and done is not None and _is_done(data, done, encoder_sha256):
+            rec = done
+            result.skipped.append(item.id)
+        else:
+            try:
+                rec = prepare_video(item, data, cfg, encoder, encoder_sha256, detectors, progress)
+            except TalkcliError as exc:
+                if isinstance(exc, ModelFileError | OutputError) or exc.exit_code != 2:
+                    raise  # would fail every video: stop now
+                rec = failed_record(item, str(exc).splitlines()[0])
+                write_json(shard_paths(data, item.id).record, rec)
+        result.records.append(rec)
+        if on_item:
+            on_item(rec)
+    result.index = build_index(data, settings, speakers, planned, holdout)
+    write_json(data / INDEX, result.index)
+    if shard[1] == 1:  # alone: nobody else is aligning into the work folder
+        shutil.rmtree(data / WORK_DIR, ignore_errors=True)
+    return result
