@@ -78,8 +78,8 @@ def _write_full_pack(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = Audio2Latent()  # the thesis' tables, k = 2500
-    with torch.no_grad():
-        model.decoder[-1].weight.mul_(0.01)
+    with torch.no_grad():  # it starts still (zero last layer): give it small random motions
+        torch.nn.init.normal_(model.decoder[-1].weight, std=1e-3)
     generator = {"sha256": sha256_file(g_path), "size": 1024, "n_latent": 18, "style_dim": 512}
     save_audio2latent(folder / registry.get("audio2latent").relpath, model, generator)
 
