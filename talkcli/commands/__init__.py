@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "align",
     "invert",
     "tune_pti",
+    "animate",
     "evaluate",
     "train",
 )

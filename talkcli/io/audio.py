@@ -2,9 +2,10 @@
 
 Any input ffmpeg can read is accepted (wav, flac, mp3, m4a/aac, ogg/opus, and the audio track of a
 video). ffmpeg resamples and mixes down to the mean of the channels (``f32le`` on stdout);
-WAV/FLAC files already at the requested rate take a fast path through soundfile. Every problem
-with the file (missing, a folder, undecodable, no audio stream, no samples) is an
-``InputFileError``.
+WAV/FLAC files already at the requested rate take a fast path through soundfile. ``load_audio``
+returns the whole signal; ``DecodedAudio`` decodes to a temporary file and reads it back in
+segments (bounded memory for any length). Every problem with the file (missing, a folder,
+undecodable, no audio stream, no samples) is an ``InputFileError``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def _no_samples(path: Path) -> InputFileError:
     return InputFileError(path, "contains no audio samples", "pass a recording that is not empty")
 
 
-def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+def _run_decoder(path: Path, sample_rate: int, output: str) -> bytes:
+    """Decode ``path``'s first audio stream to raw mono float32 at ``sample_rate`` into
+    ``output`` (``pipe:1`` returns the bytes; a file name writes there and returns b"")."""
     proc = run_ffmpeg(
         [
             "-i",
@@ -61,7 +64,8 @@ def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
             "pcm_f32le",
             "-f",
             "f32le",
-            "pipe:1",
+            *(["-y"] if output != "pipe:1" else []),
+            output,
         ],
         what="decode audio",
         input_path=path,
@@ -83,8 +87,31 @@ def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
             input_path=path,
             hint="check that it is an audio or video file ffmpeg can read",
         )
-    n = len(proc.stdout) // 4
-    return np.frombuffer(proc.stdout[: 4 * n], dtype="<f4").astype(np.float32)  # (T,)
+    return proc.stdout or b""
+
+
+def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+    data = _run_decoder(path, sample_rate, "pipe:1")
+    n = len(data) // 4
+    return np.frombuffer(data[: 4 * n], dtype="<f4").astype(np.float32)  # (T,)
+
+
+def _check_header(p: Path, sample_rate: int) -> None:
+    """Refuse from the header alone audio that would not fit in memory (``LIMITS``)."""
+    from talkcli.guards import check_samples
+
+    try:
+        seconds = probe_audio(p)["duration"]
+    except InputFileError:
+        seconds = None  # decoding reports what is wrong with the file
+    if seconds is not None:
+        check_samples(p, seconds, sample_rate)
+
+
+def _clean(samples: np.ndarray) -> np.ndarray:
+    """What every decoded sample goes through: NaN/inf replaced, clipped to [-1, 1], float32."""
+    samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -97,14 +124,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     p = require_file(path, "audio file")
-    from talkcli.guards import check_samples
-
-    try:  # header only: refuse what would not fit in memory before decoding it
-        seconds = probe_audio(p)["duration"]
-    except InputFileError:
-        seconds = None  # decoding below reports what is wrong with the file
-    if seconds is not None:
-        check_samples(p, seconds, sample_rate)
+    _check_header(p, sample_rate)  # header only: refuse what would not fit before decoding
     info = _soundfile_info(p)
     if info is not None and info.samplerate == sample_rate:
         import soundfile as sf
@@ -115,8 +135,75 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         samples = _decode_ffmpeg(p, sample_rate)
     if samples.size == 0:
         raise _no_samples(p)
-    samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+    return _clean(samples)
+
+
+class DecodedAudio:
+    """Audio decoded once by ffmpeg to a temporary raw float32 file and read back in segments,
+    so memory stays bounded whatever the length (``animate`` streams hours of speech this way).
+
+    >>> with DecodedAudio("speech.mp3") as audio:
+    ...     audio.n_samples, audio.duration       # 16 kHz mono samples, seconds
+    ...     x = audio.read(0, 16000)              # (16000,) float32 in [-1, 1]
+
+    Samples equal ``load_audio``'s (same decoder, mix-down, clipping); the same errors are
+    raised for a missing, undecodable, silent-less (empty) file or one without an audio stream.
+    """
+
+    def __init__(
+        self, path: str | Path, sample_rate: int = SAMPLE_RATE, tmp_dir: str | Path | None = None
+    ) -> None:
+        import tempfile
+
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.path = require_file(path, "audio file")
+        self.sample_rate = int(sample_rate)
+        _check_header(self.path, self.sample_rate)
+        fd, name = tempfile.mkstemp(prefix="talkcli-audio.", suffix=".f32", dir=tmp_dir)
+        import os
+
+        os.close(fd)
+        self._raw: Path | None = Path(name)
+        try:
+            _run_decoder(self.path, self.sample_rate, str(self._raw))
+            self.n_samples = self._raw.stat().st_size // 4
+            if self.n_samples == 0:
+                raise _no_samples(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio: ``n_samples / sample_rate``."""
+        return self.n_samples / self.sample_rate
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` (clipped to the audio) as float32 (n,) in [-1, 1]."""
+        if self._raw is None:
+            raise ValueError(f"{self.path}: read() after close()")
+        start = max(int(start), 0)
+        stop = min(int(stop), self.n_samples)
+        if stop <= start:
+            return np.zeros(0, dtype=np.float32)
+        data = np.fromfile(self._raw, dtype="<f4", count=stop - start, offset=4 * start)
+        return _clean(data)
+
+    def close(self) -> None:
+        """Delete the temporary file (safe to call twice)."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.unlink(missing_ok=True)
+
+    def __enter__(self) -> DecodedAudio:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)

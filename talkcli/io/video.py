@@ -431,9 +431,11 @@ class VideoWriter:
     ... # on leaving the block: exact frame count checked, audio muxed (AAC), file renamed
 
     ``size`` is (W, H), else taken from the first frame; both must be even. ``audio`` is a file
-    ffmpeg can read, an array of 16 kHz mono samples, or ``(samples, sample_rate)``. The video has
-    exactly the frames written; audio longer than it by more than one frame is kept whole (and a
-    warning names both durations) unless ``trim_audio=True`` cuts it to the video's length.
+    ffmpeg can read, an array of 16 kHz mono samples, or ``(samples, sample_rate)``; with a file,
+    ``audio_seconds`` gives its duration when the caller knows it (else it is decoded once). The
+    video has exactly the frames written; audio longer than it by more than one frame is kept
+    whole (and a warning names both durations) unless ``trim_audio=True`` cuts it to the video's
+    length.
     Leaving the ``with`` block on an exception (or Ctrl-C) deletes everything written; so does
     dropping an unclosed writer. x264 defaults: preset veryfast, crf 18 (>= 25 frames/s at
     1024x1024 on 2 cores; ``tune="zerolatency"`` holds the rate better on a busy CPU, with ~3x
@@ -452,6 +454,7 @@ class VideoWriter:
         audio_bitrate: str = "192k",
         trim_audio: bool = False,
         tune: str | None = DEFAULT_TUNE,
+        audio_seconds: float | None = None,
     ) -> None:
         self.path = check_output_path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -484,7 +487,7 @@ class VideoWriter:
         self._audio_samples: tuple[np.ndarray, int] | None = None
         self.audio_duration: float | None = None
         if audio is not None:
-            self._set_audio(audio)
+            self._set_audio(audio, audio_seconds)
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
         self._stderr: IO[bytes] | None = None
@@ -492,9 +495,12 @@ class VideoWriter:
         self._video_tmp: Path | None = None
         self._closed = False
 
-    def _set_audio(self, audio: AudioSource) -> None:
+    def _set_audio(self, audio: AudioSource, seconds: float | None = None) -> None:
         if isinstance(audio, (str, Path)):
             self._audio_path = require_file(audio, "audio file")
+            if seconds is not None:  # the caller decoded it already (animate streams it)
+                self.audio_duration = float(seconds)
+                return
             self.audio_duration = audio_duration(self._audio_path)  # decodes: fails early
             return
         samples, rate = audio if isinstance(audio, tuple) else (audio, SAMPLE_RATE)

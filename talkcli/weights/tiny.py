@@ -24,8 +24,8 @@ SIZES = (16, 32, 64, 128, 256, 512, 1024)
 def write_tiny_pack(
     folder: str | Path, size: int = 64, seed: int = 0, force: bool = False
 ) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), LPIPS backbones and heads, and narrow FID
-    Inception and SyncNet files (``tiny_metrics``); return name -> path.
+    """Write generator, pSp (encoder + decoder), audio model, LPIPS backbones and heads, and
+    narrow FID Inception and SyncNet files (``tiny_metrics``); return name -> path.
 
     A folder that already holds model files but is not a tiny pack (no ``TINY-PACK.json``: real
     weights, say) is refused unless ``force``: random weights must never replace real ones.

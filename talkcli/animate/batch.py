@@ -1,0 +1,395 @@
+"""Batch animation: many (photo, speech) jobs, one bad item never stopping the rest.
+
+Job lists:
+
+* ``pair_jobs(image_dir, audio_dir)``: photos and recordings paired by file stem
+  (``anna.png`` + ``anna.wav``), or every photo with every recording (``all_pairs``); outputs
+  ``<out_dir>/<image stem>-<audio stem>.mp4``.
+* ``read_jobs_csv(path)``: a CSV with columns ``image``, ``audio``, ``out`` and optional per-row
+  option columns (``ROW_OPTIONS``; an empty cell keeps the command line's value). Relative paths
+  are taken from the CSV's folder. A row with a bad value fails alone.
+
+``run_batch`` runs this process's shard of the list (``--shard K/N``, else torchrun's or Slurm's
+variables through ``talkcli.distributed``), skips finished items with ``resume`` (the video and
+its manifest exist and the manifest records the same options), records every item's status, and
+writes a JSON report after each item (``animate-report.json``, or ``animate-report-K-of-N.json``
+per shard, so shards never write the same file).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from talkcli import __version__
+from talkcli.animate.options import AnimateOptions, parse_edit, parse_layers
+from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
+
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".wma", ".aiff", ".aif")
+REPORT_NAME = "animate-report.json"
+
+# Per-row option columns of a jobs CSV -> (AnimateOptions field, parser).
+_BOOL = {"1": True, "true": True, "yes": True, "y": True, "0": False, "false": False, "no": False}
+
+
+def _bool(text: str) -> bool:
+    try:
+        return _BOOL[text.strip().lower()]
+    except KeyError:
+        raise UserError(f"{text!r} is not a yes/no value (use true or false)") from None
+
+
+ROW_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "fps": float,
+    "motion_scale": float,
+    "smooth": float,
+    "seed": int,
+    "batch_size": int,
+    "dtype": str,
+    "crf": int,
+    "preset": str,
+    "paste_back": _bool,
+    "feather": float,
+    "aligned": _bool,
+    "landmarks": Path,
+    "face_index": int,
+    "tune": _bool,
+    "tune_steps": int,
+    "edit": str,  # FILE:STRENGTH, several separated by ';'
+    "edit_layers": str,
+}
+PATH_COLUMNS = ("image", "audio", "out", "landmarks")
+
+
+@dataclass
+class Planned:
+    """One line of the job list: a job, or the reason it cannot run."""
+
+    index: int
+    label: str  # "image + audio" for reports
+    job: Any = None  # talkcli.animate.pipeline.Job
+    error: str | None = None
+    out: Path | None = None
+
+
+@dataclass
+class ItemResult:
+    """What happened to one item."""
+
+    index: int
+    label: str
+    status: str  # ok | skipped | failed
+    out: str | None = None
+    message: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    cache: dict[str, Any] = field(default_factory=dict)
+    bug: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "item": self.label,
+            "status": self.status,
+            "out": self.out,
+            "message": self.message,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "cache": self.cache,
+        }
+
+
+@dataclass
+class BatchReport:
+    """The items of this process's shard and where the report was written."""
+
+    items: list[ItemResult]
+    shard: tuple[int, int]
+    total_jobs: int
+    report: Path | None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.items)
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [r for r in self.items if r.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "talkcli-animate-batch",
+            "talkcli": __version__,
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "jobs_in_list": self.total_jobs,
+            "items_in_shard": len(self.items),
+            "ok": self.count("ok"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "items": [r.to_dict() for r in self.items],
+        }
+
+
+# -- job lists ----------------------------------------------------------------------------------
+
+
+def _files(folder: Path, exts: tuple[str, ...], what: str) -> list[Path]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputFileError(folder, f"is not a folder of {what}", "pass a folder")
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not found:
+        raise InputFileError(folder, f"holds no {what}", f"expected {', '.join(exts)}")
+    return found
+
+
+def pair_jobs(
+    image_dir: Path,
+    audio_dir: Path,
+    out_dir: Path,
+    options: AnimateOptions,
+    *,
+    all_pairs: bool = False,
+    notes: list[str] | None = None,
+) -> list[Planned]:
+    """Jobs from two folders: paired by stem, or every photo x every recording."""
+    from talkcli.animate.pipeline import Job, default_out
+    from talkcli.io.images import IMAGE_EXTS
+
+    images = _files(image_dir, IMAGE_EXTS, "images")
+    audios = _files(audio_dir, AUDIO_EXTS, "audio files")
+    if all_pairs:
+        pairs = [(i, a) for i in images for a in audios]
+    else:
+        by_stem = {a.stem: a for a in audios}
+        pairs = [(i, by_stem[i.stem]) for i in images if i.stem in by_stem]
+        lonely = sorted({i.stem for i in images} ^ {a.stem for a in audios})
+        if notes is not None and lonely:
+            notes.append(
+                f"{len(lonely)} file(s) without a partner of the same name: "
+                + ", ".join(lonely[:10])
+                + (" ..." if len(lonely) > 10 else "")
+            )
+        if not pairs:
+            raise UserError(
+                f"no photo in {image_dir} has a recording of the same name in {audio_dir} "
+                "(pass --all-pairs to combine every photo with every recording)"
+            )
+    planned = []
+    for n, (img, aud) in enumerate(pairs):
+        out = default_out(img, aud, out_dir)
+        job = Job(out=out, image=img, audio=aud, options=options)
+        planned.append(Planned(n, f"{img.name} + {aud.name}", job=job, out=out))
+    return planned
+
+
+def _row_options(row: dict[str, str], base: AnimateOptions, folder: Path) -> AnimateOptions:
+    changes: dict[str, Any] = {}
+    for column, parse in ROW_OPTIONS.items():
+        text = (row.get(column) or "").strip()
+        if not text:
+            continue
+        if column == "edit":
+            changes["edits"] = [
+                replace(e, path=_relative(e.path, folder))
+                for e in (parse_edit(t) for t in text.split(";") if t.strip())
+            ]
+        elif column == "edit_layers":
+            changes["edit_layers"] = parse_layers(text)
+        elif column == "landmarks":
+            changes["landmarks"] = _relative(Path(text), folder)
+        else:
+            try:
+                changes[column] = parse(text)
+            except ValueError:
+                raise UserError(f"column {column}: {text!r} is not a valid value") from None
+    return replace(base, **changes).check()
+
+
+def _relative(path: Path, folder: Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def read_jobs_csv(path: Path, out_dir: Path, options: AnimateOptions) -> list[Planned]:
+    """Jobs from a CSV (see the module docstring); unknown columns are refused up front."""
+    from talkcli.animate.pipeline import Job, default_out
+    from talkcli.io.files import require_file
+
+    p = require_file(path, "jobs file")
+    folder = p.parent
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [(h or "").strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(p, f"is not a readable CSV ({exc})", "save it as UTF-8 CSV") from None
+    if "image" not in header or "audio" not in header:
+        raise InputFileError(
+            p, "needs the columns image and audio (and out)", "the first line names the columns"
+        )
+    unknown = [h for h in header if h not in (*PATH_COLUMNS, *ROW_OPTIONS)]
+    if unknown:
+        raise InputFileError(
+            p,
+            f"unknown column(s) {', '.join(unknown)}",
+            f"per-row options: {', '.join(ROW_OPTIONS)}",
+        )
+    if not rows:
+        raise InputFileError(p, "lists no jobs", "one line per video after the header")
+    planned = []
+    for n, raw in enumerate(rows):
+        row = {(k or "").strip(): (v or "") for k, v in raw.items()}
+        line = n + 2  # the header is line 1
+        image = _relative(Path(row["image"].strip()), folder) if row["image"].strip() else None
+        audio = _relative(Path(row["audio"].strip()), folder) if row["audio"].strip() else None
+        label = f"line {line}: {image.name if image else '?'} + {audio.name if audio else '?'}"
+        out_text = (row.get("out") or "").strip()
+        out = _relative(Path(out_text), folder) if out_text else default_out(image, audio, out_dir)
+        try:
+            if image is None or audio is None:
+                raise UserError("image and audio are both needed")
+            opts = _row_options(row, options, folder)
+            planned.append(Planned(n, label, job=Job(out, image, audio, options=opts), out=out))
+        except UserError as exc:
+            planned.append(Planned(n, label, error=f"{p.name} line {line}: {exc}", out=out))
+    return planned
+
+
+def check_unique_outputs(planned: list[Planned]) -> None:
+    """Two jobs writing the same video is a mistake in the list: refuse it up front."""
+    seen: dict[Path, Planned] = {}
+    for item in planned:
+        if item.out is None:
+            continue
+        key = item.out.expanduser().resolve()
+        if key in seen:
+            raise UserError(
+                f"{item.out}: both {seen[key].label} and {item.label} would write it "
+                "(give each job its own out)"
+            )
+        seen[key] = item
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def is_done(job: Any) -> bool:
+    """Finished: the video and its manifest (written last) exist, and the manifest records
+    this job's options and inputs."""
+    if not (job.out.is_file() and job.manifest.is_file()):
+        return False
+    try:
+        data = json.loads(job.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("status") != "ok":
+        return False
+    inputs = data.get("inputs") or {}
+    same_inputs = all(
+        (inputs.get(role) or {}).get("path")
+        == (str(getattr(job, role)) if getattr(job, role) else None)
+        for role in ("image", "audio")
+    )
+    return same_inputs and data.get("options") == job.options.shaping()
+
+
+def report_path(out_dir: Path, shard: tuple[int, int], explicit: Path | None = None) -> Path:
+    """``--report``, else ``animate-report.json`` (``-K-of-N`` per shard) in ``out_dir``."""
+    if explicit is not None:
+        return explicit
+    k, n = shard
+    name = REPORT_NAME if n == 1 else f"animate-report-{k}-of-{n}.json"
+    return out_dir / name
+
+
+def run_batch(
+    planned: list[Planned],
+    models: Any,  # talkcli.animate.pipeline.Models
+    cache: Any,  # talkcli.animate.cache.Cache
+    *,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    report: Path | None = None,
+    on_item: Callable[[ItemResult], None] | None = None,
+    on_start: Callable[[Planned], None] | None = None,
+    progress: Any = None,
+    notes: list[str] | None = None,
+) -> BatchReport:
+    """Run this shard's items; every item's outcome is recorded, none stops the others (except
+    a model file that fails to load, which would fail them all)."""
+    from talkcli.animate.pipeline import animate_job
+    from talkcli.distributed import split_items
+
+    started = time.perf_counter()
+    mine = split_items(planned, *shard)
+    result = BatchReport([], shard, len(planned), report, notes=list(notes or []))
+    for item in mine:
+        if on_start is not None:
+            on_start(item)
+        t = time.perf_counter()
+        out = str(item.out) if item.out else None
+        if item.error is not None:
+            res = ItemResult(item.index, item.label, "failed", out, item.error)
+        elif resume and is_done(item.job):
+            res = ItemResult(item.index, item.label, "skipped", out, "already made")
+        else:
+            try:
+                made = animate_job(item.job, models, cache, progress=progress)
+                res = ItemResult(
+                    item.index,
+                    item.label,
+                    "ok",
+                    out,
+                    frames=made.frames,
+                    cache={
+                        k: v for k, v in made.cache.items() if k in ("align", "identity", "tune")
+                    },
+                )
+            except ModelFileError:
+                raise  # every item would fail the same way
+            except TalkcliError as exc:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                res = ItemResult(item.index, item.label, "failed", out, first)
+            except Exception as exc:  # a bug: record it, go on with the others
+                first = (str(exc).splitlines() or [""])[0]
+                res = ItemResult(
+                    item.index,
+                    item.label,
+                    "failed",
+                    out,
+                    f"internal error: {type(exc).__name__}: {first}",
+                    bug=True,
+                )
+                from talkcli.console import settings
+
+                if settings.debug:
+                    traceback.print_exc()
+        res.seconds = time.perf_counter() - t
+        result.items.append(res)
+        result.seconds = time.perf_counter() - started
+        if report is not None:
+            write_report(report, result)
+        if on_item is not None:
+            on_item(res)
+    result.seconds = time.perf_counter() - started
+    if report is not None:
+        write_report(report, result)
+    return result
+
+
+def write_report(path: Path, report: BatchReport) -> None:
+    from talkcli.io.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,150 @@
+"""Options of an ``animate`` run: one dataclass shared by the CLI, batch rows and library callers.
+
+``AnimateOptions.check()`` enforces the same ranges as the command's options (library callers and
+``--jobs`` rows bypass typer); ``shaping()`` lists the options that change the output video, which
+the run manifest records and ``--resume`` compares.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from talkcli.errors import UserError
+from talkcli.guards import SEED_MAX, check_number
+
+DTYPES = ("fp32", "fp16", "bf16")
+DETECTORS = ("auto", "fan", "mtcnn")
+DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
+EDIT_STRENGTH_MAX = 100.0
+
+# Ranges shared by the CLI (typer min=/max=) and check() for library callers and --jobs rows.
+RANGES: dict[str, tuple[float, float]] = {
+    "fps": (1.0, 120.0),
+    "motion_scale": (-10.0, 10.0),
+    "smooth": (0.0, 50.0),
+    "seed": (0, SEED_MAX),
+    "batch_size": (1, 256),
+    "crf": (0, 51),
+    "feather": (0.0, 0.5),
+    "tune_steps": (0, 100_000),
+    "face_index": (0, 99),
+    "driving_neutral": (0, 1_000_000),
+}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """``--edit FILE:STRENGTH``: a W or W+ direction added to every frame, times ``strength``."""
+
+    path: Path
+    strength: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "strength": self.strength}
+
+
+def parse_edit(text: str) -> Edit:
+    """``"smile.npy:1.5"`` -> Edit; the strength is after the last colon."""
+    file, sep, strength = str(text).rpartition(":")
+    if not sep or not file:
+        raise UserError(f"--edit {text!r}: expected FILE:STRENGTH, e.g. smile.npy:1.5")
+    try:
+        value = float(strength)
+    except ValueError:
+        raise UserError(f"--edit {text!r}: the strength {strength!r} is not a number") from None
+    check_number("--edit strength", value, -EDIT_STRENGTH_MAX, EDIT_STRENGTH_MAX)
+    return Edit(Path(file).expanduser(), value)
+
+
+_LAYERS_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+def parse_layers(text: str) -> tuple[int, int]:
+    """``"A-B"`` (or ``"A"``) -> (A, B), style layers counted from 0, both included."""
+    m = _LAYERS_RE.match(str(text))
+    if not m:
+        raise UserError(f"--edit-layers {text!r}: expected A-B, e.g. 0-7 (layers count from 0)")
+    a = int(m.group(1))
+    b = int(m.group(2)) if m.group(2) is not None else a
+    if b < a:
+        raise UserError(f"--edit-layers {text}: the first layer must not exceed the last")
+    return a, b
+
+
+@dataclass
+class AnimateOptions:
+    """Everything that shapes one video (see ``talkcli animate --help`` for each)."""
+
+    fps: float = 25.0
+    motion_scale: float = 1.0
+    smooth: float = 0.0  # Gaussian sigma in frames on the displacements; 0 = off
+    seed: int = 0
+    batch_size: int = 4
+    dtype: str = "fp32"
+    crf: int = 18
+    preset: str = DEFAULT_PRESET
+    paste_back: bool = False
+    feather: float = 0.1
+    aligned: bool = False
+    landmarks: Path | None = None
+    detector: str = "auto"
+    face_index: int | None = None
+    tune: bool = False
+    tune_steps: int = 350  # PTIConfig's default
+    edits: list[Edit] = field(default_factory=list)
+    edit_layers: tuple[int, int] | None = None
+    driving_neutral: int = 0
+    driving_aligned: bool = False
+
+    def check(self) -> AnimateOptions:
+        """Ranges and choices (one-line UserError naming the option); returns self."""
+        for name, (lo, hi) in RANGES.items():
+            check_number("--" + name.replace("_", "-"), getattr(self, name), lo, hi)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        from talkcli.io.video import X264_PRESETS
+
+        if self.preset not in X264_PRESETS:
+            raise UserError(f"--preset {self.preset!r}: expected one of {', '.join(X264_PRESETS)}")
+        if self.detector not in DETECTORS:
+            raise UserError(f"--detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
+        if self.aligned and self.landmarks is not None:
+            raise UserError("--aligned and --landmarks exclude each other (an aligned photo)")
+        for edit in self.edits:
+            check_number("--edit strength", edit.strength, -EDIT_STRENGTH_MAX, EDIT_STRENGTH_MAX)
+        if self.edit_layers is not None and self.edit_layers[0] > self.edit_layers[1]:
+            raise UserError(f"--edit-layers {self.edit_layers}: the first exceeds the last")
+        return self
+
+    def shaping(self) -> dict[str, Any]:
+        """The options that change the video (manifest ``options``; ``--resume`` compares)."""
+        return {
+            "fps": float(self.fps),
+            "motion_scale": float(self.motion_scale),
+            "smooth": float(self.smooth),
+            "seed": int(self.seed),
+            "batch_size": int(self.batch_size),
+            "dtype": self.dtype,
+            "crf": int(self.crf),
+            "preset": self.preset,
+            "paste_back": bool(self.paste_back),
+            "feather": float(self.feather),
+            "aligned": bool(self.aligned),
+            "landmarks": str(self.landmarks) if self.landmarks else None,
+            "detector": self.detector,
+            "face_index": self.face_index,
+            "tune": bool(self.tune),
+            "tune_steps": int(self.tune_steps) if self.tune else None,
+            "edits": [e.as_dict() for e in self.edits],
+            "edit_layers": list(self.edit_layers) if self.edit_layers else None,
+            "driving_neutral": int(self.driving_neutral),
+            "driving_aligned": bool(self.driving_aligned),
+        }
+
+    @property
+    def moves(self) -> bool:
+        """Whether displacements are transformed (else frames use the trajectory unchanged)."""
+        return self.motion_scale != 1.0 or self.smooth > 0 or bool(self.edits)
