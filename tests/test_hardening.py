@@ -410,7 +410,7 @@ def test_save_recon_location_is_checked_before_work(tmp_path, tiny_pack, face_im
         "--weights-dir", str(tiny_pack), "invert", str(face_images[0]), "--out", str(out),
         "--save-recon", str(taken),
     )  # fmt: skip
-    assert_user_error(res, "--save-recon must be a folder")
+    assert_user_error(res, "is a file, expected a --save-recon folder")
     assert not out.exists()
 
 

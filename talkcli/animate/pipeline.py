@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -35,6 +34,7 @@ from talkcli.animate.cache import Cache, file_identity
 from talkcli.animate.options import AnimateOptions
 from talkcli.console import info
 from talkcli.errors import InputFileError, ModelFileError, UserError
+from talkcli.provenance import software_versions
 
 ProgressFn = Callable[[str, int, int], None]  # (stage "tune" | "render", done, total)
 MANIFEST_KIND = "talkcli-animate"
@@ -372,25 +372,6 @@ class _Timed:
             self.seconds += time.perf_counter() - t
 
 
-def _versions() -> dict[str, Any]:
-    import torch
-
-    from talkcli.io.ffmpeg import find_ffmpeg
-
-    try:
-        ff = find_ffmpeg()
-        ffmpeg = {"version": ff.version, "source": ff.source}
-    except Exception:  # pragma: no cover - the writer already needed ffmpeg
-        ffmpeg = None
-    return {
-        "talkcli": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "ffmpeg": ffmpeg,
-    }
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from talkcli.io.files import atomic_output
 
@@ -622,7 +603,7 @@ def animate_job(
             "models": _models_manifest(job, models, identity),
             "options": o.shaping(),
             "device": str(models.device),
-            "versions": _versions(),
+            "versions": software_versions(ffmpeg=True),
             "timings": timings,
             "cache": cache_info,
             "identity": {

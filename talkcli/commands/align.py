@@ -104,10 +104,9 @@ def align_cmd(
         device=device,
     )
     cfg.check()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    from talkcli.io.files import ensure_folder
+
+    ensure_folder(out, "--out folder")
     planned = [p for path in paths for p in output_paths(path, out)]
     guard_outputs(
         [*planned, out / STATUS_FILE if len(paths) > 1 else None],

@@ -8,7 +8,7 @@ import typer
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
 from talkcli.console import info, settings, status
-from talkcli.errors import OutputError, TalkcliError, UserError
+from talkcli.errors import TalkcliError, UserError
 from talkcli.guards import SEED_MAX
 
 DTYPES = ("fp32", "fp16", "bf16")  # talkcli.animate.options.DTYPES
@@ -389,13 +389,9 @@ def _run_batch(
         raise UserError("--jobs or --image-dir/--audio-dir: one job list at a time")
     if jobs is None and (image_dir is None or audio_dir is None):
         raise UserError("a folder batch needs both --image-dir and --audio-dir")
-    out_dir = (out_dir or Path(".")).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: --out-dir must be a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    from talkcli.io.files import ensure_folder
+
+    out_dir = ensure_folder(out_dir or Path("."), "--out-dir folder")
     notes: list[str] = []
     if jobs is not None:
         planned = read_jobs_csv(jobs.expanduser(), out_dir, options)

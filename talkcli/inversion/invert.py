@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from talkcli import __version__
-from talkcli.errors import InputFileError, OutputError, UserError
+from talkcli.errors import InputFileError, UserError
 from talkcli.inversion.project import ProjectionConfig, mean_latent_step, project_frames
-from talkcli.io.files import atomic_output, check_output_path, sha256_file
+from talkcli.io.files import atomic_output, check_output_path, ensure_folder, sha256_file
 from talkcli.io.images import (
     IMAGE_EXTS,
     VIDEO_EXTS,
@@ -248,13 +248,7 @@ def invert(
 
 def recon_paths(folder: str | Path, frames: Frames) -> list[Path]:
     """The files ``save_reconstructions`` will write; creates ``folder`` (checked up front)."""
-    out = Path(folder).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: --save-recon must be a folder, and this is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the folder ({exc.strerror})") from None
+    out = ensure_folder(folder, "--save-recon folder")
     return [out / f"{name}{tail}.png" for name in frames.names for tail in ("", "_compare")]
 
 

@@ -68,6 +68,19 @@ def check_output_path(path: str | Path) -> Path:
 _NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
+def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create an output folder (and its parents) or fail in one line: it is a file, or it cannot
+    be created (read-only place, no space)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: is a file, expected {_a(what)}")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot create the {what} ({exc.strerror})") from None
+    return p
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

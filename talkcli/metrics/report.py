@@ -16,23 +16,20 @@ import datetime as _dt
 import io
 import json
 import math
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from talkcli import __version__
 from talkcli.errors import InputFileError
 from talkcli.io.files import atomic_output
 from talkcli.metrics.evaluate import COLUMNS, HIGHER_IS_BETTER, PER_FRAME, EvalRun
+from talkcli.provenance import software_versions
 
 REPORT_KIND = "talkcli-evaluate"
 REPORT_FORMAT = 1
 VIDEO_LEVEL = ("lse_d", "lse_c", "lse_offset")
-PACKAGES = ("torch", "numpy", "scipy", "scikit-image", "opencv-python-headless", "face-alignment")
 
 
 def json_safe(obj: Any) -> Any:
@@ -91,17 +88,6 @@ def aggregates(run: EvalRun) -> dict[str, dict[str, Any]]:
     return out
 
 
-def versions() -> dict[str, str | None]:
-    """talkcli, Python and the packages whose numerics the values depend on."""
-    out: dict[str, str | None] = {"talkcli": __version__, "python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def model_files(run: EvalRun) -> dict[str, dict[str, Any]]:
     """Every model file used: path, sha256, size."""
     from talkcli.io.files import sha256_file
@@ -126,7 +112,7 @@ def build_report(run: EvalRun, name: str) -> dict[str, Any]:
             "columns": columns,
             "skipped": dict(run.plan.skipped),
             "models": model_files(run),
-            "versions": versions(),
+            "versions": software_versions(),
             "videos": [r.to_dict() for r in run.results],
             "aggregates": aggregates(run),
             "fid": run.fid,

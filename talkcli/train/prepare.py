@@ -30,7 +30,7 @@ from talkcli import __version__
 from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
 from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
 from talkcli.guards import check_frame_count, check_number
-from talkcli.io.files import atomic_output, require_file, sha256_file
+from talkcli.io.files import atomic_output, ensure_folder, require_file, sha256_file
 from talkcli.io.images import VIDEO_EXTS
 from talkcli.train.dataset import (
     INDEX,
@@ -538,10 +538,7 @@ def prepare_dataset(
                 f"{data}: already holds {len(present)} of these videos (e.g. {present[0]}); "
                 "pass --resume to continue, or choose another --out"
             )
-    try:
-        (data / SHARDS).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{data}: cannot create the dataset folder ({exc.strerror})") from None
+    ensure_folder(data / SHARDS, "dataset folder")
     encoder = load_encoder(encoder_path, cfg.device)
     encoder_sha256 = sha256_file(encoder_path)
     settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)

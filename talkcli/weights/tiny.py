@@ -14,7 +14,7 @@ import torch
 
 from talkcli import __version__
 from talkcli.errors import OutputError, UserError
-from talkcli.io.files import atomic_output
+from talkcli.io.files import atomic_output, ensure_folder
 from talkcli.weights import registry
 
 PACK_NOTE = "TINY-PACK.json"
@@ -42,13 +42,7 @@ def write_tiny_pack(
 
     if size not in SIZES:
         raise UserError(f"--size {size}: expected one of {', '.join(map(str, SIZES))}")
-    root = Path(folder).expanduser()
-    if root.exists() and not root.is_dir():
-        raise OutputError(f"{root}: is a file; a tiny pack is written into a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{root}: cannot create the folder ({exc.strerror})") from None
+    root = ensure_folder(folder, "folder for the tiny pack")
     real = [e.filename for e in registry.MANIFEST if (root / e.relpath).is_file()]
     if real and not force and not (root / PACK_NOTE).is_file():
         raise OutputError(
