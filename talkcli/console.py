@@ -10,6 +10,7 @@ wants markup calls ``console.print`` and wraps user text in ``rich.markup.escape
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -77,3 +79,42 @@ def progress(*extra_columns: TextColumn, transient: bool = False) -> Progress:
         disable=settings.quiet,
         transient=transient,
     )
+
+
+class BatchProgress:
+    """Progress of a batch: one bar over the items, plus a bar for the item in progress.
+
+    ``item(name)`` returns ``update(done, total)`` for the current item's frames or steps (its bar
+    appears on the first update); ``done()`` removes that bar and advances the overall one. The
+    overall bar is left out for a single item. Used by every batch command (align, animate,
+    evaluate, train prepare) so they look and behave alike.
+    """
+
+    def __init__(self, bar: Progress, label: str, n_items: int, *, always: bool = False) -> None:
+        self.bar = bar
+        self.overall = bar.add_task(label, total=n_items) if (n_items > 1 or always) else None
+        self._task: TaskID | None = None
+        self._name = ""
+
+    def item(self, name: str) -> Callable[[int, int | None], None]:
+        """Start item ``name``; the returned function reports its progress."""
+        self._drop()
+        self._name = name
+
+        def update(done: int, total: int | None) -> None:
+            if self._task is None:
+                self._task = self.bar.add_task(self._name, total=total)
+            self.bar.update(self._task, completed=done, total=total)
+
+        return update
+
+    def done(self) -> None:
+        """The current item finished (or failed, or was skipped)."""
+        self._drop()
+        if self.overall is not None:
+            self.bar.advance(self.overall)
+
+    def _drop(self) -> None:
+        if self._task is not None:
+            self.bar.remove_task(self._task)
+            self._task = None

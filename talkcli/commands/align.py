@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import info, progress, settings, status
+from talkcli.console import BatchProgress, info, progress, settings, status
 from talkcli.errors import OutputError, UserError
 
 DETECTORS = ("auto", "fan", "mtcnn")
@@ -115,25 +115,15 @@ def align_cmd(
     )
 
     with progress() as bar:
-        batch = bar.add_task("align", total=len(paths)) if len(paths) > 1 else None
-        current: dict[str, int] = {}
-
-        def frame_progress(path: Path):
-            def update(done: int, total: int | None) -> None:  # a bar only for videos
-                if "task" not in current:
-                    current["task"] = bar.add_task(path.name, total=total)
-                bar.update(current["task"], completed=done, total=total)
-
-            return update
+        bars = BatchProgress(bar, "align", len(paths))
 
         def on_item(res) -> None:
-            if "task" in current:
-                bar.remove_task(current.pop("task"))
-            if batch is not None:
-                bar.advance(batch)
+            bars.done()
             _report_item(res)
 
-        results = align_inputs(paths, out, cfg, on_item=on_item, progress=frame_progress)
+        results = align_inputs(
+            paths, out, cfg, on_item=on_item, progress=lambda path: bars.item(path.name)
+        )
 
     ok = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "skipped" for r in results)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import info, settings, status
+from talkcli.console import BatchProgress, info, settings, status
 from talkcli.errors import TalkcliError, UserError
 from talkcli.guards import SEED_MAX
 
@@ -422,24 +422,18 @@ def _run_batch(
         info(f"shard {k}/{n}: {len(planned[k::n])} of {len(planned)} job(s)")
 
     with progress() as bar:
-        overall = bar.add_task("animate", total=len(planned[k::n]))
-        current: dict[str, object] = {}
+        bars = BatchProgress(bar, "animate", len(planned[k::n]), always=True)
+        current = {"update": bars.item("  frames")}
 
         def on_start(item) -> None:
-            current.pop("render", None)
+            current["update"] = bars.item("  frames")
 
         def frames(stage: str, done: int, total: int) -> None:
-            if stage != "render":
-                return
-            if "render" not in current:
-                current["render"] = bar.add_task("  frames", total=total)
-            bar.update(current["render"], completed=done, total=total)
+            if stage == "render":
+                current["update"](done, total)
 
         def on_item(res) -> None:
-            task = current.pop("render", None)
-            if task is not None:
-                bar.remove_task(task)
-            bar.advance(overall)
+            bars.done()
             if res.status == "failed":
                 status("failed:", "red", f"{res.label}: {res.message}")
 

@@ -244,25 +244,16 @@ def _check_suffix(path: Path | None, suffix: str, option: str) -> None:
 
 
 def _run_with_progress(pair_list, cfg, the_plan, evaluate):
-    from talkcli.console import progress
+    from talkcli.console import BatchProgress, progress
 
     with progress(transient=True) as bar:
-        overall = bar.add_task("videos", total=len(pair_list)) if len(pair_list) > 1 else None
-        current: dict[str, int] = {}
+        bars = BatchProgress(bar, "videos", len(pair_list))
 
         def on_start(pair):
-            def update(done: int, total: int | None) -> None:
-                if "task" not in current:
-                    current["task"] = bar.add_task(pair.name, total=total)
-                bar.update(current["task"], completed=done, total=total)
-
-            return update
+            return bars.item(pair.name)
 
         def on_pair(res) -> None:
-            if "task" in current:
-                bar.remove_task(current.pop("task"))
-            if overall is not None:
-                bar.advance(overall)
+            bars.done()
             if res.status == "failed":
                 status("failed:", "red", res.error or res.pair.name)
             for note in res.notes:

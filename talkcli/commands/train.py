@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
-from talkcli.console import info, progress, settings, warn
+from talkcli.console import BatchProgress, info, progress, settings, warn
 from talkcli.errors import UserError
 from talkcli.guards import SEED_MAX
 
@@ -128,19 +128,17 @@ def prepare_cmd(
     share = f" (shard {k}/{n})" if n > 1 else ""
     info(f"preparing {len(items)} video(s){share} into {out} on {cfg.device}")
     with progress() as bar:
-        overall = bar.add_task("videos", total=len(items[k::n]))
-        current: dict[str, int] = {}
+        bars = BatchProgress(bar, "videos", len(items[k::n]), always=True)
+        current = {"name": None, "update": None}
 
         def on_progress(name: str, done: int, total: int | None) -> None:
-            if name not in current:
-                for task in current.values():
-                    bar.remove_task(task)
-                current.clear()
-                current[name] = bar.add_task(name, total=total)
-            bar.update(current[name], completed=done, total=total)
+            if current["name"] != name:
+                current.update(name=name, update=bars.item(name))
+            current["update"](done, total)
 
         def on_item(rec: dict) -> None:
-            bar.advance(overall)
+            bars.done()
+            current["name"] = None
             if rec.get("status") == "failed":
                 warn(f"skipped {rec['source']}: {rec['message']}")
 
