@@ -101,3 +101,22 @@ def test_shape_and_type_errors():
         ssim(a.astype(np.float32), a.astype(np.float32))
     with pytest.raises(ValueError, match="11x11"):
         ssim(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
+
+
+def test_more_noise_or_blur_raises_lpips(tiny_pack):
+    """LPIPS (tiny pack: random AlexNet features, the real calibrated v0.1 heads) grows with the
+    degradation, for noise and for blur, and is 0 for the image itself."""
+    from talkcli.metrics import lpips
+    from talkcli.models.perceptual import load_lpips
+    from talkcli.weights import registry
+
+    model = load_lpips(
+        "alex",
+        backbone_path=registry.resolve("alexnet", tiny_pack),
+        heads_path=registry.resolve("lpips-alex", tiny_pack),
+    )
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((128, 128), Image.BILINEAR))
+    assert lpips(img, img, model=model) == pytest.approx(0.0, abs=1e-7)
+    for degrade in (lambda s: _noisy(img, 6 * s), lambda s: _blurred(img, 0.8 * s)):
+        d = [lpips(img, degrade(s), model=model) for s in (1, 2, 4)]
+        assert 0 < d[0] < d[1] < d[2], d
