@@ -24,7 +24,8 @@ $T $W invert "$D/aligned/astronaut.png" --out "$D/astronaut.npz" --method hybrid
   --lpips alex --save-recon "$D/recon"
 $T $W tune-pti "$D/aligned/astronaut.png" --out "$D/astronaut-tuned.pt" \
   --pivots "$D/astronaut.npz" --steps 50
-$T $W weights inspect "$D/astronaut-tuned.pt" | head -n 5
+$T $W weights inspect "$D/astronaut-tuned.pt" > "$D/tuned-inspect.txt"
+head -n 5 "$D/tuned-inspect.txt"
 
 # The main job: photo + speech -> video. Speech from espeak-ng when installed, else a
 # synthesized speech-like signal (a buzz with syllable-rate loudness).

@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
 from talkcli import __version__
 from talkcli.console import console, error_line, settings
 from talkcli.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_BUG,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -181,6 +182,33 @@ def _guard_float_options(command: Any) -> None:
 # -- process-wide behaviour -----------------------------------------------------------------------
 
 
+class _StdoutClosed(Exception):
+    """The reader of stdout went away (``talkcli ... | head``). Not an OSError, so Typer does not
+    turn it into a plain exit 1 on the way out."""
+
+
+class _GuardedStdout:
+    """stdout, with a closed pipe reported as ``_StdoutClosed``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 _signal_seen: dict[str, bool] = {"terminated": False}
 
 
@@ -215,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         with contextlib.suppress(ValueError):  # not the main thread
             previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.stdout = _GuardedStdout(sys.stdout)
     try:
         with _quiet_libraries(debug):
             command = typer.main.get_command(app)
             _guard_float_options(command)
             result = command.main(args=args, prog_name="talkcli", standalone_mode=False)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         code = result if isinstance(result, int) else 0
         if code == EXIT_INTERRUPTED:  # typer >= 0.24 turns KeyboardInterrupt into Exit(130)
             raise KeyboardInterrupt
@@ -242,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             _error_line(f"{message}{hint}")
             code = EXIT_USER if exc.exit_code == 2 else exc.exit_code
+    except _StdoutClosed:
+        # `talkcli ... | head`: the reader left; stop quietly like a program killed by SIGPIPE
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except TalkcliError as exc:
         if debug or settings.debug:
             traceback.print_exc()
@@ -259,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+        if isinstance(sys.stdout, _GuardedStdout):
+            sys.stdout = sys.stdout._inner
     if argv is None:
         if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
             # CPython remembers a KeyboardInterrupt raised inside some C-level evaluations (torch's

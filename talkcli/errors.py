@@ -14,6 +14,7 @@ EXIT_BUG = 1
 EXIT_USER = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`talkcli ... | head`)
 
 
 class Terminated(KeyboardInterrupt):

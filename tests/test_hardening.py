@@ -664,3 +664,17 @@ def test_a_tiny_pack_never_replaces_real_model_files(tmp_path, monkeypatch):
     res = run_cli_inprocess("weights", "tiny", "weights", "--size", "16")
     assert_user_error(res, "not a tiny pack", "--force")
     assert real.read_bytes() == b"pretend these are the real FFHQ weights"
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path):
+    """`talkcli ... | head`: stdout closed early -> exit 141 (as SIGPIPE), no error lines."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "talkcli", "weights", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    proc.stdout.close()  # the reader leaves before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err.strip() == "", err
