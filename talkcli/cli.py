@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
 import traceback
 import warnings
@@ -29,7 +28,7 @@ try:  # typer >= 0.24 vendors click
 except ImportError:  # pragma: no cover - older typer depends on click
     from click.exceptions import BadParameter, ClickException
 
-from talkcli import __version__
+from talkcli import __version__, signals
 from talkcli.console import console, error_line, settings
 from talkcli.errors import (
     EXIT_BROKEN_PIPE,
@@ -209,14 +208,6 @@ class _GuardedStdout:
         return getattr(self._inner, name)
 
 
-_signal_seen: dict[str, bool] = {"terminated": False}
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    _signal_seen["terminated"] = True  # click turns the exception into Abort; remember why
-    raise Terminated()
-
-
 @contextlib.contextmanager
 def _quiet_libraries(debug: bool) -> Iterator[None]:
     """Library warnings and log records stay out of the user's terminal unless ``--debug``."""
@@ -239,10 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
-    previous_term = None
-    if argv is None:
-        with contextlib.suppress(ValueError):  # not the main thread
-            previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    if argv is None:  # the real command line (tests call main(argv) in-process)
+        signals.install()  # already done by talkcli.entry; needed if called directly
         sys.stdout = _GuardedStdout(sys.stdout)
     try:
         with _quiet_libraries(debug):
@@ -256,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort) as exc:
-        if isinstance(exc, Terminated) or _signal_seen["terminated"]:
+        if isinstance(exc, Terminated) or signals.terminated():
             console.print("terminated", style="yellow")
             code = EXIT_TERMINATED
         else:
@@ -292,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         code = EXIT_BUG
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
         if isinstance(sys.stdout, _GuardedStdout):
             sys.stdout = sys.stdout._inner
     if argv is None:

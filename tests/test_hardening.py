@@ -678,3 +678,31 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err
     assert err.strip() == "", err
+
+
+def test_protected_imports_leave_no_trace_and_hold_signals_until_done():
+    """An interrupt during `import torch` (C++ init calling back into Python) would abort the
+    process if raised there; talkcli holds it until the import is over, then raises it."""
+    code = (
+        "import os, signal\n"
+        "from talkcli import signals\n"
+        "signals.install()\n"
+        "import importlib.abc\n"
+        "class Slow(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch.version':  # imported while torch/__init__ runs\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "import sys; sys.meta_path.insert(0, Slow())\n"
+        "try:\n"
+        "    import torch\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    print(type(exc).__name__, 'torch._C' in sys.modules)\n"
+        "import numpy\n"
+        "print(signals.state['pending'], type(numpy.__loader__).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    # raised once torch's import ran to its end (its C++ core loaded), not in the middle of it
+    assert lines[:2] == ["Terminated", "True"]
+    assert lines[-2:] == ["None", "SourceFileLoader"]  # nothing left pending; no wrapper left
