@@ -406,6 +406,14 @@ def test_a_missing_registry_model_names_how_to_get_it(capsys, work, tiny_pack, m
     assert not list(work.glob("*.mp4"))
 
 
+def test_a_mistyped_photo_is_named_before_missing_model_files(capsys, work, media):
+    empty = work / "no-weights"
+    empty.mkdir()
+    code, _, err = animate(capsys, empty, "-i", work / "typo.png", "-a", media["speech"])
+    assert code == 2
+    one_error_line(err, "typo.png: image not found")
+
+
 def test_unwritable_output_folder(capsys, work, tiny_pack, media):
     folder = _unwritable_folder(work)
     try:

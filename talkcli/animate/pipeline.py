@@ -70,6 +70,25 @@ class Job:
         files = [self.image, self.audio, self.driving, self.trajectory, o.landmarks]
         return [p for p in files if p is not None] + [e.path for e in o.edits]
 
+    def require_inputs(self) -> Job:
+        """Every input file exists and is readable (checked before model files are looked for:
+        a mistyped photo path is reported as such, not as missing weights)."""
+        from talkcli.io.files import require_file
+
+        o = self.options
+        named = [
+            (self.image, "image"),
+            (self.audio, "audio file"),
+            (self.driving, "driving video"),
+            (self.trajectory, "trajectory file"),
+            (o.landmarks, "landmarks file"),
+            *((e.path, "edit direction file") for e in o.edits),
+        ]
+        for path, what in named:
+            if path is not None:
+                require_file(path, what)
+        return self
+
     def check(self) -> Job:
         """Combinations of inputs and output names (before any work)."""
         from talkcli.io.video import VIDEO_SUFFIXES
@@ -403,15 +422,13 @@ def animate_job(
     from talkcli.audio.features import n_frames
     from talkcli.guards import check_frame_count, guard_outputs
     from talkcli.io.audio import DecodedAudio, probe_audio
-    from talkcli.io.files import require_file
     from talkcli.io.video import VideoWriter
 
     started = time.perf_counter()
     loaded_before = models.load_seconds
     job.check()
     o = job.options
-    for path in job.inputs():
-        require_file(path, "input file")
+    job.require_inputs()
     guard_outputs(
         [job.out, job.manifest, job.save_trajectory],
         inputs=job.inputs(),
@@ -735,6 +752,7 @@ def animate(
         save_trajectory=as_path(save_trajectory),
         options=options or AnimateOptions(),
     ).check()
+    job.require_inputs()
     cache = Cache(cache_dir, enabled=use_cache)
     wd = as_path(weights_dir)
     paths = resolve_models(

@@ -312,6 +312,7 @@ def _run_single(
         save_trajectory=save_trajectory,
         options=options,
     ).check()
+    job.require_inputs()
     cache = Cache(cache_dir, enabled=use_cache)
     paths = resolve_models(
         Needs.of([job]),
