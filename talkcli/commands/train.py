@@ -232,7 +232,12 @@ def fit_cmd(
     ),
     lr: float = typer.Option(2e-4, "--lr", min=1e-9, max=1.0, help="Adam learning rate."),
     latent_weight: float = typer.Option(
-        250.0, "--latent-weight", min=0.0, max=1e9, help="Weight of the W+ L2 term (thesis 250)."
+        250.0,
+        "--latent-weight",
+        min=0.0,
+        max=1e9,
+        help="Weight of the W+ L2 term, per code value (thesis 250; the plain sum over the "
+        "18x512 values is 250*9216 = 2304000).",
     ),
     lpips_weight: float = typer.Option(
         1.0,
