@@ -104,12 +104,13 @@ def prepare_cmd(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out must be a folder")
     wd = weights_dir(wdir)
-    encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "train prepare")
     inside = out.resolve()
+    # inputs first: a mistyped folder is named as such, not as missing model files
     paths = [p for p in collect_videos(videos) if inside not in p.parents]  # not DATA/aligned/
     if not paths:
         raise UserError(f"no input videos outside the dataset folder {out}")
     items = plan_items(paths, audio_dir, speaker_level, speaker_regex)
+    encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "train prepare")
     cfg = PrepareConfig(
         fps=fps,
         aligned=aligned,
