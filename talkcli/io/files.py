@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from talkcli.errors import InputFileError, OutputError
 
@@ -142,3 +144,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_json_atomic(
+    path: str | Path,
+    data: Any,
+    *,
+    indent: int | None = 1,
+    allow_nan: bool = True,
+    sort_keys: bool = False,
+) -> Path:
+    """Write ``data`` as JSON (UTF-8, trailing newline) through ``atomic_output``; return the path.
+
+    The one JSON writer for reports, manifests, sidecars and dataset indexes. Values JSON does
+    not know (paths, numpy scalars) are written with ``str``; ``allow_nan=False`` refuses NaN.
+    """
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan, sort_keys=sort_keys, default=str)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text + "\n", encoding="utf-8")
+    return Path(path)

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from talkcli.constants import IMAGE_EXTS, VIDEO_EXTS  # noqa: F401  (re-exported)
 from talkcli.errors import InputFileError, UserError
 from talkcli.io.files import atomic_output, require_file
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def expand_inputs(items: list[str] | list[Path], exts: tuple[str, ...] = IMAGE_EXTS) -> list[Path]:
