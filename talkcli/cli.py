@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
     from click.exceptions import BadParameter, ClickException
 
 from talkcli import __version__, signals
-from talkcli.console import console, error_line, settings
+from talkcli.console import console, error_line, install_log_handler, settings
 from talkcli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_BUG,
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the real command line (tests call main(argv) in-process)
         signals.install()  # already done by talkcli.entry; needed if called directly
         sys.stdout = _GuardedStdout(sys.stdout)
+    install_log_handler()
     try:
         with _quiet_libraries(debug):
             command = typer.main.get_command(app)

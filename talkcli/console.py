@@ -10,6 +10,7 @@ wants markup calls ``console.print`` and wraps user text in ``rich.markup.escape
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +119,32 @@ class BatchProgress:
         if self._task is not None:
             self.bar.remove_task(self._task)
             self._task = None
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Shows the ``talkcli`` loggers' records as the CLI's own notes: INFO as ``info`` (silenced
+    by ``--quiet``), WARNING and above as ``warn``. Library code logs; only the CLI installs this.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not end the run
+            message = str(record.msg)
+        if record.levelno >= logging.WARNING:
+            warn(message)
+        elif record.levelno >= logging.INFO:
+            info(message)
+
+
+def install_log_handler() -> logging.Handler:
+    """Route the ``talkcli.*`` loggers to the console (idempotent); returns the handler."""
+    logger = logging.getLogger("talkcli")
+    for handler in logger.handlers:
+        if isinstance(handler, ConsoleLogHandler):
+            return handler
+    handler = ConsoleLogHandler(level=logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
