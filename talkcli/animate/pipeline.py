@@ -1,16 +1,18 @@
 """One ``animate`` job end to end: inputs -> identity -> W+ stream -> frames -> mp4 + manifest.
 
-``animate(image, audio, out, options)`` is the library entry point for one video;
-``animate_job(job, models, cache)`` is what it and the batch runner call. ``resolve_models``
-finds every model file a list of jobs needs before any work starts (a missing one is named with
-how to get it); ``Models`` loads each once, lazily, and checks that they fit together (pSp and
-the audio model against the generator).
+``animate(image, audio, out, options)`` is the library entry point for one video (the CLI's
+single-video command calls it); ``animate_job(job, models, cache)`` is what it and the batch
+runner call: a short composition of named steps (check, open the trajectory file, decode the
+audio, identity, motion, render into the sink, manifest) under one ``contextlib.ExitStack``.
+``resolve_models`` finds every model file a list of jobs needs before any work starts (a
+missing one is named with how to get it); ``Models`` loads each once, lazily, and checks that
+they fit together (pSp and the audio model against the generator).
 
 Streaming: the audio is decoded to a temporary file and read back in segments; the audio model
-runs chunk by chunk with its LSTM state; W+ frames are re-cut into ``--batch-size`` batches,
-rendered, and handed to a writer thread that pastes them back and pipes them to ffmpeg, which
-encodes in its own process. Nothing holds more than a few chunks, so memory does not grow with
-the audio's length.
+runs chunk by chunk with its LSTM state (``talkcli.animate.motion``); W+ frames are re-cut into
+``--batch-size`` batches, rendered (``render``), and handed to a writer thread that pastes them
+back and pipes them to ffmpeg, which encodes in its own process (``sink``). Nothing holds more
+than a few chunks, so memory does not grow with the audio's length.
 
 The run manifest (``<out stem>.json`` beside the video) records the inputs' and model files'
 hashes, the options, versions, per-stage timings and which steps the cache served.
