@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -322,12 +324,12 @@ def _run_single(
         print(result.out)
 
 
-def _progress_update(open_bar):  # () -> rich Progress; returns a ProgressFn
+def _progress_update(open_bar: Callable[[], Any]) -> Callable[[str, int, int], None]:
     """One bar per stage (PTI steps, rendered frames), with its rate, from its first update;
     the progress display is opened (``open_bar``) on the first update of any stage."""
     import time
 
-    bars: list = []
+    bars: list[Any] = []  # the rich Progress, once opened
     tasks: dict[str, object] = {}
     started: dict[str, float] = {}
 
