@@ -134,13 +134,13 @@ def registry_sha(path: Path) -> str:
 def test_motion_scale_zero_renders_the_identity_in_every_frame(
     capsys, work, tiny_pack, media, monkeypatch
 ):
-    from talkcli.animate import render
+    from talkcli.animate import sink
     from talkcli.io.images import to_uint8_images
     from talkcli.models.stylegan2 import load_generator
 
     frames: list[np.ndarray] = []
-    put = render.FrameSink.put
-    monkeypatch.setattr(render.FrameSink, "put", lambda s, f: frames.append(f.copy()) or put(s, f))
+    put = sink.FrameSink.put
+    monkeypatch.setattr(sink.FrameSink, "put", lambda s, f: frames.append(f.copy()) or put(s, f))
     code, _, err = animate(
         capsys,
         tiny_pack,

@@ -19,6 +19,9 @@ DTYPES = ("fp32", "fp16", "bf16")
 DETECTORS = ("auto", "fan", "mtcnn")
 DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
 EDIT_STRENGTH_MAX = 100.0
+# Frames per chunk of the W+ streams (audio-model call, trajectory file read): 5 s at 25 fps,
+# bounded memory and good batching. Not an option: the video does not depend on it.
+CHUNK_FRAMES = 125
 
 # Ranges shared by the CLI (typer min=/max=) and check() for library callers and --jobs rows.
 RANGES: dict[str, tuple[float, float]] = {

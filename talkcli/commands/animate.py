@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -265,10 +267,6 @@ def animate_cmd(
     )
 
 
-def _paths(*items: Path | None) -> list[Path | None]:
-    return [p.expanduser() if p is not None else None for p in items]
-
-
 def _run_single(
     options,
     *,
@@ -286,61 +284,33 @@ def _run_single(
     encoder,
     model,
 ) -> None:
+    """One video: the library's ``animate()`` with a progress bar, then the report."""
+    from contextlib import ExitStack
+
     from rich.progress import TextColumn
 
-    from talkcli.animate.cache import Cache
-    from talkcli.animate.pipeline import (
-        Job,
-        Models,
-        Needs,
-        animate_device,
-        animate_job,
-        default_out,
-        resolve_models,
-    )
+    from talkcli.animate.pipeline import animate
     from talkcli.console import progress
 
-    image, audio, out, driving, trajectory, save_trajectory = _paths(
-        image, audio, out, driving, trajectory, save_trajectory
-    )
-    job = Job(
-        out=out or default_out(image, audio or driving or trajectory),
-        image=image,
-        audio=audio,
-        driving=driving,
-        trajectory=trajectory,
-        save_trajectory=save_trajectory,
-        options=options,
-    ).check()
-    job.require_inputs()
-    cache = Cache(cache_dir, enabled=use_cache)
-    paths = resolve_models(
-        Needs.of([job]),
-        generator=generator,
-        encoder=encoder,
-        model=model,
-        detector=options.detector,
-        weights_dir=wdir,
-    )
-    models = Models(paths, animate_device(settings.device), cache, wdir)
     rate = TextColumn("{task.fields[rate]}")
-    with progress(rate) as bar:
-        tasks: dict[str, object] = {}
-        started: dict[str, float] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            import time
-
-            if stage not in tasks:
-                label = "tune (PTI)" if stage == "tune" else "render"
-                tasks[stage] = bar.add_task(label, total=total, rate="")
-                started[stage] = time.perf_counter()
-            elapsed = time.perf_counter() - started[stage]
-            unit = "steps/s" if stage == "tune" else "frames/s"
-            shown = f"{done / elapsed:.1f} {unit}" if elapsed > 0 and done else ""
-            bar.update(tasks[stage], completed=done, total=total, rate=shown)
-
-        result = animate_job(job, models, cache, progress=update)
+    with ExitStack() as stack:  # the bar starts with the first stage that reports progress
+        result = animate(
+            image,
+            audio,
+            out,
+            options,
+            driving=driving,
+            trajectory=trajectory,
+            save_trajectory=save_trajectory,
+            generator=generator,
+            encoder=encoder,
+            model=model,
+            weights_dir=wdir,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            device=settings.device,
+            progress=_progress_update(lambda: stack.enter_context(progress(rate))),
+        )
     hits = ", ".join(
         f"{k} {v}" for k, v in result.cache.items() if k in ("align", "identity", "tune")
     )
@@ -352,6 +322,31 @@ def _run_single(
         print_json(result.to_dict())
     else:
         print(result.out)
+
+
+def _progress_update(open_bar: Callable[[], Any]) -> Callable[[str, int, int], None]:
+    """One bar per stage (PTI steps, rendered frames), with its rate, from its first update;
+    the progress display is opened (``open_bar``) on the first update of any stage."""
+    import time
+
+    bars: list[Any] = []  # the rich Progress, once opened
+    tasks: dict[str, object] = {}
+    started: dict[str, float] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(open_bar())
+        bar = bars[0]
+        if stage not in tasks:
+            label = "tune (PTI)" if stage == "tune" else "render"
+            tasks[stage] = bar.add_task(label, total=total, rate="")
+            started[stage] = time.perf_counter()
+        elapsed = time.perf_counter() - started[stage]
+        unit = "steps/s" if stage == "tune" else "frames/s"
+        shown = f"{done / elapsed:.1f} {unit}" if elapsed > 0 and done else ""
+        bar.update(tasks[stage], completed=done, total=total, rate=shown)
+
+    return update
 
 
 def _run_batch(
@@ -449,6 +444,7 @@ def _run_batch(
             on_start=on_start,
             progress=frames,
             notes=notes,
+            debug=settings.debug,
         )
     if as_json:
         print_json({**result.to_dict(), "report": str(report_file)})
