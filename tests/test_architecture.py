@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "provenance": 0,
     "device": 0,
     "distributed": 0,
+    "ranges": 0,  # option ranges shared by the CLI and the library configs (numbers only)
     # 1: files and media, audio features, plots
     "io": 1,
     "audio": 1,
