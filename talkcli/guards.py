@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from talkcli.constants import SAMPLE_RATE
 from talkcli.errors import InputFileError, OutputError, UserError
 
 
@@ -31,7 +32,7 @@ class Limits:
 
     image_pixels: int = 100_000_000  # 10000 x 10000; PIL's bomb check starts at 89 Mpx
     video_frames: int = 216_000  # 2 hours at 30 fps, after resampling to --fps
-    audio_samples: int = 4 * 3600 * 16_000  # four hours at 16 kHz (~0.9 GB as float32)
+    audio_samples: int = 4 * 3600 * SAMPLE_RATE  # four hours at 16 kHz (~0.9 GB as float32)
     frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
 
 
@@ -143,7 +144,7 @@ def check_samples(source: str | Path, seconds: float, sample_rate: int) -> None:
     """Refuse audio that would decode to more than ``LIMITS.audio_samples`` samples."""
     n = seconds * float(sample_rate)
     if n > LIMITS.audio_samples:
-        hours = LIMITS.audio_samples / 16_000 / 3600
+        hours = LIMITS.audio_samples / SAMPLE_RATE / 3600
         raise InputFileError(
             source,
             f"{seconds / 3600:.1f} h of audio at {sample_rate} Hz would decode to {n / 1e6:.0f} M "
