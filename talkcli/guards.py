@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from talkcli.errors import InputFileError, OutputError, UserError
+from talkcli.ranges import SEED_MAX as SEED_MAX  # --seed's max; its home is talkcli.ranges
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,6 @@ class Limits:
 
 
 LIMITS = Limits()
-SEED_MAX = 2**32 - 1  # --seed range (numpy's generators take 32-bit seeds)
 
 
 # -- numbers --------------------------------------------------------------------------------------
