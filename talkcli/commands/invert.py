@@ -15,6 +15,7 @@ from talkcli.commands._common import (
 )
 from talkcli.commands.options import (
     ENCODER_OPTION,
+    GENERATOR_OPTION,
     JSON_OPTION,
     WEIGHTS_DIR_OPTION,
     LpipsNet,
@@ -42,9 +43,7 @@ def invert_cmd(
         Method.psp, "--method", "-m", help="psp (encoder), optimize (thesis Alg. 1/2), hybrid."
     ),
     encoder: Path | None = ENCODER_OPTION,
-    generator: Path | None = typer.Option(
-        None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
-    ),
+    generator: Path | None = GENERATOR_OPTION,
     steps: int = int_option(
         500, "--steps", range=INVERT["steps"], help="Optimisation steps per frame."
     ),
