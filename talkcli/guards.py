@@ -2,9 +2,10 @@
 
 One home for the project's guards, used by every command and library entry point:
 
-* numbers: ``check_number`` (finite, inside a range); the CLI itself rejects nan/inf for every
-  float option and every numeric option declares ``min=`` and ``max=`` (tests/test_guards.py walks
-  the whole command tree);
+* numbers: ``check_number`` (finite, inside a range from ``talkcli.ranges``, the bounds the CLI
+  declares too); the CLI itself rejects nan/inf for every float option and every numeric option
+  declares ``min=`` and ``max=`` (tests/test_hardening.py and tests/test_ranges.py walk the whole
+  command tree);
 * sizes derived from inputs: ``check_image_size``, ``check_frame_count``, ``check_samples``
   against ``LIMITS``, never a MemoryError an hour in;
 * outputs: ``guard_outputs`` refuses an output that is (or would overwrite) an input, a model
@@ -24,6 +25,7 @@ from typing import Any
 
 from talkcli.constants import SAMPLE_RATE
 from talkcli.errors import InputFileError, OutputError, UserError
+from talkcli.ranges import SEED_MAX as SEED_MAX  # --seed's max; its home is talkcli.ranges
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,6 @@ class Limits:
 
 
 LIMITS = Limits()
-SEED_MAX = 2**32 - 1  # --seed range (numpy's generators take 32-bit seeds)
 
 
 # -- numbers --------------------------------------------------------------------------------------

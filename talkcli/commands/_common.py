@@ -1,4 +1,7 @@
-"""Helpers shared by the command modules (option types, JSON output)."""
+"""Helpers shared by the command modules (weights folder, JSON output).
+
+Shared option declarations live in ``talkcli.commands.options``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from talkcli.commands.options import WEIGHTS_DIR_OPTION as WEIGHTS_DIR_OPTION  # its home
 from talkcli.console import settings
-
-WEIGHTS_DIR_OPTION = typer.Option(
-    None,
-    "--weights-dir",
-    help="Folder searched first for model files (overrides the global option).",
-)
 
 
 def weights_dir(local: Path | None) -> Path | None:

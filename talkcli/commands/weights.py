@@ -8,10 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import JSON_OPTION, WEIGHTS_DIR_OPTION, int_option, seed_option
 from talkcli.console import console, info, status
 from talkcli.errors import ModelFileError, UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import WEIGHTS_TINY
 from talkcli.weights import registry
 
 weights_app = typer.Typer(
@@ -68,7 +69,7 @@ def status_table(statuses, weights_dir: Path | None = None) -> Table:
 @weights_app.command("list")
 def list_cmd(
     verify: bool = typer.Option(False, "--verify", help="Hash every present file now."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Show every model file talkcli uses: missing, present or verified, and where it is."""
@@ -231,10 +232,10 @@ def tiny_cmd(
     folder: Path = typer.Argument(
         ..., help="Folder to write the pack into (use as --weights-dir)."
     ),
-    size: int = typer.Option(
-        64, "--size", min=16, max=1024, help="Generator output size: 16, 32, ..., 1024."
+    size: int = int_option(
+        64, "--size", range=WEIGHTS_TINY["size"], help="Generator output size: 16, 32, ..., 1024."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the weights."),
+    seed: int = seed_option(0, "of the weights"),
     force: bool = typer.Option(
         False, "--force", help="Write even into a folder that holds other (real) model files."
     ),

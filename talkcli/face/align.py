@@ -47,6 +47,8 @@ from talkcli.face.landmarks import (
 from talkcli.guards import check_frame_count, check_number
 from talkcli.io.files import sha256_file, write_json_atomic
 from talkcli.io.images import IMAGE_EXTS, VIDEO_EXTS, expand_inputs, read_image_rgb, write_png
+from talkcli.ranges import ALIGN as ALIGN_RANGES
+from talkcli.ranges import option_name
 
 STATUS_FILE = "align-status.json"
 ProgressFn = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -90,11 +92,8 @@ class AlignConfig:
 
     def check(self) -> None:
         """The command's option ranges, for library callers too (see ``talkcli align --help``)."""
-        check_number("--size", self.size, 8, 4096)
-        check_number("--fps", self.fps, 1.0, 120.0)
-        check_number("--detect-every", self.detect_every, 1, 1000)
-        check_number("--smooth", self.smooth, 0.0, 50.0)
-        check_number("--face-index", self.face_index, 0, 99)
+        for name, (lo, hi) in ALIGN_RANGES.items():  # talkcli.ranges, as the CLI's
+            check_number(option_name(name), getattr(self, name), lo, hi)
 
 
 @dataclass

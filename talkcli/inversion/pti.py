@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from talkcli.guards import check_finite_loss
+from talkcli.guards import check_finite_loss, check_number
 from talkcli.inversion.project import LPIPS_SIZE
+from talkcli.ranges import TUNE_PTI, option_name
 
 
 @dataclass
@@ -44,12 +45,8 @@ class PTIConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError("steps must be >= 0")
-        if self.batch < 1:
-            raise ValueError("batch must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
+        for name in ("steps", "lr", "l2_weight", "stop_lpips", "batch", "seed"):  # tune-pti's
+            check_number(option_name(name), getattr(self, name), *TUNE_PTI[name])
 
 
 @dataclass

@@ -99,15 +99,10 @@ class EvalConfig:
         if self.lpips_net not in LPIPS_NETS:
             raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
         from talkcli.guards import check_number
+        from talkcli.ranges import EVALUATE, option_name
 
-        check_number("--fps", self.fps, 1, 120)
-        check_number("--resolution", self.resolution, 16, 4096)
-        check_number("--max-frames", self.max_frames, 1, 10**7)
-        check_number("--batch", self.batch, 1, 256)
-        check_number("--threads", self.threads, 1, 256)
-        from talkcli.guards import SEED_MAX
-
-        check_number("--seed", self.seed, 0, SEED_MAX)
+        for name, (lo, hi) in EVALUATE.items():  # the CLI's ranges
+            check_number(option_name(name), getattr(self, name), lo, hi)
 
     @property
     def lse_crop(self) -> str:
