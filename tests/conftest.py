@@ -79,7 +79,7 @@ def shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory) -> Path:
     """A 32x32 random-weight pack (generator, pSp, LPIPS alex+vgg) in the official formats."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     folder = tmp_path_factory.mktemp("tiny_pack")
     write_tiny_pack(folder, size=32, seed=0)

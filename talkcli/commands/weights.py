@@ -240,7 +240,7 @@ def tiny_cmd(
     ),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     written = write_tiny_pack(folder, size=size, seed=seed, force=force)
     for name, path in written.items():

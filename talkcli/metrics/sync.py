@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkcli.constants import SAMPLE_RATE  # SyncNet hears 16 kHz audio
 from talkcli.models.syncnet import CROP_SIZE, MFCC_STEPS, WINDOW_FRAMES, SyncNet, load_syncnet
 
 SYNC_FPS = 25
-SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // SYNC_FPS  # 640
 MFCC_PER_FRAME = 4  # 10 ms MFCC steps per 40 ms frame
 VSHIFT = 15
