@@ -64,6 +64,15 @@ def assert_user_error(result: CliResult, *needles: str) -> None:
         assert needle in result.stderr, (needle, result.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _library_logs_on_stderr():
+    """Library modules (io, models, weights) log their notes and warnings; the CLI shows them on
+    stderr (``install_log_handler``). Tests that call the library directly see them the same way."""
+    from talkcli.console import install_log_handler
+
+    install_log_handler()
+
+
 @pytest.fixture
 def cli():
     return run_cli

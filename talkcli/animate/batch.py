@@ -325,9 +325,11 @@ def run_batch(
     on_start: Callable[[Planned], None] | None = None,
     progress: Any = None,
     notes: list[str] | None = None,
+    debug: bool = False,
 ) -> BatchReport:
     """Run this shard's items; every item's outcome is recorded, none stops the others (except
-    a model file that fails to load, which would fail them all)."""
+    a model file that fails to load, which would fail them all). ``debug``: print the traceback
+    of an internal error (the CLI's ``--debug``)."""
     from talkcli.animate.pipeline import animate_job
     from talkcli.distributed import split_items
 
@@ -371,9 +373,7 @@ def run_batch(
                     f"internal error: {type(exc).__name__}: {first}",
                     bug=True,
                 )
-                from talkcli.console import settings
-
-                if settings.debug:
+                if debug:
                     traceback.print_exc()
         res.seconds = time.perf_counter() - t
         result.items.append(res)

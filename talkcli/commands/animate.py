@@ -449,6 +449,7 @@ def _run_batch(
             on_start=on_start,
             progress=frames,
             notes=notes,
+            debug=settings.debug,
         )
     if as_json:
         print_json({**result.to_dict(), "report": str(report_file)})

@@ -13,11 +13,11 @@ from talkcli.commands._common import (
     weights_dir,
 )
 from talkcli.console import info, progress, settings
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import UserError
 from talkcli.guards import SEED_MAX
 
 METHODS = ("psp", "optimize", "hybrid")  # talkcli.inversion.invert.METHODS
-LPIPS_FILES = {"vgg": ("vgg16", "lpips-vgg"), "alex": ("alexnet", "lpips-alex")}
 
 
 def invert_cmd(

@@ -24,15 +24,11 @@ train_app = typer.Typer(
 
 
 def _torch_device(local_rank: int | None = None):
-    """The --device for this process; under torchrun CUDA ranks take cuda:LOCAL_RANK."""
-    import torch
+    """The --device for this process; under torchrun CUDA ranks take their own GPU
+    (``talkcli.device.choose_device``: cuda:(LOCAL_RANK % GPUs))."""
+    from talkcli.device import choose_device
 
-    from talkcli.device import resolve_device
-
-    device = resolve_device(settings.device)
-    if device.type == "cuda" and local_rank is not None and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+    return choose_device(settings.device)
 
 
 @train_app.command("prepare")

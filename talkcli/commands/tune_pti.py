@@ -13,8 +13,8 @@ from talkcli.commands._common import (
     print_json,
     weights_dir,
 )
-from talkcli.commands.invert import LPIPS_FILES
 from talkcli.console import info, progress, settings
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import InputFileError, UserError
 from talkcli.guards import SEED_MAX
 

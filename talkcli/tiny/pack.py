@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from talkcli import __version__
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import OutputError, UserError
 from talkcli.io.files import atomic_output, ensure_folder, write_json_atomic
 from talkcli.weights import registry
@@ -68,7 +69,7 @@ def write_tiny_pack(
 
     for net in ("alex", "vgg"):
         files = write_tiny_lpips_files(root, net, seed=seed)
-        backbone, heads = ("alexnet", "lpips-alex") if net == "alex" else ("vgg16", "lpips-vgg")
+        backbone, heads = LPIPS_FILES[net]
         written[backbone] = files["backbone"]
         written[heads] = files["heads"]
 
