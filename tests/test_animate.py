@@ -202,7 +202,7 @@ def test_second_run_hits_the_cache_and_skips_align_invert_tune(work, tiny_pack, 
     monkeypatch.setattr("talkcli.inversion.pti.tune", never)
     second, models = run(media["silent"], "two.mp4")  # the same face, new audio
     assert [second.cache[k] for k in ("align", "identity", "tune")] == ["hit"] * 3
-    assert models._E is None and models._lpips is None  # pSp and LPIPS never even loaded
+    assert not {"encoder", "lpips-alex"} & models.loaded  # pSp and LPIPS never even loaded
     manifest = json.loads((work / "two.json").read_text())
     assert manifest["cache"]["tune"] == "hit" and manifest["cache"]["enabled"]
     assert manifest["models"]["tuned_generator"]["cache_file"].startswith(str(work / "cache"))

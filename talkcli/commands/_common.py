@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from talkcli.console import settings
+from talkcli.runtime import generator_file  # noqa: F401  re-exported for the commands
 
 WEIGHTS_DIR_OPTION = typer.Option(
     None,
@@ -27,15 +28,3 @@ def print_json(data: Any) -> None:
     """Machine-readable output on stdout."""
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def generator_file(
-    explicit: Path | None, wd: Path | None, encoder_path: Path | None, purpose: str
-) -> Path:
-    """``--generator PATH``; else the registry's StyleGAN2 file; else the pSp file's decoder."""
-    from talkcli.weights import registry
-
-    if explicit is not None:
-        return registry.resolve_option(explicit, "stylegan2-ffhq", wd)
-    found = registry.locate("stylegan2-ffhq", wd) or encoder_path
-    return found if found is not None else registry.resolve("stylegan2-ffhq", wd, purpose=purpose)
