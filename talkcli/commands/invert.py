@@ -110,11 +110,9 @@ def invert_cmd(
         generator_path = generator_file(generator, wd, encoder_path, "invert")
     lpips_paths = None
     if method != "psp":
-        backbone, heads = LPIPS_FILES[lpips_net]
-        lpips_paths = (
-            registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
-            registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
-        )
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
     recon_files = recon_paths(save_recon, frames) if save_recon is not None else []
     guard_outputs(
         [out, plot, *recon_files],

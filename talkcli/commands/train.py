@@ -326,10 +326,9 @@ def fit_cmd(
     )
     lpips_paths = None
     if lpips_weight > 0:
-        lpips_paths = (
-            registry.resolve("vgg16", wd, purpose="train fit (LPIPS-vgg)"),
-            registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
-        )
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files("vgg", wd, "train fit (LPIPS-vgg)")
     inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
     if resume is not None and same_file(resume, outputs.state):
         inputs.remove(resume)  # continuing in place: the state is read whole, then replaced

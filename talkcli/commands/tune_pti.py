@@ -90,6 +90,7 @@ def tune_pti_cmd(
     )
     from talkcli.inversion.pti import PTIConfig, check_pivots, tune, w_project_pivots
     from talkcli.io.files import atomic_output, sha256_file
+    from talkcli.runtime import lpips_files
     from talkcli.weights import registry
 
     out = out.expanduser()
@@ -105,9 +106,7 @@ def tune_pti_cmd(
     if pivots is None and pivot_method == "psp":
         encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
     generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
-    backbone, heads = LPIPS_FILES[lpips_net]
-    backbone_path = registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}")
-    heads_path = registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}")
+    backbone_path, heads_path = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
     guard_outputs(
         [out, pivots_out],
         inputs=[*frames.files, pivots, encoder_path, generator_path],
