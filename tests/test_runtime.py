@@ -149,3 +149,22 @@ def test_weights_imports_no_models_and_libraries_no_cli_globals():
             assert "settings." not in text or "console import settings" not in text, path
             if folder in ("io", "audio", "models", "weights"):
                 assert "talkcli.console" not in _imports(path), f"{path} prints to the console"
+
+
+def test_fetch_reports_progress_through_its_callback(tmp_path, monkeypatch):
+    import dataclasses
+
+    from talkcli.weights.fetch import fetch
+
+    entry = dataclasses.replace(registry.get("syncnet"), sha256=None, sha256_prefix=None)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / entry.filename).write_bytes(b"x" * 3000)
+    monkeypatch.setenv("TALKCLI_MIRROR", str(mirror))
+    calls: list[tuple[int, int | None]] = []
+    path = fetch(entry, tmp_path / "w", on_progress=lambda done, total: calls.append((done, total)))
+    assert path.read_bytes() == b"x" * 3000
+    assert calls[0] == (0, 3000) and calls[-1] == (3000, 3000)
+    calls.clear()
+    fetch(entry, tmp_path / "w", on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == []  # already there: nothing downloaded, no bar
