@@ -6,7 +6,8 @@ runner call: a short composition of named steps (check, open the trajectory file
 audio, identity, motion, render into the sink, manifest) under one ``contextlib.ExitStack``.
 ``resolve_models`` finds every model file a list of jobs needs before any work starts (a
 missing one is named with how to get it); ``Models`` loads each once, lazily, and checks that
-they fit together (pSp and the audio model against the generator).
+they fit together (pSp and the audio model against the generator) (both are ``talkcli.runtime``'s
+``find_model_files`` and ``ModelSet``, named for animate).
 
 Streaming: the audio is decoded to a temporary file and read back in segments; the audio model
 runs chunk by chunk with its LSTM state (``talkcli.animate.motion``); W+ frames are re-cut into
@@ -20,10 +21,9 @@ hashes, the options, versions, per-stage timings and which steps the cache serve
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,8 +35,10 @@ from talkcli import __version__
 from talkcli.animate.cache import Cache, file_identity
 from talkcli.animate.options import AnimateOptions
 from talkcli.console import info
-from talkcli.errors import InputFileError, ModelFileError, UserError
+from talkcli.device import choose_device
+from talkcli.errors import InputFileError, UserError
 from talkcli.provenance import software_versions
+from talkcli.runtime import ModelNeeds, ModelPaths, ModelSet, find_model_files
 
 if TYPE_CHECKING:
     from talkcli.animate.identity import Identity
@@ -135,14 +137,8 @@ def default_out(image: Path | None, motion: Path | None, folder: Path = Path("."
 # -- model files --------------------------------------------------------------------------------
 
 
-@dataclass
-class Needs:
+class Needs(ModelNeeds):
     """Which model files a set of jobs uses (the generator always)."""
-
-    encoder: bool = False
-    audio_model: bool = False
-    detector: bool = False
-    lpips: bool = False
 
     @classmethod
     def of(cls, jobs: Iterable[Job]) -> Needs:
@@ -160,25 +156,8 @@ class Needs:
         return n
 
 
-@dataclass
-class ModelPaths:
-    """The resolved model files of a run."""
-
-    generator: Path
-    encoder: Path | None = None
-    audio_model: Path | None = None
-    detector: str | None = None  # backend: fan | mtcnn
-    detector_files: tuple[Path, ...] = ()
-    lpips: tuple[Path, Path] | None = None
-
-    def files(self) -> list[Path]:
-        out = [self.generator, self.encoder, self.audio_model, *self.detector_files]
-        out += list(self.lpips or ())
-        return [p for p in out if p is not None]
-
-
 def resolve_models(
-    needs: Needs,
+    needs: ModelNeeds,
     *,
     generator: Path | None = None,
     encoder: Path | None = None,
@@ -186,169 +165,30 @@ def resolve_models(
     detector: str = "auto",
     weights_dir: Path | None = None,
 ) -> ModelPaths:
-    """Find every model file the jobs need, before any work; a missing one is a one-line
-    ModelFileError naming it and how to get it (``weights fetch``, ``train``)."""
-    from talkcli.commands._common import generator_file
-    from talkcli.face.landmarks import FAN_FILES, MTCNN_FILES, choose_backend
-    from talkcli.weights import registry
-
-    wd = weights_dir
-    enc = (
-        registry.resolve_option(encoder, "psp-ffhq-encode", wd, "animate")
-        if needs.encoder
-        else None
+    """Find every model file the jobs need, before any work (``talkcli.runtime``'s rules: a
+    missing one is a one-line ModelFileError naming it and how to get it)."""
+    return find_model_files(
+        needs,
+        weights_dir,
+        generator=generator,
+        encoder=encoder,
+        audio_model=model,
+        detector=detector,
+        purpose="animate",
     )
-    gen = generator_file(generator, wd, enc, "animate")
-    audio_model = (
-        registry.resolve_option(model, "audio2latent", wd, "animate") if needs.audio_model else None
-    )
-    backend, det_files = None, ()
-    if needs.detector:
-        backend = choose_backend(detector, wd)
-        names = FAN_FILES if backend == "fan" else MTCNN_FILES
-        det_files = tuple(
-            registry.resolve(n, wd, purpose=f"animate --detector {backend}") for n in names
-        )
-    lpips = None
-    if needs.lpips:
-        lpips = (
-            registry.resolve("alexnet", wd, purpose="animate --tune (LPIPS-alex)"),
-            registry.resolve("lpips-alex", wd, purpose="animate --tune (LPIPS-alex)"),
-        )
-    return ModelPaths(gen, enc, audio_model, backend, det_files, lpips)
 
 
-class Models:
-    """The run's models, each loaded once on first use and checked against the generator."""
+class Models(ModelSet):
+    """animate's ``ModelSet``: the resolved files, loaded lazily on ``device``; file hashes go
+    through the run's cache (the manifest's ``file_identity`` reads the same)."""
 
     def __init__(
-        self,
-        paths: ModelPaths,
-        device: Any,  # torch.device
-        cache: Cache,
-        weights_dir: Path | None = None,
+        self, paths: ModelPaths, device: Any, cache: Cache, weights_dir: Path | None = None
     ) -> None:
-        self.paths = paths
-        self.device = device
-        self.cache = cache
-        self.weights_dir = weights_dir
-        self.load_seconds = 0.0
-        self.generator_match: str | None = None  # exact | shape, once the audio model is checked
-        self._G = self._E = self._A = self._det = self._lpips = None
-
-    def sha(self, path: Path | None) -> str | None:
-        return self.cache.file_sha256(path) if path is not None else None
-
-    def _timed(self, load: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        try:
-            return load()
-        finally:
-            self.load_seconds += time.perf_counter() - t
-
-    def generator(self) -> Any:
-        """The base generator (eval, frozen)."""
-        if self._G is None:
-            from talkcli.models.stylegan2 import load_generator
-
-            self._G = self._timed(lambda: load_generator(self.paths.generator, self.device))
-        return self._G
-
-    def generator_size(self) -> int:
-        return int(self.generator().size)
-
-    def latent_shape(self) -> tuple[int, int]:
-        G = self.generator()
-        return int(G.n_latent), int(G.style_dim)
-
-    def encoder(self) -> Any:
-        """The pSp encoder; refuses one whose W+ does not fit the generator."""
-        if self._E is None:
-            from talkcli.models.psp import load_encoder
-
-            path = self.paths.encoder
-            if path is None:
-                raise UserError("this job needs the pSp encoder, which was not resolved")
-            E = self._timed(lambda: load_encoder(path, self.device))
-            n_latent, style_dim = self.latent_shape()
-            if (E.n_styles, E.style_dim) != (n_latent, style_dim):
-                raise ModelFileError(
-                    path,
-                    f"encodes {E.n_styles} W+ layers of {E.style_dim} but the generator "
-                    f"{self.paths.generator} has {n_latent} of {style_dim}",
-                    "pass the encoder trained for this generator (--encoder, --generator)",
-                )
-            self._E = E
-        return self._E
-
-    def audio_model(self) -> Any:
-        """The audio-to-latent model; refuses one trained for another generator size."""
-        if self._A is None:
-            from talkcli.models.audio2latent import check_generator_match, load_audio2latent
-
-            path = self.paths.audio_model
-            if path is None:
-                raise UserError("this job needs the audio model, which was not resolved")
-            A = self._timed(lambda: load_audio2latent(path, self.device))
-            exact = check_generator_match(
-                A, self.generator(), path, self.paths.generator, self.sha(self.paths.generator)
-            )
-            self.generator_match = "exact" if exact else "shape"
-            self._A = A
-        return self._A
-
-    def detector_backend(self) -> str:
-        if self.paths.detector is None:
-            raise UserError("this job needs a face detector, which was not resolved")
-        return self.paths.detector
-
-    def detector_hashes(self) -> list[str]:
-        return [self.sha(p) for p in self.paths.detector_files]
-
-    def detector(self) -> Any:
-        if self._det is None:
-            from talkcli.face.landmarks import select_detector
-
-            backend = self.detector_backend()
-            self._det = self._timed(
-                lambda: select_detector(backend, self.weights_dir, str(self.device))
-            )
-        return self._det
-
-    def lpips(self) -> Any:
-        if self._lpips is None:
-            from talkcli.models.perceptual import load_lpips
-
-            if self.paths.lpips is None:
-                raise UserError("--tune needs the LPIPS files, which were not resolved")
-            backbone, heads = self.paths.lpips
-            self._lpips = self._timed(
-                lambda: load_lpips(
-                    "alex", device=self.device, backbone_path=backbone, heads_path=heads
-                )
-            )
-        return self._lpips
-
-    def preflight(self, needs: Needs) -> None:
-        """Load the generator and the audio model and check they fit, before any work."""
-        self.generator()
-        if needs.audio_model:
-            self.audio_model()
+        super().__init__(weights_dir, device, paths=paths, cache=cache)
 
 
-def animate_device(spec: str = "auto", env: Mapping[str, str] | None = None) -> Any:
-    """``--device``, except that under torchrun each rank takes ``cuda:LOCAL_RANK`` (one GPU per
-    rank) when CUDA is there and the device is ``auto`` or ``cuda``."""
-    import torch
-
-    from talkcli.device import resolve_device
-    from talkcli.distributed import torchrun_env
-
-    env = os.environ if env is None else env
-    if spec in ("auto", "cuda") and "LOCAL_RANK" in env and torch.cuda.is_available():
-        local = torchrun_env(env).local_rank
-        return resolve_device(f"cuda:{local % max(torch.cuda.device_count(), 1)}")
-    return resolve_device(spec)
+animate_device = choose_device  # --device, with the one torchrun rule (cuda:LOCAL_RANK % GPUs)
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from talkcli.commands.options import WEIGHTS_DIR_OPTION as WEIGHTS_DIR_OPTION  # its home
 from talkcli.console import settings
+from talkcli.runtime import generator_file  # noqa: F401  re-exported for the commands
 
 
 def weights_dir(local: Path | None) -> Path | None:
@@ -23,15 +24,3 @@ def print_json(data: Any) -> None:
     """Machine-readable output on stdout."""
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def generator_file(
-    explicit: Path | None, wd: Path | None, encoder_path: Path | None, purpose: str
-) -> Path:
-    """``--generator PATH``; else the registry's StyleGAN2 file; else the pSp file's decoder."""
-    from talkcli.weights import registry
-
-    if explicit is not None:
-        return registry.resolve_option(explicit, "stylegan2-ffhq", wd)
-    found = registry.locate("stylegan2-ffhq", wd) or encoder_path
-    return found if found is not None else registry.resolve("stylegan2-ffhq", wd, purpose=purpose)

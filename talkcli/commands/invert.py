@@ -31,8 +31,6 @@ from talkcli.console import info, progress, settings
 from talkcli.errors import UserError
 from talkcli.ranges import INVERT
 
-LPIPS_FILES = {"vgg": ("vgg16", "lpips-vgg"), "alex": ("alexnet", "lpips-alex")}
-
 
 def invert_cmd(
     inputs: list[str] = typer.Argument(
@@ -163,11 +161,9 @@ def _model_files(
         generator_path = generator_file(generator, wd, encoder_path, "invert")
     lpips_paths = None
     if method != "psp":
-        backbone, heads = LPIPS_FILES[lpips_net]
-        lpips_paths = (
-            registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
-            registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
-        )
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
     return _ModelFiles(encoder_path, generator_path, lpips_paths)
 
 

@@ -38,15 +38,11 @@ train_app = typer.Typer(
 
 
 def _torch_device(local_rank: int | None = None):
-    """The --device for this process; under torchrun CUDA ranks take cuda:LOCAL_RANK."""
-    import torch
+    """The --device for this process; under torchrun CUDA ranks take their own GPU
+    (``talkcli.device.choose_device``: cuda:(LOCAL_RANK % GPUs))."""
+    from talkcli.device import choose_device
 
-    from talkcli.device import resolve_device
-
-    device = resolve_device(settings.device)
-    if device.type == "cuda" and local_rank is not None and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+    return choose_device(settings.device)
 
 
 @train_app.command("prepare")
@@ -364,10 +360,9 @@ def fit_cmd(
     )
     lpips_paths = None
     if lpips_weight > 0:
-        lpips_paths = (
-            registry.resolve("vgg16", wd, purpose="train fit (LPIPS-vgg)"),
-            registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
-        )
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files("vgg", wd, "train fit (LPIPS-vgg)")
     inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
     if resume is not None and same_file(resume, outputs.state):
         inputs.remove(resume)  # continuing in place: the state is read whole, then replaced

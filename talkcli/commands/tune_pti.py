@@ -12,7 +12,6 @@ from talkcli.commands._common import (
     print_json,
     weights_dir,
 )
-from talkcli.commands.invert import LPIPS_FILES
 from talkcli.commands.options import (
     JSON_OPTION,
     WEIGHTS_DIR_OPTION,
@@ -25,6 +24,7 @@ from talkcli.commands.options import (
     seed_option,
 )
 from talkcli.console import info, progress, settings
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import InputFileError, UserError
 from talkcli.ranges import TUNE_PTI
 
@@ -103,6 +103,7 @@ def tune_pti_cmd(
     )
     from talkcli.inversion.pti import PTIConfig, check_pivots, tune, w_project_pivots
     from talkcli.io.files import atomic_output, sha256_file
+    from talkcli.runtime import lpips_files
     from talkcli.weights import registry
 
     out = out.expanduser()
@@ -118,9 +119,7 @@ def tune_pti_cmd(
     if pivots is None and pivot_method == "psp":
         encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
     generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
-    backbone, heads = LPIPS_FILES[lpips_net]
-    backbone_path = registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}")
-    heads_path = registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}")
+    backbone_path, heads_path = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
     guard_outputs(
         [out, pivots_out],
         inputs=[*frames.files, pivots, encoder_path, generator_path],

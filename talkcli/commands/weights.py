@@ -147,7 +147,8 @@ def fetch_cmd(
     failures: list[str] = []
     for entry in dict.fromkeys(entries):
         try:
-            path = fetch(entry, wd, force=force)
+            with _FetchBar(entry.name) as bar:
+                path = fetch(entry, wd, force=force, on_progress=bar.update)
             status("ok", "green", f"{entry.name}: {path}")
         except ModelFileError as exc:
             if len(entries) == 1:
@@ -158,6 +159,32 @@ def fetch_cmd(
         raise UserError(
             f"{len(failures)} of {len(entries)} file(s) could not be fetched (see above)"
         )
+
+
+class _FetchBar:
+    """The download bar of one file: appears on the first progress report (so nothing shows for
+    a file already present), closed when the fetch ends."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> _FetchBar:
+        return self
+
+    def update(self, done: int, total: int | None) -> None:
+        from talkcli.console import progress
+
+        if self._bar is None:
+            self._bar = progress().__enter__()
+            self._task = self._bar.add_task(f"fetch {self.name}", total=total, completed=done)
+        else:
+            self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
 
 def _summarise(obj, prefix: str = "", limit: int = 12) -> list[str]:
@@ -241,7 +268,7 @@ def tiny_cmd(
     ),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     written = write_tiny_pack(folder, size=size, seed=seed, force=force)
     for name, path in written.items():

@@ -21,6 +21,7 @@ written.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -34,7 +35,6 @@ from typing import IO
 
 import numpy as np
 
-from talkcli.console import info, warn
 from talkcli.errors import ExternalToolError, InputFileError, OutputError, UserError
 from talkcli.io.audio import SAMPLE_RATE, audio_duration, save_wav
 from talkcli.io.ffmpeg import (
@@ -68,6 +68,7 @@ X264_TUNES = (
     "psnr",
     "ssim",
 )
+log = logging.getLogger(__name__)  # notes and warnings; the CLI shows them (install_log_handler)
 # Default x264 settings, chosen with benchmarks/bench_writer.py at 1024x1024 on 2 cores.
 # Quiet machine (frames/s, file size for 100 frames): plain veryfast 55.8 (3.7 MB), veryfast +
 # zerolatency 52.7 (10.5 MB), superfast 62.3 (12.8 MB), ultrafast 162 (14.1 MB). With other jobs
@@ -408,7 +409,7 @@ class VideoReader:
         rc = proc.wait()
         raise_for_ffmpeg(rc, self._stderr_text(), what="decode video", input_path=self.path)
         if not self._resample and self.frames_read < self.info.n_frames:
-            warn(
+            log.warning(
                 f"{self.path}: decoded only {self.frames_read} of {self.info.n_frames} frames "
                 "(the file may be truncated or damaged)"
             )
@@ -732,18 +733,18 @@ class VideoWriter:
         if self.trim_audio and excess > 0:
             audio_in = ["-t", f"{video_duration:.6f}", *audio_in]
             if excess > frame:
-                info(
+                log.info(
                     f"{self.path.name}: audio cut to the video's {video_duration:.3f} s "
                     f"(source audio {self.audio_duration:.3f} s)"
                 )
         elif excess > frame:
-            warn(
+            log.warning(
                 f"{self.path.name}: the audio ({self.audio_duration:.3f} s) is longer than the "
                 f"video ({video_duration:.3f} s, {self.frames_written} frames at {self.fps:g} "
                 "fps); keeping the full audio (pass trim_audio=True to cut it)"
             )
         elif -excess > frame:
-            warn(
+            log.warning(
                 f"{self.path.name}: the audio ({self.audio_duration:.3f} s) is shorter than the "
                 f"video ({video_duration:.3f} s); the end of the video is silent"
             )

@@ -243,7 +243,9 @@ def setup_distributed(env: DistEnv, device: torch.device) -> torch.device:
     if not env.distributed:
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
+        from talkcli.device import rank_cuda_device
+
+        device = rank_cuda_device(env.local_rank)  # the one torchrun rule (LOCAL_RANK % GPUs)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         # rank 0 may compute the PCA while the others wait at the broadcast: be patient
