@@ -18,13 +18,12 @@ One home for the project's guards, used by every command and library entry point
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from talkcli.constants import SAMPLE_RATE
-from talkcli.errors import InputFileError, OutputError, UserError
+from talkcli.errors import InputFileError, UserError
 from talkcli.ranges import SEED_MAX as SEED_MAX  # --seed's max; its home is talkcli.ranges
 
 
@@ -175,60 +174,3 @@ def _file_key(path: Path) -> tuple | None:
         return ("path", str(path.resolve()))
     except (OSError, RuntimeError):  # a symlink loop
         return None
-
-
-def _model_files(weights_dir: str | Path | None) -> list[Path]:
-    """Every model file the registry finds on the search path, and those loaded in this run."""
-    from talkcli.weights import registry
-
-    found = []
-    for entry in registry.MANIFEST:
-        path = registry.locate(entry.name, weights_dir)
-        if path is not None:
-            found.append(path)
-    return found + list(registry.files_in_use())
-
-
-def guard_outputs(
-    outputs: Iterable[str | Path | None],
-    *,
-    inputs: Iterable[str | Path | None] = (),
-    force: bool = False,
-    weights_dir: str | Path | None = None,
-) -> None:
-    """Validate every output location of a run before any work starts.
-
-    Refuses (``OutputError``, exit 2) an output that is a folder or sits in a missing or read-only
-    folder, two outputs that are the same file, an output that is a model file (anything the
-    registry finds, or any file resolved as a model in this run), and an output that is one of
-    the ``inputs``, unless ``force`` (for commands where replacing an input in place is safe:
-    it is read whole before the atomic rename). Files are compared by device and inode, so links
-    and other spellings of a path are caught; batches of thousands stay fast.
-    """
-    from talkcli.io.files import check_output_path
-
-    outs = [Path(o).expanduser() for o in outputs if o is not None]
-    checked_parents: set[Path] = set()
-    seen: dict[tuple, Path] = {}
-    for out in outs:
-        if out.parent not in checked_parents or out.exists():
-            check_output_path(out)
-            checked_parents.add(out.parent)
-        key = _file_key(out)
-        if key is None:
-            raise OutputError(f"{out}: cannot resolve this path (a symbolic link loop?)")
-        if key in seen:
-            raise OutputError(f"{out}: the same file is given for two outputs ({seen[key]})")
-        seen[key] = out
-    models = {_file_key(m): m for m in _model_files(weights_dir)}
-    sources = {} if force else {_file_key(Path(i).expanduser()): i for i in inputs if i is not None}
-    for key, out in seen.items():
-        if key in models:
-            raise OutputError(
-                f"{out}: would overwrite the model file {models[key]} (choose another output name)"
-            )
-        if key in sources:
-            raise OutputError(
-                f"{out}: would overwrite the input {sources[key]} "
-                "(choose another output name, or --force where offered)"
-            )

@@ -281,17 +281,19 @@ def test_tune_pti_refuses_to_replace_the_base_generator(tmp_path, env, tiny_pack
 
 
 def test_guard_outputs_unit(tmp_path, env):
+    from talkcli.weights.outputs import guard_outputs
+
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("x")
-    guards.guard_outputs([b], inputs=[a])  # a new file: fine
+    guard_outputs([b], inputs=[a])  # a new file: fine
     with pytest.raises(OutputError, match="two outputs"):
-        guards.guard_outputs([b, tmp_path / "." / "b.txt"])
+        guard_outputs([b, tmp_path / "." / "b.txt"])
     os.link(a, b)  # a hard link is the same file
     with pytest.raises(OutputError, match="would overwrite the input"):
-        guards.guard_outputs([b], inputs=[a])
-    guards.guard_outputs([b], inputs=[a], force=True)
+        guard_outputs([b], inputs=[a])
+    guard_outputs([b], inputs=[a], force=True)
     with pytest.raises(OutputError, match="is a directory"):
-        guards.guard_outputs([tmp_path])
+        guard_outputs([tmp_path])
 
 
 # -- 4. user text is printed as it is -----------------------------------------------------------

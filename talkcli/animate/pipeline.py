@@ -273,7 +273,7 @@ def _on_error(fn: Callable[[], object]) -> Callable[..., bool]:
 
 def _start(job: Job, models: Models) -> tuple[int, int]:
     """Check the job before any work: options, inputs, outputs, model files; -> (n_latent, 512)."""
-    from talkcli.guards import guard_outputs
+    from talkcli.weights.outputs import guard_outputs
 
     job.check()
     job.require_inputs()

@@ -28,7 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from talkcli.constants import SAMPLE_RATE
+
 WINLEN = 0.025  # seconds
 WINSTEP = 0.01  # seconds
 NUMCEP = 13  # computed; the first is dropped

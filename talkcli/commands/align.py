@@ -69,7 +69,7 @@ def align_cmd(
         collect_inputs,
         output_paths,
     )
-    from talkcli.guards import guard_outputs
+    from talkcli.weights.outputs import guard_outputs
 
     out = out.expanduser()
     if out.exists() and not out.is_dir():

@@ -379,7 +379,7 @@ def _run_batch(
     from talkcli.animate.pipeline import Models, Needs, animate_device, resolve_models
     from talkcli.console import progress
     from talkcli.distributed import resolve_shard
-    from talkcli.guards import guard_outputs
+    from talkcli.weights.outputs import guard_outputs
 
     if jobs is not None and (image_dir is not None or audio_dir is not None):
         raise UserError("--jobs or --image-dir/--audio-dir: one job list at a time")

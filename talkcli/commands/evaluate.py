@@ -165,8 +165,8 @@ def run_cmd(
     """Evaluate generated videos (against references): table, JSON report, CSV, plot."""
     # Options left unset (None) take the suite's value, else EvalConfig's default, which each
     # help text states in brackets (tests/test_ranges.py checks them against EvalConfig).
-    from talkcli.guards import guard_outputs
     from talkcli.metrics.evaluate import evaluate
+    from talkcli.weights.outputs import guard_outputs
 
     cli = {
         "metrics": metrics,

@@ -85,10 +85,10 @@ def invert_cmd(
     if out.suffix != ".npz":
         raise UserError(f"{out}: latents are saved as .npz (use a name ending in .npz)")
     from talkcli.device import resolve_device
-    from talkcli.guards import guard_outputs
     from talkcli.inversion.invert import invert, load_frames, recon_paths
     from talkcli.inversion.project import ProjectionConfig
     from talkcli.plots import check_plot_path
+    from talkcli.weights.outputs import guard_outputs
 
     if plot is not None:
         check_plot_path(plot)

@@ -100,9 +100,9 @@ def to_wav_cmd(
     ),
 ) -> None:
     """Decode speech to the mono WAV the audio model reads (16 kHz by default)."""
-    from talkcli.guards import guard_outputs
     from talkcli.io.audio import load_audio, save_wav
     from talkcli.io.files import require_file
+    from talkcli.weights.outputs import guard_outputs
 
     if out.suffix.lower() != ".wav":
         raise UserError(f"{out}: the output must end in .wav")

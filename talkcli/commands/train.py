@@ -197,10 +197,10 @@ def pca_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """PCA basis of the training split's W+ codes (the thesis used pSp-encoded FFHQ)."""
-    from talkcli.guards import guard_outputs
     from talkcli.train.dataset import load_dataset
     from talkcli.train.fit import pca_from_videos
     from talkcli.train.pca import save_pca
+    from talkcli.weights.outputs import guard_outputs
 
     if out.suffix != ".npz":
         raise UserError(f"{out}: a PCA is saved as .npz (use a name ending in .npz)")
@@ -321,10 +321,11 @@ def fit_cmd(
     """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
     from talkcli.commands._common import generator_file
     from talkcli.distributed import torchrun_env
-    from talkcli.guards import guard_outputs, same_file
+    from talkcli.guards import same_file
     from talkcli.train.dataset import read_index
     from talkcli.train.fit import FitConfig, FitOutputs, fit
     from talkcli.weights import registry
+    from talkcli.weights.outputs import guard_outputs
 
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: the model is saved as .safetensors (use a name ending in it)")

@@ -93,7 +93,6 @@ def tune_pti_cmd(
     from rich.progress import TextColumn
 
     from talkcli.device import resolve_device
-    from talkcli.guards import guard_outputs
     from talkcli.inversion.invert import (
         InvertResult,
         frames_to_tensor,
@@ -105,6 +104,7 @@ def tune_pti_cmd(
     from talkcli.io.files import atomic_output, sha256_file
     from talkcli.runtime import lpips_files
     from talkcli.weights import registry
+    from talkcli.weights.outputs import guard_outputs
 
     out = out.expanduser()
     if out.suffix != ".pt":

@@ -204,7 +204,7 @@ MANIFEST: tuple[ModelFile, ...] = (
 _BY_NAME = {m.name: m for m in MANIFEST}
 
 # Model files this process has resolved or loaded: outputs must never overwrite them
-# (talkcli.guards.guard_outputs).
+# (talkcli.weights.outputs.guard_outputs).
 _IN_USE: set[Path] = set()
 
 
