@@ -263,7 +263,8 @@ def test_training_and_pca_plots(tmp_path):
 
 
 def test_index_lists_every_video_with_status(tmp_path):
-    from talkcli.train.dataset import build_index, write_json
+    from talkcli.io.files import write_json_atomic as write_json
+    from talkcli.train.dataset import build_index
 
     files = shard_paths(tmp_path, "a")
     files.record.parent.mkdir(parents=True)

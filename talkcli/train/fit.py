@@ -143,6 +143,42 @@ class FitResult:
     val_clips: int = 0
 
 
+def fit_input_files(
+    outputs: FitOutputs,
+    generator_path: Path,
+    *,
+    pca_path: Path | None = None,
+    resume: Path | None = None,
+    lpips_paths: tuple[Path, Path] | None = None,
+) -> list[Path]:
+    """The files ``fit`` reads, which no output may replace (``guard_outputs``' inputs).
+
+    A ``resume`` state that is this run's own state output is left out: continuing in place
+    reads it whole, then replaces it.
+    """
+    from talkcli.guards import same_file
+
+    inputs = [p for p in (pca_path, resume, generator_path, *(lpips_paths or ())) if p is not None]
+    if resume is not None and same_file(resume, outputs.state):
+        inputs.remove(resume)
+    return inputs
+
+
+def fit_summary(result: FitResult, outputs: FitOutputs) -> dict[str, Any]:
+    """``train fit --json``: where the files went, the best epoch, the clip counts, the history."""
+    return {
+        "out": str(result.best),
+        "last": str(result.last),
+        "state": str(outputs.state),
+        "log": str(outputs.log),
+        "best_epoch": result.best_epoch,
+        "best_loss": result.best_loss,
+        "train_clips": result.train_clips,
+        "val_clips": result.val_clips,
+        "history": result.history,
+    }
+
+
 # -- samples -------------------------------------------------------------------------------------
 
 
