@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e ".[dev]"
 	# No deps: lpips declares torchvision (see pyproject.toml); face-alignment wants opencv-python.
+	# face-alignment's other imports (scipy, scikit-image, tqdm, numba) are declared in pyproject.toml.
 	$(PIP) install -q --no-deps lpips==0.1.4 face-alignment==1.5.0
 	$(PY) -c "import talkcli, torch; print('talkcli', talkcli.__version__, 'torch', torch.__version__)"
 	touch $@

@@ -61,9 +61,9 @@ def _write_full_pack(folder: Path) -> None:
     from talkcli.io.files import sha256_file
     from talkcli.models.audio2latent import Audio2Latent, save_audio2latent
     from talkcli.models.stylegan2 import generator_from_state_dict
+    from talkcli.tiny.psp import tiny_encoder_state_dict, write_psp_checkpoint
+    from talkcli.tiny.stylegan2 import full_generator_state_dict
     from talkcli.weights import registry
-    from talkcli.weights.tiny_psp import tiny_encoder_state_dict, write_psp_checkpoint
-    from talkcli.weights.tiny_stylegan2 import full_generator_state_dict
 
     sd = full_generator_state_dict(1024, seed=0)
     G = generator_from_state_dict(sd)
@@ -193,7 +193,7 @@ def peak_memory(folder: Path) -> dict:
     from PIL import Image
     from skimage import data
 
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     pack = folder / "pack32"
     write_tiny_pack(pack, size=32)

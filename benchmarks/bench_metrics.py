@@ -107,8 +107,8 @@ def run() -> dict:
     from talkcli.models.inception import inception_from_state_dict
     from talkcli.models.perceptual import LPIPS, alexnet_features, vgg16_features
     from talkcli.models.syncnet import syncnet_from_state_dict
-    from talkcli.weights.tiny_metrics import random_inception_state_dict, random_syncnet_state_dict
-    from talkcli.weights.tiny_perceptual import tiny_lpips_heads
+    from talkcli.tiny.metrics import random_inception_state_dict, random_syncnet_state_dict
+    from talkcli.tiny.perceptual import tiny_lpips_heads
 
     out: dict = {
         "device": "cpu",

@@ -40,9 +40,9 @@ def run() -> dict:
     from talkcli.models.perceptual import LPIPS
     from talkcli.models.psp import encoder_from_state_dict
     from talkcli.models.stylegan2 import generator_from_state_dict
-    from talkcli.weights.tiny_perceptual import tiny_lpips_heads
-    from talkcli.weights.tiny_psp import full_encoder_state_dict
-    from talkcli.weights.tiny_stylegan2 import full_generator_state_dict
+    from talkcli.tiny.perceptual import tiny_lpips_heads
+    from talkcli.tiny.psp import full_encoder_state_dict
+    from talkcli.tiny.stylegan2 import full_generator_state_dict
 
     torch.manual_seed(0)
     out: dict = {"device": "cpu", "threads": torch.get_num_threads()}

@@ -59,9 +59,9 @@ def _clip(path: Path, size: int, seconds: float) -> Path:
 
 def bench_prepare(tmp: Path) -> dict:
     from talkcli.models.psp import PSPEncoder, encoder_from_state_dict, load_encoder
+    from talkcli.tiny.pack import write_tiny_pack
+    from talkcli.tiny.psp import full_encoder_state_dict
     from talkcli.train.prepare import PrepareConfig, VideoItem, prepare_video
-    from talkcli.weights.tiny import write_tiny_pack
-    from talkcli.weights.tiny_psp import full_encoder_state_dict
 
     data = tmp / "data"
     (data / "shards").mkdir(parents=True)

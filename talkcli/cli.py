@@ -3,7 +3,8 @@
 Subcommands live one per file in ``talkcli/commands/``; each only parses options, calls a library
 function and reports. ``main`` maps the exception family in ``talkcli.errors`` to exit codes, turns
 SIGTERM into the same clean-up as Ctrl-C, keeps library warnings out of the user's terminal (they
-show with ``--debug``), and rejects nan/inf for every float option.
+show with ``--debug``). Every float option refuses nan/inf through its own callback
+(``talkcli.commands.options.float_option``); ranges come from ``talkcli.ranges``.
 
 Start-up stays fast because command modules import torch and friends only inside the commands.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import traceback
@@ -24,9 +24,9 @@ from typing import Any
 import typer
 
 try:  # typer >= 0.24 vendors click
-    from typer._click.exceptions import BadParameter, ClickException
+    from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older typer depends on click
-    from click.exceptions import BadParameter, ClickException
+    from click.exceptions import ClickException
 
 from talkcli import __version__, signals
 from talkcli.console import console, error_line, install_log_handler, settings
@@ -156,28 +156,6 @@ def numeric_kind(param: Any) -> tuple[type, Any, Any] | None:
     return None
 
 
-def _reject_non_finite(param: Any) -> None:
-    """Make a float option refuse nan and inf (ranges alone let nan through)."""
-    process = param.process_value
-
-    def checked(ctx: Any, value: Any) -> Any:
-        value = process(ctx, value)
-        values = value if isinstance(value, list | tuple) else [value]
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise BadParameter(f"{v} is not a finite number", ctx=ctx, param=param)
-        return value
-
-    param.process_value = checked
-
-
-def _guard_float_options(command: Any) -> None:
-    for _path, param in walk_params(command):
-        kind = numeric_kind(param)
-        if kind is not None and kind[0] is float:
-            _reject_non_finite(param)
-
-
 # -- process-wide behaviour -----------------------------------------------------------------------
 
 
@@ -237,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _quiet_libraries(debug):
             command = typer.main.get_command(app)
-            _guard_float_options(command)
             result = command.main(args=args, prog_name="talkcli", standalone_mode=False)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         code = result if isinstance(result, int) else 0

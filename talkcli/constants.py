@@ -23,3 +23,10 @@ AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".wma", 
 
 #: Containers talkcli writes its videos as (H.264 + AAC).
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+
+#: LPIPS network -> (backbone, heads) registry names: the one map every LPIPS user looks files up
+#: with (animate --tune, evaluate, invert, tune-pti, train fit, the tiny pack).
+LPIPS_FILES: dict[str, tuple[str, str]] = {
+    "alex": ("alexnet", "lpips-alex"),
+    "vgg": ("vgg16", "lpips-vgg"),
+}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from talkcli.errors import UserError
@@ -46,6 +48,37 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if mps is None or not mps.is_available():
             raise UserError("--device mps: MPS is not available here (use --device cpu)")
     return torch.device(spec)
+
+
+def rank_cuda_device(local_rank: int) -> torch.device:
+    """The GPU of a torchrun rank: ``cuda:(LOCAL_RANK % device_count)``.
+
+    The one torchrun rule (animate, train, evaluate): one GPU per rank on a node; with more ranks
+    than GPUs they share round robin instead of asking for a device that is not there.
+    """
+    import torch
+
+    return torch.device("cuda", int(local_rank) % max(torch.cuda.device_count(), 1))
+
+
+def choose_device(
+    spec: str | torch.device = "auto", env: Mapping[str, str] | None = None
+) -> torch.device:
+    """``--device`` for this process. Under torchrun (``$LOCAL_RANK`` set) with CUDA present, a
+    spec of ``auto`` or ``cuda`` becomes the rank's GPU (``rank_cuda_device``); an explicit
+    ``cuda:N``, ``cpu`` or ``mps`` is kept. ``env`` defaults to ``os.environ`` (tests pass a dict).
+    """
+    import torch
+
+    if isinstance(spec, torch.device):
+        return spec
+    from talkcli.distributed import torchrun_env
+
+    env = os.environ if env is None else env
+    name = validate_device_spec(spec)
+    if name in ("auto", "cuda") and "LOCAL_RANK" in env and torch.cuda.is_available():
+        return rank_cuda_device(torchrun_env(env).local_rank)
+    return resolve_device(name)
 
 
 def describe_device(device: torch.device) -> str:

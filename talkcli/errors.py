@@ -56,3 +56,10 @@ class ModelFileError(InputFileError):
 
 class ExternalToolError(TalkcliError):
     """ffmpeg (or another external program) failed in a way that is not the input's fault."""
+
+
+class ToolMissingError(UserError, ExternalToolError):
+    """A required external program (ffmpeg) is not installed: exit 2, the user can install it.
+
+    Still an ``ExternalToolError``, so code that catches that keeps catching it.
+    """

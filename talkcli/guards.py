@@ -2,9 +2,10 @@
 
 One home for the project's guards, used by every command and library entry point:
 
-* numbers: ``check_number`` (finite, inside a range); the CLI itself rejects nan/inf for every
-  float option and every numeric option declares ``min=`` and ``max=`` (tests/test_guards.py walks
-  the whole command tree);
+* numbers: ``check_number`` (finite, inside a range from ``talkcli.ranges``, the bounds the CLI
+  declares too); the CLI itself rejects nan/inf for every float option and every numeric option
+  declares ``min=`` and ``max=`` (tests/test_hardening.py and tests/test_ranges.py walk the whole
+  command tree);
 * sizes derived from inputs: ``check_image_size``, ``check_frame_count``, ``check_samples``
   against ``LIMITS``, never a MemoryError an hour in;
 * outputs: ``guard_outputs`` refuses an output that is (or would overwrite) an input, a model
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from talkcli.constants import SAMPLE_RATE
 from talkcli.errors import InputFileError, OutputError, UserError
+from talkcli.ranges import SEED_MAX as SEED_MAX  # --seed's max; its home is talkcli.ranges
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,11 @@ class Limits:
 
     image_pixels: int = 100_000_000  # 10000 x 10000; PIL's bomb check starts at 89 Mpx
     video_frames: int = 216_000  # 2 hours at 30 fps, after resampling to --fps
-    audio_samples: int = 4 * 3600 * 16_000  # four hours at 16 kHz (~0.9 GB as float32)
+    audio_samples: int = 4 * 3600 * SAMPLE_RATE  # four hours at 16 kHz (~0.9 GB as float32)
     frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
 
 
 LIMITS = Limits()
-SEED_MAX = 2**32 - 1  # --seed range (numpy's generators take 32-bit seeds)
 
 
 # -- numbers --------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ def check_samples(source: str | Path, seconds: float, sample_rate: int) -> None:
     """Refuse audio that would decode to more than ``LIMITS.audio_samples`` samples."""
     n = seconds * float(sample_rate)
     if n > LIMITS.audio_samples:
-        hours = LIMITS.audio_samples / 16_000 / 3600
+        hours = LIMITS.audio_samples / SAMPLE_RATE / 3600
         raise InputFileError(
             source,
             f"{seconds / 3600:.1f} h of audio at {sample_rate} Hz would decode to {n / 1e6:.0f} M "

@@ -64,6 +64,15 @@ def assert_user_error(result: CliResult, *needles: str) -> None:
         assert needle in result.stderr, (needle, result.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _library_logs_on_stderr():
+    """Library modules (io, models, weights) log their notes and warnings; the CLI shows them on
+    stderr (``install_log_handler``). Tests that call the library directly see them the same way."""
+    from talkcli.console import install_log_handler
+
+    install_log_handler()
+
+
 @pytest.fixture
 def cli():
     return run_cli
@@ -79,7 +88,7 @@ def shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory) -> Path:
     """A 32x32 random-weight pack (generator, pSp, LPIPS alex+vgg) in the official formats."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     folder = tmp_path_factory.mktemp("tiny_pack")
     write_tiny_pack(folder, size=32, seed=0)

@@ -123,8 +123,8 @@ def write_sensitive_encoder(path: Path, generator_path: Path, gain: float = 300.
     over a clip, as pSp codes of a talking face do) and uses the narrowest widths, which also
     makes ``train prepare`` several times faster.
     """
+    from talkcli.tiny.psp import tiny_encoder_state_dict, write_psp_checkpoint
     from talkcli.weights.safe_load import load_torch_file
-    from talkcli.weights.tiny_psp import tiny_encoder_state_dict, write_psp_checkpoint
 
     g = load_torch_file(generator_path)
     n_latent = 2 * _log2_size(g) - 2

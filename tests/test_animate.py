@@ -134,13 +134,13 @@ def registry_sha(path: Path) -> str:
 def test_motion_scale_zero_renders_the_identity_in_every_frame(
     capsys, work, tiny_pack, media, monkeypatch
 ):
-    from talkcli.animate import render
+    from talkcli.animate import sink
     from talkcli.io.images import to_uint8_images
     from talkcli.models.stylegan2 import load_generator
 
     frames: list[np.ndarray] = []
-    put = render.FrameSink.put
-    monkeypatch.setattr(render.FrameSink, "put", lambda s, f: frames.append(f.copy()) or put(s, f))
+    put = sink.FrameSink.put
+    monkeypatch.setattr(sink.FrameSink, "put", lambda s, f: frames.append(f.copy()) or put(s, f))
     code, _, err = animate(
         capsys,
         tiny_pack,
@@ -202,7 +202,7 @@ def test_second_run_hits_the_cache_and_skips_align_invert_tune(work, tiny_pack, 
     monkeypatch.setattr("talkcli.inversion.pti.tune", never)
     second, models = run(media["silent"], "two.mp4")  # the same face, new audio
     assert [second.cache[k] for k in ("align", "identity", "tune")] == ["hit"] * 3
-    assert models._E is None and models._lpips is None  # pSp and LPIPS never even loaded
+    assert not {"encoder", "lpips-alex"} & models.loaded  # pSp and LPIPS never even loaded
     manifest = json.loads((work / "two.json").read_text())
     assert manifest["cache"]["tune"] == "hit" and manifest["cache"]["enabled"]
     assert manifest["models"]["tuned_generator"]["cache_file"].startswith(str(work / "cache"))
@@ -345,8 +345,8 @@ def test_jobs_csv_with_per_row_options(capsys, work, tiny_pack, media):
 def mismatched_model(tmp_path) -> Path:
     """An audio model trained for a 16x16 generator (6 W+ layers)."""
     from talkcli.models.stylegan2 import generator_from_state_dict
-    from talkcli.weights.tiny_audio import write_tiny_audio_model
-    from talkcli.weights.tiny_stylegan2 import tiny_generator_checkpoint
+    from talkcli.tiny.audio import write_tiny_audio_model
+    from talkcli.tiny.stylegan2 import tiny_generator_checkpoint
 
     folder = tmp_path / "pack16"
     folder.mkdir()
@@ -449,7 +449,7 @@ def test_1024_end_to_end_with_bf16(capsys, work, media, tmp_path_factory):
     """The narrow tiny pack at 1024: a 1024x1024 H.264 video with ceil(duration * 25) frames and
     an AAC stream as long as the input audio (within one frame), the photo aligned from landmarks,
     rendered with bf16 autocast on the CPU."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     pack = tmp_path_factory.mktemp("pack1024")
     write_tiny_pack(pack, size=1024)

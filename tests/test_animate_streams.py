@@ -13,12 +13,13 @@ import soundfile as sf
 import torch
 from scipy.ndimage import gaussian_filter1d
 
+from talkcli.animate import motion as mo
 from talkcli.animate import trajectory as tr
 from talkcli.animate.batch import is_done, pair_jobs, read_jobs_csv
 from talkcli.animate.cache import Cache, content_key
 from talkcli.animate.options import AnimateOptions, Edit, parse_edit, parse_layers
 from talkcli.animate.pipeline import Job, Needs, animate_device
-from talkcli.audio.features import mfcc_windows
+from talkcli.audio.features import iter_mfcc_windows, mfcc_windows
 from talkcli.distributed import split_items
 from talkcli.errors import InputFileError, UserError
 from talkcli.io.audio import DecodedAudio, load_audio
@@ -41,7 +42,7 @@ def test_streamed_windows_equal_the_whole_signal_windows(noise_wav, fps):
     with DecodedAudio(noise_wav) as audio:
         assert audio.n_samples == 16000 * 2 + 321
         for chunk in (1, 7, 500):
-            out = np.concatenate(list(tr.stream_mfcc_windows(audio, fps, chunk)))
+            out = np.concatenate(list(iter_mfcc_windows(audio, fps, chunk)))
             assert np.array_equal(out, reference), (chunk, fps)
 
 
@@ -53,7 +54,7 @@ def test_streaming_reads_bounded_segments(noise_wav, monkeypatch):
         DecodedAudio, "read", lambda self, a, b: sizes.append(b - a) or read(self, a, b)
     )
     with DecodedAudio(noise_wav) as audio:
-        list(tr.stream_mfcc_windows(audio, 25.0, chunk_frames=10))  # 0.4 s per chunk
+        list(iter_mfcc_windows(audio, 25.0, chunk_frames=10))  # 0.4 s per chunk
     # 2.02 s = 51 frames: 6 chunks, each reading its 10 frames (40 MFCC rows) + one window
     assert len(sizes) == 6 and max(sizes) <= 160 * (40 + 28) + 400
 
@@ -63,7 +64,7 @@ def test_chunked_displacements_equal_the_model_in_one_shot(tiny_pack, noise_wav)
     rng = np.random.default_rng(1)
     w_id = rng.standard_normal((model.n_latent, model.style_dim)).astype(np.float32)
     with DecodedAudio(noise_wav) as audio:
-        d = np.concatenate(list(tr.audio_displacements(model, audio, w_id, 25.0, chunk_frames=8)))
+        d = np.concatenate(list(mo.audio_displacements(model, audio, w_id, 25.0, chunk_frames=8)))
     windows = torch.from_numpy(mfcc_windows(load_audio(noise_wav), 25.0))[None]
     with torch.no_grad():
         w, _ = model(windows, torch.from_numpy(w_id)[None])  # (1, T, n_latent, 512)
@@ -77,9 +78,9 @@ def test_streamed_smoothing_is_scipys_gaussian_filter(sigma):
     reference = gaussian_filter1d(x.astype(np.float64), sigma, axis=0, mode="nearest")
     for size in (1, 4, 41):
         chunks = [x[i : i + size] for i in range(0, len(x), size)]
-        out = np.concatenate(list(tr.smooth_stream(chunks, sigma)))
+        out = np.concatenate(list(mo.smooth_stream(chunks, sigma)))
         np.testing.assert_allclose(out, reference, rtol=0, atol=1e-6)
-    g = tr.GaussianStream(sigma)  # it holds at most 2 * radius frames
+    g = mo.GaussianStream(sigma)  # it holds at most 2 * radius frames
     g.push(x)
     assert len(g._buf) == 2 * g.radius
 
@@ -87,18 +88,18 @@ def test_streamed_smoothing_is_scipys_gaussian_filter(sigma):
 def test_compose_scale_smooth_and_edits():
     d = np.random.default_rng(3).standard_normal((9, 4, 8)).astype(np.float32)
     w_id = np.ones((4, 8), np.float32)
-    same = np.concatenate(list(tr.compose([d[:5], d[5:]], w_id)))
+    same = np.concatenate(list(mo.compose([d[:5], d[5:]], w_id)))
     assert np.array_equal(same, w_id[None] + d)  # default: exactly w_I + d
-    still = np.concatenate(list(tr.compose([d], w_id, motion_scale=0.0)))
+    still = np.concatenate(list(mo.compose([d], w_id, motion_scale=0.0)))
     assert np.array_equal(still, np.broadcast_to(w_id, d.shape))
     offset = np.full((4, 8), 0.5, np.float32)
-    moved = np.concatenate(list(tr.compose([d], w_id, motion_scale=2.0, offset=offset)))
+    moved = np.concatenate(list(mo.compose([d], w_id, motion_scale=2.0, offset=offset)))
     np.testing.assert_allclose(moved, w_id + 2 * d + 0.5, atol=1e-6)
 
 
 def test_rebatch_keeps_frame_order_and_batch_boundaries():
     x = np.arange(23)[:, None].astype(np.float32)
-    batches = list(tr.rebatch([x[:3], x[3:4], x[4:20], x[20:]], 5))
+    batches = list(mo.rebatch([x[:3], x[3:4], x[4:20], x[20:]], 5))
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     assert np.array_equal(np.concatenate(batches), x)
 
@@ -138,7 +139,7 @@ def test_broken_trajectory_files_are_named(tmp_path):
 def test_edit_directions_and_layers(tmp_path):
     np.save(tmp_path / "w.npy", np.full((1, 8), 2.0, np.float32))  # InterFaceGAN-style (1, 512)
     np.savez(tmp_path / "wplus.npz", direction=np.arange(32, dtype=np.float32).reshape(4, 8))
-    offset = tr.edit_offset(
+    offset = mo.edit_offset(
         [Edit(tmp_path / "w.npy", 1.5), Edit(tmp_path / "wplus.npz", -1.0)], 4, 8, (1, 2)
     )
     expected = 3.0 - np.arange(32, dtype=np.float32).reshape(4, 8)
@@ -146,9 +147,9 @@ def test_edit_directions_and_layers(tmp_path):
     assert np.array_equal(offset, expected)
     np.save(tmp_path / "bad.npy", np.zeros((3, 8), np.float32))
     with pytest.raises(InputFileError, match="3 rows"):
-        tr.load_direction(tmp_path / "bad.npy", 4, 8)
+        mo.load_direction(tmp_path / "bad.npy", 4, 8)
     with pytest.raises(UserError, match="4 style layers"):
-        tr.layer_mask((2, 9), 4)
+        mo.layer_mask((2, 9), 4)
     assert parse_edit("dir/smile.npy:-1.5") == Edit(Path("dir/smile.npy"), -1.5)
     assert (
         parse_edit("a:b.npy:2").strength == 2.0 and str(parse_edit("a:b.npy:2").path) == "a:b.npy"
@@ -276,7 +277,7 @@ def test_torchrun_ranks_stay_on_the_cpu_without_cuda():
 
 
 def test_frame_sink_keeps_order_with_paste_workers_and_reports_writer_errors():
-    from talkcli.animate.render import FrameSink
+    from talkcli.animate.sink import FrameSink
 
     class Writer:
         def __init__(self, fail_at=None):

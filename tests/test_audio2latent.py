@@ -110,6 +110,34 @@ def test_forward_refuses_wrong_shapes():
         model(torch.randn(1, 3, 12, 28), torch.randn(1, 18, 512))
 
 
+def test_streaming_step_gives_the_displacements_of_forward_chunk_by_chunk():
+    model = tiny_model()
+    windows = torch.randn(1, 30, 12, 28) * 10
+    w_id = torch.randn(1, 8, 512)
+    with torch.no_grad():
+        whole, _ = model(windows, w_id)
+        d, _ = model.displacements(windows, w_id)
+        assert d.shape == (1, 30, 8, 512) and torch.equal(w_id[:, None] + d, whole)
+        state, parts = None, []
+        for a, b in ((0, 7), (7, 8), (8, 30)):
+            part, state = model.displacements(windows[:, a:b], w_id, state)
+            parts.append(part)
+    torch.testing.assert_close(torch.cat(parts, dim=1), d, rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_step_refuses_wrong_shapes_like_forward():
+    model = tiny_model()
+    good_w, good_x = torch.randn(1, 8, 512), torch.randn(1, 3, 12, 28)
+    with pytest.raises(ValueError, match=r"windows must be \(B, T, 12, 28\), got \(3, 12, 28\)"):
+        model.displacements(torch.randn(3, 12, 28), good_w)  # the batch axis forgotten
+    with pytest.raises(ValueError, match=r"windows must be .*got ndarray"):
+        model.displacements(np.zeros((1, 3, 12, 28), np.float32), good_w)
+    with pytest.raises(ValueError, match=r"w_identity must be \(1, 8, 512\)"):
+        model.displacements(good_x, torch.randn(8, 512))
+    with pytest.raises(ValueError, match=r"state must be \(h, c\) of shape \(3, 1, 64\)"):
+        model.displacements(good_x, good_w, (torch.zeros(3, 2, 64), torch.zeros(3, 2, 64)))
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = tiny_model()
     model.fps = 30.0

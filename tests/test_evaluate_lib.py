@@ -12,7 +12,7 @@ import pytest
 from talkcli.errors import InputFileError, ModelFileError, UserError
 from talkcli.face.landmarks import Face
 from talkcli.metrics import lmd, lmd_face
-from talkcli.metrics.evaluate import EvalConfig, Models, Plan, evaluate, plan
+from talkcli.metrics.evaluate import EvalConfig, Plan, evaluate, plan
 from talkcli.metrics.inputs import Pair, check_unique_names, collect_pairs, read_pairs_csv
 from talkcli.metrics.report import (
     aggregates,
@@ -23,6 +23,7 @@ from talkcli.metrics.report import (
     number,
 )
 from talkcli.metrics.suite import load_suite
+from talkcli.runtime import ModelSet
 
 from .metrics_support import clip_frames, make_clips, one_thread, write_clip  # noqa: F401
 
@@ -131,7 +132,7 @@ def test_lmd_through_the_video_pipeline(clips, tmp_path):
     p = Plan(["lmd"], {}, {})
     import talkcli.metrics.evaluate as ev
 
-    models = Models(fan=det)
+    models = ModelSet.preloaded(fan=det)
     orig = ev.load_models
     ev.load_models = lambda cfg, p: models  # the stand-in detector instead of FAN
     try:
@@ -275,7 +276,7 @@ def test_lse_face_crops_by_detection(clips, tiny_pack):
     import talkcli.metrics.evaluate as ev
 
     orig = ev.load_models
-    ev.load_models = lambda cfg, p: Models(syncnet=net, face_detector=det)
+    ev.load_models = lambda cfg, p: ModelSet.preloaded(syncnet=net, detector=det)
     try:
         run = evaluate([Pair("g", clips["gen"])], cfg, Plan(["lse"], {}, {}, "centroid"))
     finally:

@@ -22,7 +22,7 @@ from talkcli.errors import ModelFileError
 from talkcli.metrics import fid, frechet_distance, inception_features
 from talkcli.metrics.frechet import FeatureStats, load_stats, save_stats
 from talkcli.models.inception import images_to_input, load_inception
-from talkcli.weights.tiny_metrics import random_inception_state_dict
+from talkcli.tiny.metrics import random_inception_state_dict
 
 from .conftest import SHARED
 from .metrics_support import one_thread  # noqa: F401 (autouse)

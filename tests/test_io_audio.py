@@ -266,10 +266,72 @@ def test_find_ffmpeg_without_any_binary(monkeypatch):
     monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", no_exe)
     find_ffmpeg.cache_clear()
     try:
-        with pytest.raises(ExternalToolError, match="ffmpeg not found.*install"):
+        with pytest.raises(ExternalToolError, match="ffmpeg not found.*install") as err:
             find_ffmpeg()
     finally:
         find_ffmpeg.cache_clear()
+    assert err.value.exit_code == EXIT_USER  # the user can install it: not the bug code
+    assert "apt-get install ffmpeg" in str(err.value) and "pip install imageio-ffmpeg" in str(
+        err.value
+    )
+
+
+def test_cli_without_ffmpeg_exits_2_with_the_install_hint(tmp_path, monkeypatch):
+    import sys
+
+    from tests.conftest import assert_user_error, run_cli_inprocess
+
+    wav = tmp_path / "tone.wav"
+    sf.write(str(wav), _tone(SAMPLE_RATE, 0.2, 1), SAMPLE_RATE)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # `import imageio_ffmpeg` fails
+    find_ffmpeg.cache_clear()
+    ffmpeg_mod.find_ffprobe.cache_clear()
+    try:
+        result = run_cli_inprocess("media", "probe", str(wav))
+    finally:
+        find_ffmpeg.cache_clear()
+        ffmpeg_mod.find_ffprobe.cache_clear()
+    assert_user_error(result, "ffmpeg not found", "apt-get install ffmpeg", "imageio-ffmpeg")
+
+
+def test_audio_facts_from_ffprobe_json_match_the_dump():
+    from talkcli.io.audio import _audio_facts_from_dump, _audio_facts_from_json
+
+    dump = (
+        "Input #0, matroska,webm, from 'a.mkv':\n"
+        "  Duration: 00:00:01.22, start: 0.000000, bitrate: 100 kb/s\n"
+        "  Stream #0:1: Audio: aac (LC), 44100 Hz, mono, fltp (default)\n"
+    )
+    data = {
+        "streams": [
+            {"codec_type": "video"},
+            {
+                "codec_type": "audio",
+                "sample_rate": "44100",
+                "channels": 1,
+                "channel_layout": "mono",
+            },
+        ],
+        "format": {"duration": "1.223000"},
+    }
+    p = Path("a.mkv")
+    expected = {"duration": 1.22, "rate": 44100, "channels": "mono"}
+    assert _audio_facts_from_dump(p, dump) == _audio_facts_from_json(p, data) == expected
+    data["streams"][1].update(channels=6, channel_layout="5.1(side)")
+    data["format"]["duration"] = "3.995000"  # the dump rounds to 1/100 s: 00:00:04.00
+    assert _audio_facts_from_json(p, data) == {
+        "duration": 4.0,
+        "rate": 44100,
+        "channels": "5.1(side)",
+    }
+    del data["streams"][1]["channel_layout"], data["format"]["duration"]
+    assert _audio_facts_from_json(p, data)["channels"] == "6"  # the dump's "6 channels"
+    assert _audio_facts_from_json(p, data)["duration"] is None  # the dump's "Duration: N/A"
+    with pytest.raises(InputFileError, match="has no audio stream"):
+        _audio_facts_from_json(p, {"streams": [{"codec_type": "video"}]})
 
 
 def test_run_ffmpeg_maps_failures(tmp_path):

@@ -207,6 +207,176 @@ def test_parse_input_dump_rotation_and_streams():
 
 
 # --------------------------------------------------------------------------------------------
+# probing through ffprobe's JSON (when there is an ffprobe) and ffmpeg's dump (always possible)
+
+# ffprobe 5.1's answer for a 40x30 NTSC H.264 + AAC mkv (fields talkcli does not read removed).
+PROBE_JSON = {
+    "streams": [
+        {
+            "index": 0,
+            "codec_type": "video",
+            "width": 40,
+            "height": 30,
+            "r_frame_rate": "30000/1001",
+            "avg_frame_rate": "30000/1001",
+            "nb_read_packets": "30",
+        },
+        {
+            "index": 1,
+            "codec_type": "audio",
+            "sample_rate": "44100",
+            "channels": 1,
+            "channel_layout": "mono",
+            "r_frame_rate": "0/0",
+            "avg_frame_rate": "0/0",
+            "nb_read_packets": "53",
+        },
+    ],
+    "format": {"format_name": "matroska,webm", "duration": "1.223000"},
+}
+
+
+def test_parse_probe_json_reads_what_the_dump_gives():
+    from talkcli.io.video import _parse_probe_json
+
+    facts = _parse_probe_json(PROBE_JSON)
+    assert facts == {
+        "has_audio": True,
+        "has_video": True,
+        "n_frames": 30,
+        "width": 40,
+        "height": 30,
+        "fps": pytest.approx(30000 / 1001, abs=1e-12),
+    }
+    rotated = {
+        "streams": [
+            {
+                "codec_type": "video",
+                "width": 1920,
+                "height": 1080,
+                "avg_frame_rate": "0/0",  # unknown: the dump then shows only tbr
+                "r_frame_rate": "25/1",
+                "nb_read_packets": "3",
+                "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}],
+            },
+            {"codec_type": "video", "width": 8, "height": 8, "avg_frame_rate": "1/1"},
+        ]
+    }
+    facts = _parse_probe_json(rotated)
+    assert (facts["width"], facts["height"], facts["fps"]) == (1920, 1080, 25.0)
+    assert facts["rotation"] == -90.0 and facts["has_audio"] is False
+    old_tag = {"streams": [{"codec_type": "video", "tags": {"rotate": "90"}}]}
+    assert _parse_probe_json(old_tag)["rotation"] == -90.0  # ffprobe < 5: the tag
+    assert _parse_probe_json({"streams": [{"codec_type": "audio"}]})["has_video"] is False
+
+
+@pytest.mark.parametrize(
+    "rate, dump",
+    [
+        ("25/1", "25"),
+        ("30000/1001", "29.97"),
+        ("24000/1001", "23.98"),
+        ("60000/1001", "59.94"),
+        ("25/2", "12.50"),
+        ("2997/125", "23.98"),  # 23.976 exactly: the dump rounds it like 24000/1001
+        ("90000/1", "90k"),
+        ("1/7", "0.14"),
+    ],
+)
+def test_ffprobe_rates_are_read_at_the_dumps_precision(rate, dump):
+    from talkcli.io.video import _banner_rate, _parse_rate
+
+    assert _banner_rate(rate) == _parse_rate(dump)
+    assert _banner_rate("0/0") is None and _banner_rate(None) is None
+
+
+def _video_with_audio(folder: Path) -> Path:
+    from talkcli.io.ffmpeg import run_ffmpeg
+
+    out = folder / "ntsc.mkv"
+    run_ffmpeg(
+        ["-f", "lavfi", "-i", "testsrc=size=40x30:rate=30000/1001:duration=1"]
+        + ["-f", "lavfi", "-i", "sine=duration=1.2", "-c:v", "libx264", "-c:a", "aac", str(out)],
+        what="make a test video",
+    )
+    return out
+
+
+def test_forced_fallback_probes_with_ffmpeg_alone(tmp_path, monkeypatch):
+    from talkcli.io import ffmpeg as ffmpeg_mod
+
+    def no_ffprobe():
+        raise AssertionError("ffprobe must not be looked for with TALKCLI_NO_FFPROBE=1")
+
+    monkeypatch.setattr(ffmpeg_mod, "find_ffprobe", no_ffprobe)
+    monkeypatch.setenv(ffmpeg_mod.NO_FFPROBE_ENV, "1")
+    info = probe_video(_video_with_audio(tmp_path))
+    assert (info.width, info.height, info.n_frames, info.has_audio) == (40, 30, 30, True)
+    assert str(fps_fraction(info.fps)) == "30000/1001"
+
+
+def test_probe_json_plumbing_with_a_stand_in_ffprobe(tmp_path, monkeypatch):
+    """The JSON path end to end, on any machine: a script that answers like ffprobe."""
+    import json
+
+    from talkcli.io import ffmpeg as ffmpeg_mod
+    from talkcli.io import video as video_mod
+
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(PROBE_JSON))
+    args_seen = tmp_path / "args.txt"
+    fake = tmp_path / "ffprobe"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {args_seen}\ncat {answer}\n')
+    fake.chmod(0o755)
+    monkeypatch.delenv(ffmpeg_mod.NO_FFPROBE_ENV, raising=False)
+    monkeypatch.setattr(ffmpeg_mod, "find_ffprobe", lambda: str(fake))
+
+    def no_ffmpeg(path):
+        raise AssertionError("the ffmpeg path must not run when ffprobe answered")
+
+    monkeypatch.setattr(video_mod, "_probe_with_ffmpeg", no_ffmpeg)
+    video = tmp_path / "any.mkv"
+    video.write_bytes(b"not read by the stand-in")
+    info = probe_video(video)
+    assert (info.width, info.height, info.n_frames, info.has_audio) == (40, 30, 30, True)
+    assert args_seen.read_text().split() == [
+        *("-v", "error", "-print_format", "json", "-show_streams", "-show_format"),
+        *("-count_packets", "-i", str(video)),
+    ]
+    # an ffprobe that fails hands over to ffmpeg, which names the problem as usual
+    fake.write_text("#!/bin/sh\necho 'Invalid data' >&2\nexit 1\n")
+    monkeypatch.undo()
+    monkeypatch.setattr(ffmpeg_mod, "find_ffprobe", lambda: str(fake))
+    with pytest.raises(InputFileError, match="could not read video"):
+        probe_video(video)
+
+
+def test_ffprobe_and_ffmpeg_paths_agree(tmp_path, monkeypatch):
+    from talkcli.io import ffmpeg as ffmpeg_mod
+    from talkcli.io import video as video_mod
+    from talkcli.io.audio import probe_audio
+
+    if ffmpeg_mod.find_ffprobe() is None:
+        pytest.skip("no ffprobe beside ffmpeg or on PATH (imageio-ffmpeg ships none)")
+    src = _video_with_audio(tmp_path)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg_mod.run_ffmpeg(
+        ["-display_rotation", "90", "-i", str(src), "-c", "copy", "-an", str(rotated)],
+        what="tag a rotation",
+    )
+    m4a = tmp_path / "tone.m4a"
+    ffmpeg_mod.run_ffmpeg(["-i", str(src), "-vn", "-c:a", "copy", str(m4a)], what="extract")
+    monkeypatch.delenv(ffmpeg_mod.NO_FFPROBE_ENV, raising=False)
+    with monkeypatch.context() as m:  # the JSON path only
+        m.setattr(video_mod, "_probe_with_ffmpeg", None)
+        by_json = [probe_video(src), probe_video(rotated), probe_audio(m4a), probe_audio(src)]
+    monkeypatch.setenv(ffmpeg_mod.NO_FFPROBE_ENV, "1")
+    by_dump = [probe_video(src), probe_video(rotated), probe_audio(m4a), probe_audio(src)]
+    assert by_json == by_dump
+    assert (by_json[1].width, by_json[1].height) == (30, 40)  # displayed upright
+
+
+# --------------------------------------------------------------------------------------------
 # writer: refusals and no partial output
 
 

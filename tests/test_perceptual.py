@@ -22,9 +22,7 @@ from talkcli.models.perceptual import (
     load_lpips,
     vgg16_features,
 )
-from talkcli.weights import registry
-from talkcli.weights.safe_load import load_torch_file
-from talkcli.weights.tiny_perceptual import (
+from talkcli.tiny.perceptual import (
     TINY_ALEX_WIDTHS,
     TINY_VGG_WIDTHS,
     tap_widths,
@@ -33,6 +31,8 @@ from talkcli.weights.tiny_perceptual import (
     tiny_vgg16_state_dict,
     write_tiny_lpips_files,
 )
+from talkcli.weights import registry
+from talkcli.weights.safe_load import load_torch_file
 
 REAL_TAPS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 TINY = {

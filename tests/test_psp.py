@@ -22,7 +22,7 @@ from talkcli.models.psp import (
     official_layout,
     preprocess,
 )
-from talkcli.weights.tiny_psp import (
+from talkcli.tiny.psp import (
     default_opts,
     full_encoder_state_dict,
     tiny_encoder_state_dict,
@@ -37,7 +37,7 @@ KEYS_JSON = SHARED / "formats" / "psp_gradual_style_encoder_keys.json"
 def _decoder_sd() -> dict[str, torch.Tensor]:
     """The decoder half of the pSp file: a tiny rosinality generator when available."""
     try:
-        from talkcli.weights.tiny_stylegan2 import tiny_generator_state_dict
+        from talkcli.tiny.stylegan2 import tiny_generator_state_dict
     except ImportError:  # pragma: no cover - the generator module is part of the project
         return {"style.1.weight": torch.randn(8, 512)}
     return tiny_generator_state_dict(size=64, seed=0)

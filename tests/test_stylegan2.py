@@ -22,7 +22,7 @@ from talkcli.models.stylegan2 import (
     load_generator,
     save_generator,
 )
-from talkcli.weights.tiny_stylegan2 import (
+from talkcli.tiny.stylegan2 import (
     full_generator_state_dict,
     tiny_channels,
     tiny_generator_checkpoint,

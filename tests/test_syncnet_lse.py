@@ -31,7 +31,7 @@ from talkcli.metrics.sync import (
     smooth_boxes,
 )
 from talkcli.models.syncnet import load_syncnet, syncnet_from_state_dict
-from talkcli.weights.tiny_metrics import random_syncnet_state_dict
+from talkcli.tiny.metrics import random_syncnet_state_dict
 
 from .conftest import SHARED
 from .metrics_support import one_thread  # noqa: F401 (autouse)

@@ -351,7 +351,7 @@ def test_wholly_bad_or_empty_inputs_exit_2_with_one_line(basics, bad_folder, tmp
 
 
 def test_fit_refuses_a_generator_of_another_size_naming_both(basics, small_data, tmp_path):
-    from talkcli.weights.tiny_stylegan2 import tiny_generator_state_dict
+    from talkcli.tiny.stylegan2 import tiny_generator_state_dict
 
     data = small_data[0]
     big = tmp_path / "g64.pt"

@@ -4,12 +4,15 @@ The chain (thesis second model), each stage a plain function:
 
 * ``identity.prepare_identity``: align the photo (or take it ``--aligned``) -> pSp W+ code of the
   identity -> optional PTI (``--tune``); every step cached by content hash (``cache.Cache``).
-* ``trajectory``: the audio decoded once to a temporary file and read back in segments -> MFCC
-  windows chunk by chunk -> the audio model with its LSTM state carried across chunks ->
-  displacements -> streaming Gaussian smoothing, ``--motion-scale``, ``--edit`` -> W+ per frame;
-  or the displacements of a driving clip (``--driving``), or a saved trajectory.
-* ``render``: W+ batches -> generator (fixed noise, autocast ``--dtype``) -> uint8 frames -> a
-  writer thread (optional paste-back into the photo) -> ffmpeg (H.264 + AAC) as frames are made.
+* ``motion``: the W+ stream. Speech decoded once to a temporary file and read back in segments
+  -> MFCC windows chunk by chunk (``talkcli.audio.features.iter_mfcc_windows``) -> the audio
+  model's streaming step (``Audio2Latent.displacements``) with its LSTM state carried across
+  chunks -> displacements -> streaming Gaussian smoothing, ``--motion-scale``, ``--edit`` -> W+
+  per frame; or the displacements of a driving clip (``--driving``), or a saved trajectory
+  (``trajectory``: the .npz file format).
+* ``render``: W+ batches -> generator (fixed noise, autocast ``--dtype``) -> uint8 frames;
+  ``sink``: a writer thread (optional paste-back into the photo) -> ffmpeg (H.264 + AAC) as
+  frames are made.
 * ``pipeline.animate_job`` runs one job and writes the run manifest beside the video;
   ``batch.run_batch`` runs many (pairs of folders, a CSV job list), with shards and resume.
 

@@ -29,9 +29,9 @@ from typing import Any
 
 from talkcli import __version__
 from talkcli.animate.options import AnimateOptions, parse_edit, parse_layers
+from talkcli.constants import AUDIO_EXTS, IMAGE_EXTS
 from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
 
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".wma", ".aiff", ".aif")
 REPORT_NAME = "animate-report.json"
 
 # Per-row option columns of a jobs CSV -> (AnimateOptions field, parser).
@@ -163,7 +163,6 @@ def pair_jobs(
 ) -> list[Planned]:
     """Jobs from two folders: paired by stem, or every photo x every recording."""
     from talkcli.animate.pipeline import Job, default_out
-    from talkcli.io.images import IMAGE_EXTS
 
     images = _files(image_dir, IMAGE_EXTS, "images")
     audios = _files(audio_dir, AUDIO_EXTS, "audio files")
@@ -325,9 +324,11 @@ def run_batch(
     on_start: Callable[[Planned], None] | None = None,
     progress: Any = None,
     notes: list[str] | None = None,
+    debug: bool = False,
 ) -> BatchReport:
     """Run this shard's items; every item's outcome is recorded, none stops the others (except
-    a model file that fails to load, which would fail them all)."""
+    a model file that fails to load, which would fail them all). ``debug`` prints the traceback
+    of an internal error (the CLI passes ``--debug``)."""
     from talkcli.animate.pipeline import animate_job
     from talkcli.distributed import split_items
 
@@ -371,9 +372,7 @@ def run_batch(
                     f"internal error: {type(exc).__name__}: {first}",
                     bug=True,
                 )
-                from talkcli.console import settings
-
-                if settings.debug:
+                if debug:
                     traceback.print_exc()
         res.seconds = time.perf_counter() - t
         result.items.append(res)
@@ -389,7 +388,7 @@ def run_batch(
 
 
 def write_report(path: Path, report: BatchReport) -> None:
-    from talkcli.io.files import atomic_output
+    """The JSON report (rewritten after every item, atomically)."""
+    from talkcli.io.files import write_json_atomic
 
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(path, report.to_dict(), indent=1)

@@ -12,12 +12,14 @@ entry is one file written under a unique temporary name in its folder and rename
 same content and the last rename wins. An entry that cannot be read is treated as a miss and
 rewritten. A cache folder that cannot be written turns caching off for the run, with a warning.
 
-``file_sha256`` remembers model files' hashes by (path, size, mtime, inode), so a second run does
-not re-read a 300 MB generator to key its entries.
+``file_sha256`` remembers files' hashes by (path, size, mtime, inode, device) in
+``<root>/hashes`` (``talkcli.io.hashing.FileHashes``, the one file-hash cache), so a second run
+does not re-read a 300 MB generator to key its entries.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +29,8 @@ from typing import Any
 
 from talkcli.console import warn
 from talkcli.errors import OutputError
-from talkcli.io.files import atomic_output, sha256_file
+from talkcli.io.files import atomic_output
+from talkcli.io.hashing import FileHashes
 
 CACHE_VERSION = 1
 
@@ -53,7 +56,8 @@ class Cache:
     def __init__(self, root: str | Path | None = None, enabled: bool = True) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.enabled = enabled
-        self._hashes: dict[tuple, str] = {}
+        self.hashes = FileHashes(self.root / "hashes" if enabled else None)
+        self._hash_folder_checked = False
 
     def describe(self) -> dict[str, Any]:
         return {"dir": str(self.root), "enabled": self.enabled}
@@ -97,28 +101,34 @@ class Cache:
     def _give_up(self, why: str) -> None:
         warn(f"cache {self.root} cannot be written ({why}); continuing without the cache")
         self.enabled = False
+        self.hashes.folder = None  # hashes are then remembered in memory only
 
     # -- file hashes -------------------------------------------------------------------------
 
     def file_sha256(self, path: str | Path) -> str:
-        """sha256 of a file, remembered (in memory and on disk) by path, size, mtime, inode."""
-        p = Path(path)
-        st = p.stat()
-        stat_key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-        if stat_key in self._hashes:
-            return self._hashes[stat_key]
-        key = content_key("sha256", stat=list(stat_key))
-        found = self.lookup("hashes", key, ".txt")
-        digest = None
-        if found is not None:
-            text = found.read_text(encoding="ascii", errors="replace").strip()
-            if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-                digest = text
-        if digest is None:
-            digest = sha256_file(p)
-            self.store("hashes", key, ".txt", lambda tmp: tmp.write_text(digest + "\n"))
-        self._hashes[stat_key] = digest
-        return digest
+        """sha256 of a file, remembered (in memory and, with the cache on, on disk) by path,
+        size, mtime, inode and device."""
+        self._check_hash_folder()
+        try:
+            return self.hashes.sha256(path)
+        except OutputError as exc:  # the folder is there but cannot be written
+            self._give_up(str(exc))
+            return self.hashes.sha256(path)
+
+    def _check_hash_folder(self) -> None:
+        """Once: a hashes folder that cannot be created turns the cache off, with a warning
+        (``FileHashes`` alone would go on silently)."""
+        if self._hash_folder_checked or not self.enabled:
+            return
+        self._hash_folder_checked = True
+        folder = self.root / "hashes"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._give_up(f"{exc.strerror or exc}")
+            return
+        if not os.access(folder, os.W_OK | os.X_OK):
+            self._give_up(os.strerror(errno.EACCES))
 
 
 def file_identity(path: str | Path, cache: Cache) -> dict[str, Any]:

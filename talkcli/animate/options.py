@@ -13,26 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from talkcli.errors import UserError
-from talkcli.guards import SEED_MAX, check_number
+from talkcli.guards import check_number
+from talkcli.ranges import ANIMATE as ANIMATE_RANGES
+from talkcli.ranges import Range
 
 DTYPES = ("fp32", "fp16", "bf16")
 DETECTORS = ("auto", "fan", "mtcnn")
 DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
 EDIT_STRENGTH_MAX = 100.0
+# Frames per chunk of the W+ streams (audio-model call, trajectory file read): 5 s at 25 fps,
+# bounded memory and good batching. Not an option: the video does not depend on it.
+CHUNK_FRAMES = 125
 
 # Ranges shared by the CLI (typer min=/max=) and check() for library callers and --jobs rows.
-RANGES: dict[str, tuple[float, float]] = {
-    "fps": (1.0, 120.0),
-    "motion_scale": (-10.0, 10.0),
-    "smooth": (0.0, 50.0),
-    "seed": (0, SEED_MAX),
-    "batch_size": (1, 256),
-    "crf": (0, 51),
-    "feather": (0.0, 0.5),
-    "tune_steps": (0, 100_000),
-    "face_index": (0, 99),
-    "driving_neutral": (0, 1_000_000),
-}
+RANGES: dict[str, Range] = ANIMATE_RANGES
 
 
 @dataclass(frozen=True)

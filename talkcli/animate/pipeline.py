@@ -1,16 +1,19 @@
 """One ``animate`` job end to end: inputs -> identity -> W+ stream -> frames -> mp4 + manifest.
 
-``animate(image, audio, out, options)`` is the library entry point for one video;
-``animate_job(job, models, cache)`` is what it and the batch runner call. ``resolve_models``
-finds every model file a list of jobs needs before any work starts (a missing one is named with
-how to get it); ``Models`` loads each once, lazily, and checks that they fit together (pSp and
-the audio model against the generator).
+``animate(image, audio, out, options)`` is the library entry point for one video (the CLI's
+single-video command calls it); ``animate_job(job, models, cache)`` is what it and the batch
+runner call: a short composition of named steps (check, open the trajectory file, decode the
+audio, identity, motion, render into the sink, manifest) under one ``contextlib.ExitStack``.
+``resolve_models`` finds every model file a list of jobs needs before any work starts (a
+missing one is named with how to get it); ``Models`` loads each once, lazily, and checks that
+they fit together (pSp and the audio model against the generator) (both are ``talkcli.runtime``'s
+``find_model_files`` and ``ModelSet``, named for animate).
 
 Streaming: the audio is decoded to a temporary file and read back in segments; the audio model
-runs chunk by chunk with its LSTM state; W+ frames are re-cut into ``--batch-size`` batches,
-rendered, and handed to a writer thread that pastes them back and pipes them to ffmpeg, which
-encodes in its own process. Nothing holds more than a few chunks, so memory does not grow with
-the audio's length.
+runs chunk by chunk with its LSTM state (``talkcli.animate.motion``); W+ frames are re-cut into
+``--batch-size`` batches, rendered (``render``), and handed to a writer thread that pastes them
+back and pipes them to ffmpeg, which encodes in its own process (``sink``). Nothing holds more
+than a few chunks, so memory does not grow with the audio's length.
 
 The run manifest (``<out stem>.json`` beside the video) records the inputs' and model files'
 hashes, the options, versions, per-stage timings and which steps the cache served.
@@ -18,14 +21,13 @@ hashes, the options, versions, per-stage timings and which steps the cache serve
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +35,18 @@ from talkcli import __version__
 from talkcli.animate.cache import Cache, file_identity
 from talkcli.animate.options import AnimateOptions
 from talkcli.console import info
-from talkcli.errors import InputFileError, ModelFileError, UserError
+from talkcli.device import choose_device
+from talkcli.errors import InputFileError, UserError
 from talkcli.provenance import software_versions
+from talkcli.runtime import ModelNeeds, ModelPaths, ModelSet, find_model_files
+
+if TYPE_CHECKING:
+    from talkcli.animate.identity import Identity
+    from talkcli.animate.motion import Motion
+    from talkcli.animate.render import FrameRenderer
+    from talkcli.animate.sink import PasteFn, VideoSink
+    from talkcli.animate.trajectory import TrajectoryFile, TrajectoryWriter
+    from talkcli.io.audio import DecodedAudio
 
 ProgressFn = Callable[[str, int, int], None]  # (stage "tune" | "render", done, total)
 MANIFEST_KIND = "talkcli-animate"
@@ -125,14 +137,8 @@ def default_out(image: Path | None, motion: Path | None, folder: Path = Path("."
 # -- model files --------------------------------------------------------------------------------
 
 
-@dataclass
-class Needs:
+class Needs(ModelNeeds):
     """Which model files a set of jobs uses (the generator always)."""
-
-    encoder: bool = False
-    audio_model: bool = False
-    detector: bool = False
-    lpips: bool = False
 
     @classmethod
     def of(cls, jobs: Iterable[Job]) -> Needs:
@@ -150,25 +156,8 @@ class Needs:
         return n
 
 
-@dataclass
-class ModelPaths:
-    """The resolved model files of a run."""
-
-    generator: Path
-    encoder: Path | None = None
-    audio_model: Path | None = None
-    detector: str | None = None  # backend: fan | mtcnn
-    detector_files: tuple[Path, ...] = ()
-    lpips: tuple[Path, Path] | None = None
-
-    def files(self) -> list[Path]:
-        out = [self.generator, self.encoder, self.audio_model, *self.detector_files]
-        out += list(self.lpips or ())
-        return [p for p in out if p is not None]
-
-
 def resolve_models(
-    needs: Needs,
+    needs: ModelNeeds,
     *,
     generator: Path | None = None,
     encoder: Path | None = None,
@@ -176,169 +165,30 @@ def resolve_models(
     detector: str = "auto",
     weights_dir: Path | None = None,
 ) -> ModelPaths:
-    """Find every model file the jobs need, before any work; a missing one is a one-line
-    ModelFileError naming it and how to get it (``weights fetch``, ``train``)."""
-    from talkcli.commands._common import generator_file
-    from talkcli.face.landmarks import FAN_FILES, MTCNN_FILES, choose_backend
-    from talkcli.weights import registry
-
-    wd = weights_dir
-    enc = (
-        registry.resolve_option(encoder, "psp-ffhq-encode", wd, "animate")
-        if needs.encoder
-        else None
+    """Find every model file the jobs need, before any work (``talkcli.runtime``'s rules: a
+    missing one is a one-line ModelFileError naming it and how to get it)."""
+    return find_model_files(
+        needs,
+        weights_dir,
+        generator=generator,
+        encoder=encoder,
+        audio_model=model,
+        detector=detector,
+        purpose="animate",
     )
-    gen = generator_file(generator, wd, enc, "animate")
-    audio_model = (
-        registry.resolve_option(model, "audio2latent", wd, "animate") if needs.audio_model else None
-    )
-    backend, det_files = None, ()
-    if needs.detector:
-        backend = choose_backend(detector, wd)
-        names = FAN_FILES if backend == "fan" else MTCNN_FILES
-        det_files = tuple(
-            registry.resolve(n, wd, purpose=f"animate --detector {backend}") for n in names
-        )
-    lpips = None
-    if needs.lpips:
-        lpips = (
-            registry.resolve("alexnet", wd, purpose="animate --tune (LPIPS-alex)"),
-            registry.resolve("lpips-alex", wd, purpose="animate --tune (LPIPS-alex)"),
-        )
-    return ModelPaths(gen, enc, audio_model, backend, det_files, lpips)
 
 
-class Models:
-    """The run's models, each loaded once on first use and checked against the generator."""
+class Models(ModelSet):
+    """animate's ``ModelSet``: the resolved files, loaded lazily on ``device``; file hashes go
+    through the run's cache (the manifest's ``file_identity`` reads the same)."""
 
     def __init__(
-        self,
-        paths: ModelPaths,
-        device: Any,  # torch.device
-        cache: Cache,
-        weights_dir: Path | None = None,
+        self, paths: ModelPaths, device: Any, cache: Cache, weights_dir: Path | None = None
     ) -> None:
-        self.paths = paths
-        self.device = device
-        self.cache = cache
-        self.weights_dir = weights_dir
-        self.load_seconds = 0.0
-        self.generator_match: str | None = None  # exact | shape, once the audio model is checked
-        self._G = self._E = self._A = self._det = self._lpips = None
-
-    def sha(self, path: Path | None) -> str | None:
-        return self.cache.file_sha256(path) if path is not None else None
-
-    def _timed(self, load: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        try:
-            return load()
-        finally:
-            self.load_seconds += time.perf_counter() - t
-
-    def generator(self) -> Any:
-        """The base generator (eval, frozen)."""
-        if self._G is None:
-            from talkcli.models.stylegan2 import load_generator
-
-            self._G = self._timed(lambda: load_generator(self.paths.generator, self.device))
-        return self._G
-
-    def generator_size(self) -> int:
-        return int(self.generator().size)
-
-    def latent_shape(self) -> tuple[int, int]:
-        G = self.generator()
-        return int(G.n_latent), int(G.style_dim)
-
-    def encoder(self) -> Any:
-        """The pSp encoder; refuses one whose W+ does not fit the generator."""
-        if self._E is None:
-            from talkcli.models.psp import load_encoder
-
-            path = self.paths.encoder
-            if path is None:
-                raise UserError("this job needs the pSp encoder, which was not resolved")
-            E = self._timed(lambda: load_encoder(path, self.device))
-            n_latent, style_dim = self.latent_shape()
-            if (E.n_styles, E.style_dim) != (n_latent, style_dim):
-                raise ModelFileError(
-                    path,
-                    f"encodes {E.n_styles} W+ layers of {E.style_dim} but the generator "
-                    f"{self.paths.generator} has {n_latent} of {style_dim}",
-                    "pass the encoder trained for this generator (--encoder, --generator)",
-                )
-            self._E = E
-        return self._E
-
-    def audio_model(self) -> Any:
-        """The audio-to-latent model; refuses one trained for another generator size."""
-        if self._A is None:
-            from talkcli.models.audio2latent import check_generator_match, load_audio2latent
-
-            path = self.paths.audio_model
-            if path is None:
-                raise UserError("this job needs the audio model, which was not resolved")
-            A = self._timed(lambda: load_audio2latent(path, self.device))
-            exact = check_generator_match(
-                A, self.generator(), path, self.paths.generator, self.sha(self.paths.generator)
-            )
-            self.generator_match = "exact" if exact else "shape"
-            self._A = A
-        return self._A
-
-    def detector_backend(self) -> str:
-        if self.paths.detector is None:
-            raise UserError("this job needs a face detector, which was not resolved")
-        return self.paths.detector
-
-    def detector_hashes(self) -> list[str]:
-        return [self.sha(p) for p in self.paths.detector_files]
-
-    def detector(self) -> Any:
-        if self._det is None:
-            from talkcli.face.landmarks import select_detector
-
-            backend = self.detector_backend()
-            self._det = self._timed(
-                lambda: select_detector(backend, self.weights_dir, str(self.device))
-            )
-        return self._det
-
-    def lpips(self) -> Any:
-        if self._lpips is None:
-            from talkcli.models.perceptual import load_lpips
-
-            if self.paths.lpips is None:
-                raise UserError("--tune needs the LPIPS files, which were not resolved")
-            backbone, heads = self.paths.lpips
-            self._lpips = self._timed(
-                lambda: load_lpips(
-                    "alex", device=self.device, backbone_path=backbone, heads_path=heads
-                )
-            )
-        return self._lpips
-
-    def preflight(self, needs: Needs) -> None:
-        """Load the generator and the audio model and check they fit, before any work."""
-        self.generator()
-        if needs.audio_model:
-            self.audio_model()
+        super().__init__(weights_dir, device, paths=paths, cache=cache)
 
 
-def animate_device(spec: str = "auto", env: Mapping[str, str] | None = None) -> Any:
-    """``--device``, except that under torchrun each rank takes ``cuda:LOCAL_RANK`` (one GPU per
-    rank) when CUDA is there and the device is ``auto`` or ``cuda``."""
-    import torch
-
-    from talkcli.device import resolve_device
-    from talkcli.distributed import torchrun_env
-
-    env = os.environ if env is None else env
-    if spec in ("auto", "cuda") and "LOCAL_RANK" in env and torch.cuda.is_available():
-        local = torchrun_env(env).local_rank
-        return resolve_device(f"cuda:{local % max(torch.cuda.device_count(), 1)}")
-    return resolve_device(spec)
+animate_device = choose_device  # --device, with the one torchrun rule (cuda:LOCAL_RANK % GPUs)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -391,11 +241,289 @@ class _Timed:
             self.seconds += time.perf_counter() - t
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from talkcli.io.files import atomic_output
+@dataclass
+class Rendered:
+    """What the render step made and how long its parts took (seconds)."""
 
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    frames: int
+    width: int
+    height: int
+    trajectory: float = 0.0  # producing the W+ stream (MFCC + audio model, or pSp, or a file)
+    render: float = 0.0  # the generator
+    paste_back: float = 0.0  # in the writer thread
+    encode_pipe: float = 0.0  # writing to ffmpeg, in the writer thread
+    render_wait: float = 0.0  # the renderer waiting for room in the writer's queue
+    stream: float = 0.0  # the whole frame loop
+    finalize: float = 0.0  # the encoder's flush, frame-count check and audio mux
+
+
+def _on_error(fn: Callable[[], object]) -> Callable[..., bool]:
+    """An ``ExitStack`` exit callback running ``fn`` only when the block fails."""
+
+    def exit_(exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None:
+            fn()
+        return False  # the error goes on
+
+    return exit_
+
+
+# -- one job: the steps -------------------------------------------------------------------------
+
+
+def _start(job: Job, models: Models) -> tuple[int, int]:
+    """Check the job before any work: options, inputs, outputs, model files; -> (n_latent, 512)."""
+    from talkcli.guards import guard_outputs
+
+    job.check()
+    job.require_inputs()
+    guard_outputs(
+        [job.out, job.manifest, job.save_trajectory],
+        inputs=job.inputs(),
+        weights_dir=models.weights_dir,
+    )
+    models.preflight(Needs.of([job]))
+    return models.latent_shape()
+
+
+def _open_trajectory(
+    job: Job, models: Models, stack: ExitStack, latent_shape: tuple[int, int]
+) -> tuple[TrajectoryFile | None, AnimateOptions]:
+    """``--from-trajectory``: the file checked against the generator and for NaN; the options
+    take its fps. Closed when the job ends."""
+    from talkcli.animate.trajectory import TrajectoryFile
+
+    o = job.options
+    if job.trajectory is None:
+        return None, o
+    traj = stack.enter_context(TrajectoryFile(job.trajectory))
+    if (traj.n_latent, traj.style_dim) != latent_shape:
+        n_latent, style_dim = latent_shape
+        raise InputFileError(
+            job.trajectory,
+            f"holds W+ frames of ({traj.n_latent}, {traj.style_dim}) but the generator "
+            f"{models.paths.generator} takes ({n_latent}, {style_dim})",
+            "render it with the generator it was made for (--generator)",
+        )
+    traj.check_values()
+    if traj.fps != o.fps:
+        info(f"{job.trajectory.name}: rendering at the trajectory's {traj.fps:g} fps")
+        o = replace(o, fps=traj.fps)
+    return traj, o
+
+
+def _decode_audio(
+    job: Job, stack: ExitStack, tmp_dir: Path, timings: dict[str, float]
+) -> DecodedAudio | None:
+    """The speech (or soundtrack) decoded once to a temporary file, read back in segments."""
+    from talkcli.io.audio import DecodedAudio
+
+    if job.audio is None:
+        return None
+    t = time.perf_counter()
+    audio = stack.enter_context(DecodedAudio(job.audio, tmp_dir=tmp_dir))
+    timings["decode_audio"] = time.perf_counter() - t
+    return audio
+
+
+def _identity(
+    job: Job,
+    o: AnimateOptions,
+    models: Models,
+    cache: Cache,
+    traj: TrajectoryFile | None,
+    progress: ProgressFn | None,
+) -> Identity:
+    """The face: aligned, encoded and (``--tune``) tuned, or the trajectory's identity."""
+    from talkcli.animate.identity import prepare_identity
+
+    on_tune = None
+    if progress is not None and o.tune:
+        steps = int(o.tune_steps)
+        on_tune = lambda s, _row: progress("tune", s, steps)  # noqa: E731
+    return prepare_identity(
+        job.image,
+        o,
+        models,
+        cache,
+        w_identity=traj.w_identity if traj is not None else None,
+        on_tune_step=on_tune,
+    )
+
+
+def _motion(
+    job: Job,
+    o: AnimateOptions,
+    models: Models,
+    tmp_dir: Path,
+    w_identity: np.ndarray,  # (n_latent, 512)
+    offset: np.ndarray | None,  # (n_latent, 512): the --edit directions
+    traj: TrajectoryFile | None,
+    audio: DecodedAudio | None,
+) -> Motion:
+    """The W+ stream to render: a saved trajectory, a driving clip, or the speech."""
+    from talkcli.animate.motion import audio_motion, driving_motion, replay_motion
+    from talkcli.guards import check_frame_count
+
+    if traj is not None:
+        seconds = audio.duration if audio is not None else None
+        motion = replay_motion(
+            traj, job.trajectory, w_identity, o, offset, soundtrack=job.audio, sound_seconds=seconds
+        )
+    elif job.driving is not None:
+        motion = driving_motion(job.driving, o, models, tmp_dir, w_identity, offset)
+    else:
+        A = models.audio_model()
+        if abs(A.fps - o.fps) > 1e-6:
+            info(f"the audio model was trained at {A.fps:g} fps; rendering at {o.fps:g} fps")
+        motion = audio_motion(A, audio, job.audio, w_identity, o, offset)
+    check_frame_count(motion.source, motion.total, o.fps)
+    return motion
+
+
+def _frame_size(identity: Identity, o: AnimateOptions) -> tuple[int, int, PasteFn | None]:
+    """(width, height, paste): the generator's size, or the photo's (even) with paste-back."""
+    from talkcli.animate.sink import even_size, paste_function
+
+    size = int(identity.generator.size)
+    if not o.paste_back:
+        return size, size, None
+    paste = paste_function(identity.source, identity.align_meta, o.feather)
+    width, height = even_size(identity.source.shape[1], identity.source.shape[0])
+    return width, height, paste
+
+
+def _render(
+    job: Job,
+    o: AnimateOptions,
+    motion: Motion,
+    identity: Identity,
+    stack: ExitStack,
+    created: list[Path],
+    progress: ProgressFn | None,
+) -> Rendered:
+    """W+ batches -> generator -> the frame sink (paste-back, ffmpeg) [-> the trajectory file].
+
+    The video and the trajectory are renamed into place at the end and listed in ``created``
+    (removed if a later step fails); on an error nothing appears under their names.
+    """
+    from talkcli.animate.render import FrameRenderer
+    from talkcli.animate.sink import open_video_sink
+    from talkcli.animate.trajectory import TrajectoryWriter
+
+    width, height, paste = _frame_size(identity, o)
+    renderer = FrameRenderer(identity.generator, o.dtype)
+    saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
+    if saver is not None:
+        stack.push(_on_error(saver.abort))
+    stream = _Timed(motion.chunks)
+    stats = Rendered(motion.total, width, height)
+    loop_start = time.perf_counter()
+    with open_video_sink(
+        job.out,
+        o.fps,
+        (width, height),
+        paste=paste,
+        audio=motion.soundtrack,
+        audio_seconds=motion.sound_seconds,
+        crf=int(o.crf),
+        preset=o.preset,
+        trim_audio=motion.trim_audio,
+    ) as sink:
+        done = _frame_loop(stream, renderer, sink, saver, o, motion.total, stats, progress)
+        sink.close()  # every frame handed to ffmpeg
+        if done != motion.total:
+            raise InputFileError(
+                motion.source,
+                f"gave {done} frames, expected {motion.total}",
+                "the file may be damaged",
+            )
+        stats.stream = time.perf_counter() - loop_start
+        if saver is not None:
+            created.append(saver.close(identity.w, o.fps))
+        t = time.perf_counter()
+    stats.finalize = time.perf_counter() - t  # leaving the sink: flush, frame count, audio mux
+    created.append(job.out)
+    stats.trajectory = stream.seconds
+    stats.paste_back, stats.encode_pipe = sink.paste_seconds, sink.write_seconds
+    stats.render_wait = sink.wait_seconds
+    return stats
+
+
+def _frame_loop(
+    stream: Iterable[np.ndarray],  # W+ chunks (n, n_latent, 512)
+    renderer: FrameRenderer,
+    sink: VideoSink,
+    saver: TrajectoryWriter | None,
+    o: AnimateOptions,
+    total: int,
+    stats: Rendered,
+    progress: ProgressFn | None,
+) -> int:
+    """Render ``--batch-size`` batches into the sink (and the trajectory file); -> frames."""
+    from talkcli.animate.motion import rebatch
+
+    done = 0
+    if progress is not None:
+        progress("render", 0, total)
+    for w in rebatch(stream, int(o.batch_size)):  # (B, n_latent, 512)
+        if saver is not None:
+            saver.write(w)
+        t = time.perf_counter()
+        frames = renderer(w)  # (B, S, S, 3) uint8
+        stats.render += time.perf_counter() - t
+        sink.put(frames)
+        done += len(w)
+        if progress is not None:
+            progress("render", done, total)
+    return done
+
+
+def _manifest(
+    job: Job,
+    o: AnimateOptions,
+    models: Models,
+    cache: Cache,
+    audio: DecodedAudio | None,
+    identity: Identity,
+    motion: Motion,
+    rendered: Rendered,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The run manifest (``<out stem>.json``): outputs, inputs' and models' hashes, options,
+    versions, timings, cache use. Its keys are a contract (``--resume`` reads it)."""
+    total, loop_s = rendered.frames, rendered.stream
+    return {
+        "kind": MANIFEST_KIND,
+        "talkcli": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "ok",
+        "output": {
+            "video": str(job.out),
+            "frames": total,
+            "fps": o.fps,
+            "width": rendered.width,
+            "height": rendered.height,
+            "video_seconds": total / o.fps,
+            "soundtrack": str(motion.soundtrack) if motion.soundtrack else None,
+            "soundtrack_seconds": motion.sound_seconds,
+            "trajectory": str(job.save_trajectory) if job.save_trajectory else None,
+            "frames_per_s": round(total / loop_s, 3) if loop_s > 0 else None,
+        },
+        "inputs": _inputs_manifest(job, cache, audio),
+        "models": _models_manifest(job, models, identity),
+        "options": o.shaping(),
+        "device": str(models.device),
+        "versions": software_versions(ffmpeg=True),
+        "timings": timings,
+        "cache": {**cache.describe(), **identity.cache},
+        "identity": {
+            "detector": identity.details.get("detector"),
+            "faces": identity.details.get("faces"),
+            "pti": identity.details.get("pti"),
+            "driving_neutral": motion.driving.neutral if motion.driving is not None else None,
+        },
+    }
 
 
 # -- one job ------------------------------------------------------------------------------------
@@ -408,244 +536,55 @@ def animate_job(
     *,
     progress: ProgressFn | None = None,
 ) -> AnimateResult:
-    """Make one video (and its manifest); nothing appears under the output names on failure."""
-    from talkcli.animate.identity import prepare_identity
-    from talkcli.animate.render import FrameRenderer, FrameSink, even_size, paste_function
-    from talkcli.animate.trajectory import (
-        TrajectoryFile,
-        TrajectoryWriter,
-        audio_displacements,
-        compose,
-        edit_offset,
-        rebatch,
-    )
-    from talkcli.audio.features import n_frames
-    from talkcli.guards import check_frame_count, guard_outputs
-    from talkcli.io.audio import DecodedAudio, probe_audio
-    from talkcli.io.video import VideoWriter
+    """Make one video (and its manifest); nothing appears under the output names on failure.
+
+    The steps: check -> open the trajectory file / decode the audio -> identity -> motion ->
+    render into the sink -> manifest. Everything opened on the way (temporary folder, decoded
+    audio, trajectory file, writer thread, ffmpeg) is closed by one ``ExitStack``; on an error
+    it also removes the outputs already renamed into place.
+    """
+    from talkcli.animate.motion import edit_offset
+    from talkcli.io.files import write_json_atomic
 
     started = time.perf_counter()
     loaded_before = models.load_seconds
-    job.check()
-    o = job.options
-    job.require_inputs()
-    guard_outputs(
-        [job.out, job.manifest, job.save_trajectory],
-        inputs=job.inputs(),
-        weights_dir=models.weights_dir,
-    )
-    models.preflight(Needs.of([job]))
-    n_latent, style_dim = models.latent_shape()
+    latent_shape = _start(job, models)
     timings: dict[str, float] = {}
-
-    with tempfile.TemporaryDirectory(prefix="talkcli-animate.") as tmp_name, _Closing() as closing:
-        tmp_dir = Path(tmp_name)
-        traj = None
-        if job.trajectory is not None:
-            traj = closing.add(TrajectoryFile(job.trajectory))
-            if (traj.n_latent, traj.style_dim) != (n_latent, style_dim):
-                raise InputFileError(
-                    job.trajectory,
-                    f"holds W+ frames of ({traj.n_latent}, {traj.style_dim}) but the generator "
-                    f"{models.paths.generator} takes ({n_latent}, {style_dim})",
-                    "render it with the generator it was made for (--generator)",
-                )
-            traj.check_values()
-            if traj.fps != o.fps:
-                info(f"{job.trajectory.name}: rendering at the trajectory's {traj.fps:g} fps")
-                o = replace(o, fps=traj.fps)
-        offset = edit_offset(o.edits, n_latent, style_dim, o.edit_layers)
-
-        audio = None
-        if job.audio is not None:
-            t = time.perf_counter()
-            audio = closing.add(DecodedAudio(job.audio, tmp_dir=tmp_dir))
-            timings["decode_audio"] = time.perf_counter() - t
-
-        on_tune = None
-        if progress is not None and o.tune:
-            steps = int(o.tune_steps)
-            on_tune = lambda s, _row: progress("tune", s, steps)  # noqa: E731
-        identity = prepare_identity(
-            job.image,
-            o,
-            models,
-            cache,
-            w_identity=traj.w_identity if traj is not None else None,
-            on_tune_step=on_tune,
-        )
-        timings.update(identity.timings)
-
-        # the motion: a stream of W+ chunks (n, n_latent, 512)
-        driving = None
-        soundtrack, sound_seconds, trim = job.audio, None, False
-        if audio is not None:
-            sound_seconds = audio.duration
-        if traj is not None:
-            total = traj.n_frames
-            if o.moves:
-                d_chunks = (w - traj.w_identity[None] for w in traj.chunks())
-                w_stream: Iterable[np.ndarray] = compose(
-                    d_chunks,
-                    identity.w,
-                    motion_scale=o.motion_scale,
-                    smooth=o.smooth,
-                    offset=offset,
-                )
-            else:
-                w_stream = traj.chunks()
-            source = job.trajectory
-        elif job.driving is not None:
-            from talkcli.animate.driving import prepare_driving
-
-            t = time.perf_counter()
-            driving = prepare_driving(job.driving, o, models, tmp_dir, o.batch_size)
-            timings["driving_align"] = time.perf_counter() - t
-            total = driving.n_frames
-            w_stream = compose(
-                driving.chunks(o.fps),
-                identity.w,
-                motion_scale=o.motion_scale,
-                smooth=o.smooth,
-                offset=offset,
-            )
-            if driving.has_audio:
-                soundtrack, trim = job.driving, True
-                sound_seconds = probe_audio(job.driving)["duration"]
-            source = job.driving
-        else:
-            A = models.audio_model()
-            if abs(A.fps - o.fps) > 1e-6:
-                info(f"the audio model was trained at {A.fps:g} fps; rendering at {o.fps:g} fps")
-            total = n_frames(audio.n_samples, o.fps)
-            w_stream = compose(
-                audio_displacements(A, audio, identity.w, o.fps),
-                identity.w,
-                motion_scale=o.motion_scale,
-                smooth=o.smooth,
-                offset=offset,
-            )
-            source = job.audio
-        check_frame_count(source, total, o.fps)
-
-        G = identity.generator
-        paste = None
-        width = height = int(G.size)
-        if o.paste_back:
-            paste = paste_function(identity.source, identity.align_meta, o.feather)
-            width, height = even_size(identity.source.shape[1], identity.source.shape[0])
-        renderer = FrameRenderer(G, o.dtype)
-        saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
-        if saver is not None:
-            closing.on_error(saver.abort)
+    with ExitStack() as stack:
+        tmp_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkcli-animate.")))
         created: list[Path] = []  # outputs renamed into place: removed if a later step fails
-        closing.on_error(lambda: [p.unlink(missing_ok=True) for p in created])
-        stream = _Timed(w_stream)
-        render_s = 0.0
-        done = 0
-        loop_start = time.perf_counter()
-        writer = VideoWriter(
-            job.out,
-            o.fps,
-            (width, height),
-            audio=soundtrack,
-            audio_seconds=sound_seconds,
-            crf=int(o.crf),
-            preset=o.preset,
-            trim_audio=trim,
-        )
-        with writer:
-            sink = FrameSink(writer, paste)
-            try:
-                if progress is not None:
-                    progress("render", 0, total)
-                for w in rebatch(stream, int(o.batch_size)):  # (B, n_latent, 512)
-                    if saver is not None:
-                        saver.write(w)
-                    t = time.perf_counter()
-                    frames = renderer(w)  # (B, S, S, 3) uint8
-                    render_s += time.perf_counter() - t
-                    sink.put(frames)
-                    done += len(w)
-                    if progress is not None:
-                        progress("render", done, total)
-                sink.close()
-            except BaseException:
-                sink.abort()
-                raise
-            if done != total:
-                raise InputFileError(
-                    source, f"gave {done} frames, expected {total}", "the file may be damaged"
-                )
-            loop_s = time.perf_counter() - loop_start
-            if saver is not None:
-                created.append(saver.close(identity.w, o.fps))
-            t = time.perf_counter()
-        finalize_s = time.perf_counter() - t  # writer.close(): flush, frame count, audio mux
-        created.append(job.out)
-
-        timings.update(
-            {
-                "load_models": models.load_seconds - loaded_before,
-                "trajectory": stream.seconds,
-                "render": render_s,
-                "paste_back": sink.paste_seconds,
-                "encode_pipe": sink.write_seconds,
-                "render_wait": sink.wait_seconds,
-                "stream": loop_s,
-                "finalize": finalize_s,
-            }
-        )
+        stack.push(_on_error(lambda: [p.unlink(missing_ok=True) for p in created]))
+        traj, o = _open_trajectory(job, models, stack, latent_shape)
+        offset = edit_offset(o.edits, *latent_shape, o.edit_layers)  # (n_latent, 512) | None
+        audio = _decode_audio(job, stack, tmp_dir, timings)
+        identity = _identity(job, o, models, cache, traj, progress)
+        timings.update(identity.timings)
+        motion = _motion(job, o, models, tmp_dir, identity.w, offset, traj, audio)
+        timings.update(motion.timings)
+        rendered = _render(job, o, motion, identity, stack, created, progress)
+        timings["load_models"] = models.load_seconds - loaded_before
+        for stage in ("trajectory", "render", "paste_back", "encode_pipe", "render_wait"):
+            timings[stage] = getattr(rendered, stage)
+        timings.update(stream=rendered.stream, finalize=rendered.finalize)
         timings["total"] = time.perf_counter() - started
         timings = {k: round(v, 4) for k, v in timings.items()}
-        cache_info = {**cache.describe(), **identity.cache}
-        manifest = {
-            "kind": MANIFEST_KIND,
-            "talkcli": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": "ok",
-            "output": {
-                "video": str(job.out),
-                "frames": total,
-                "fps": o.fps,
-                "width": width,
-                "height": height,
-                "video_seconds": total / o.fps,
-                "soundtrack": str(soundtrack) if soundtrack else None,
-                "soundtrack_seconds": sound_seconds,
-                "trajectory": str(job.save_trajectory) if job.save_trajectory else None,
-                "frames_per_s": round(total / loop_s, 3) if loop_s > 0 else None,
-            },
-            "inputs": _inputs_manifest(job, cache, audio),
-            "models": _models_manifest(job, models, identity),
-            "options": o.shaping(),
-            "device": str(models.device),
-            "versions": software_versions(ffmpeg=True),
-            "timings": timings,
-            "cache": cache_info,
-            "identity": {
-                "detector": identity.details.get("detector"),
-                "faces": identity.details.get("faces"),
-                "pti": identity.details.get("pti"),
-                "driving_neutral": driving.neutral if driving is not None else None,
-            },
-        }
-        _write_json(job.manifest, manifest)
+        manifest = _manifest(job, o, models, cache, audio, identity, motion, rendered, timings)
+        write_json_atomic(job.manifest, manifest)
     return AnimateResult(
         out=job.out,
         manifest=job.manifest,
-        frames=total,
+        frames=rendered.frames,
         fps=o.fps,
-        width=width,
-        height=height,
-        audio_seconds=sound_seconds,
+        width=rendered.width,
+        height=rendered.height,
+        audio_seconds=motion.sound_seconds,
         timings=timings,
-        cache=cache_info,
+        cache=manifest["cache"],
         trajectory=job.save_trajectory,
     )
 
 
-def _inputs_manifest(job: Job, cache: Cache, audio: Any) -> dict[str, Any]:
+def _inputs_manifest(job: Job, cache: Cache, audio: DecodedAudio | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for role in ("image", "audio", "driving", "trajectory"):
         path = getattr(job, role)
@@ -663,7 +602,7 @@ def _inputs_manifest(job: Job, cache: Cache, audio: Any) -> dict[str, Any]:
     return out
 
 
-def _models_manifest(job: Job, models: Models, identity: Any) -> dict[str, Any]:
+def _models_manifest(job: Job, models: Models, identity: Identity) -> dict[str, Any]:
     paths = models.paths
     o = job.options
     used = Needs.of([job])
@@ -685,32 +624,6 @@ def _models_manifest(job: Job, models: Models, identity: Any) -> dict[str, Any]:
         if identity.tuned_file is not None:
             out["tuned_generator"] = {"cache_file": str(identity.tuned_file)}
     return out
-
-
-class _Closing:
-    """Close what was opened for a job (temporary audio, trajectory files) on the way out, and
-    run abort callbacks only when the job fails."""
-
-    def __init__(self) -> None:
-        self._items: list[Any] = []
-        self._on_error: list[Callable[[], None]] = []
-
-    def add(self, item: Any) -> Any:
-        self._items.append(item)
-        return item
-
-    def on_error(self, fn: Callable[[], None]) -> None:
-        self._on_error.append(fn)
-
-    def __enter__(self) -> _Closing:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            for fn in self._on_error:
-                fn()
-        for item in reversed(self._items):
-            item.close()
 
 
 # -- the library entry point --------------------------------------------------------------------

@@ -9,9 +9,11 @@
   ``4t - 12 .. 4t + 15``: the 7-frame window with frame ``t`` in the middle). Rows outside
   ``[0, M)`` repeat the nearest valid row. Both formulas are evaluated exactly (rational
   arithmetic), so frame counts never depend on float rounding.
-* ``iter_mfcc_windows(samples, fps)`` yields the same windows chunk by chunk and computes only the
-  MFCC rows each chunk needs: memory stays bounded for any audio length (``animate`` streams
-  through it). ``mfcc_windows`` is the concatenation of its chunks.
+* ``iter_mfcc_windows(samples, fps, chunk_frames)`` yields the same windows chunk by chunk and
+  computes only the MFCC rows each chunk needs, from the samples of a whole signal or of a
+  ``SampleSource`` read segment by segment (``animate`` streams its decoded audio through it):
+  memory stays bounded for any audio length. ``mfcc_windows`` is the concatenation of its
+  chunks.
 
 Values are raw MFCCs: normalisation belongs to the model (``Audio2Latent`` keeps the training
 set's per-coefficient mean and standard deviation as buffers).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Protocol
 
 import numpy as np
 
@@ -154,27 +157,68 @@ def windows_from_mfcc(rows: np.ndarray, frames: np.ndarray | range | int, fps: f
     return np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)  # (T, 12, 28)
 
 
+class SampleSource(Protocol):
+    """Mono 16 kHz float samples read in segments: ``talkcli.io.audio.DecodedAudio`` is one
+    (the whole signal is then never in memory)."""
+
+    n_samples: int
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` (T,), float32 or float64."""
+        ...
+
+
+class _ArraySource:
+    """A whole signal in memory as a ``SampleSource``."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.samples = _check_samples(samples)
+        self.n_samples = len(self.samples)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.samples[start:stop]
+
+
+def _window_chunk(source: SampleSource, frames: range, fps: float) -> np.ndarray:
+    """The windows of ``frames`` (n, 12, 28) float32, from the samples they need only.
+
+    The segment read starts one MFCC row early so that row ``lo``'s pre-emphasis sees its
+    previous sample, and ends where row ``hi - 1`` ends (or at the end of the audio, where psf
+    pads with zeros alike): rows ``[lo, hi)`` of the whole signal are rows ``[lo - base,
+    hi - base)`` of the segment, the same values bit for bit.
+    """
+    n = source.n_samples
+    m = n_mfcc_rows(n)
+    starts = window_starts(frames, fps)  # (n,)
+    lo = int(np.clip(starts[0], 0, m - 1))
+    hi = int(np.clip(starts[-1] + WINDOW, lo + 1, m))
+    base = max(lo - 1, 0)
+    seg = source.read(base * FRAME_STEP, min((hi - 1) * FRAME_STEP + FRAME_LEN, n))
+    rows = mfcc_rows(seg, lo - base, hi - base)  # (hi - lo, 12)
+    idx = np.clip(starts[:, None] + np.arange(WINDOW)[None, :], 0, m - 1) - lo  # (n, 28)
+    return np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)  # (n, 12, 28)
+
+
 def iter_mfcc_windows(
-    samples: np.ndarray, fps: float = 25.0, chunk_frames: int = 500
+    samples: np.ndarray | SampleSource, fps: float = 25.0, chunk_frames: int = 500
 ) -> Iterator[np.ndarray]:
     """Yield ``mfcc_windows(samples, fps)`` in chunks of up to ``chunk_frames`` frames.
 
-    Each chunk computes only the MFCC rows its windows touch, so memory is bounded by the chunk
-    size whatever the audio length. Chunks are float32 (n, 12, 28), in frame order.
+    ``samples`` is the signal (T,) or a ``SampleSource`` read segment by segment (``animate``
+    streams a ``DecodedAudio`` through here). Each chunk computes only the MFCC rows its windows
+    touch, from only the samples those rows cover, so memory is bounded by the chunk size
+    whatever the audio length. Chunks are float32 (n, 12, 28), in frame order; the values do not
+    depend on the chunking.
     """
-    x = _check_samples(samples)
+    is_source = hasattr(samples, "read") and hasattr(samples, "n_samples")
+    source = samples if is_source else _ArraySource(samples)
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    total = n_frames(len(x), fps)
-    m = n_mfcc_rows(len(x))
+    if source.n_samples < 1:
+        raise ValueError("samples are empty: no audio to compute MFCCs from")
+    total = n_frames(source.n_samples, fps)
     for t0 in range(0, total, chunk_frames):
-        frames = range(t0, min(t0 + chunk_frames, total))
-        starts = window_starts(frames, fps)
-        lo = int(np.clip(starts[0], 0, m - 1))
-        hi = int(np.clip(starts[-1] + WINDOW, lo + 1, m))
-        rows = mfcc_rows(x, lo, hi)  # (hi - lo, 12)
-        idx = np.clip(starts[:, None] + np.arange(WINDOW)[None, :], 0, m - 1) - lo  # (n, 28)
-        yield np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)
+        yield _window_chunk(source, range(t0, min(t0 + chunk_frames, total)), fps)
 
 
 def mfcc_windows(samples: np.ndarray, fps: float = 25.0) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Helpers shared by the command modules (option types, JSON output)."""
+"""Helpers shared by the command modules (weights folder, JSON output).
+
+Shared option declarations live in ``talkcli.commands.options``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from talkcli.commands.options import WEIGHTS_DIR_OPTION as WEIGHTS_DIR_OPTION  # its home
 from talkcli.console import settings
-
-WEIGHTS_DIR_OPTION = typer.Option(
-    None,
-    "--weights-dir",
-    help="Folder searched first for model files (overrides the global option).",
-)
+from talkcli.runtime import generator_file  # noqa: F401  re-exported for the commands
 
 
 def weights_dir(local: Path | None) -> Path | None:
@@ -27,15 +24,3 @@ def print_json(data: Any) -> None:
     """Machine-readable output on stdout."""
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def generator_file(
-    explicit: Path | None, wd: Path | None, encoder_path: Path | None, purpose: str
-) -> Path:
-    """``--generator PATH``; else the registry's StyleGAN2 file; else the pSp file's decoder."""
-    from talkcli.weights import registry
-
-    if explicit is not None:
-        return registry.resolve_option(explicit, "stylegan2-ffhq", wd)
-    found = registry.locate("stylegan2-ffhq", wd) or encoder_path
-    return found if found is not None else registry.resolve("stylegan2-ffhq", wd, purpose=purpose)

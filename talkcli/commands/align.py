@@ -6,11 +6,20 @@ from pathlib import Path
 
 import typer
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import (
+    DETECTOR_OPTION,
+    FACE_INDEX_OPTION,
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    Detector,
+    fps_option,
+    int_option,
+    smooth_option,
+)
 from talkcli.console import BatchProgress, info, progress, settings, status
 from talkcli.errors import OutputError, UserError
-
-DETECTORS = ("auto", "fan", "mtcnn")
+from talkcli.ranges import ALIGN
 
 
 def align_cmd(
@@ -20,44 +29,25 @@ def align_cmd(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder: <stem>.png|.mp4 and <stem>.json per input."
     ),
-    size: int = typer.Option(
-        1024, "--size", min=8, max=4096, help="Output size in pixels (square)."
+    size: int = int_option(
+        1024, "--size", range=ALIGN["size"], help="Output size in pixels (square)."
     ),
-    detector: str = typer.Option(
-        "auto",
-        "--detector",
-        help="Landmarks: auto (FAN if its files are present, else MTCNN), fan, mtcnn.",
-    ),
+    detector: Detector = DETECTOR_OPTION,
     landmarks: Path | None = typer.Option(
         None,
         "--landmarks",
         help=r'JSON {"landmarks": \[\[x, y], ...]} (68 or 5 points), or for a video '
         r'{"frames": \[\[\[x, y], ...], ...]}; skips detection. Single input only.',
     ),
-    face_index: int | None = typer.Option(
-        None,
-        "--face-index",
-        min=0,
-        max=99,
-        help="Which face when several: 0 = largest (default), 1 = next...",
-    ),
-    fps: float = typer.Option(
-        25.0, "--fps", min=1.0, max=120.0, help="Video: resample to this frame rate."
-    ),
-    detect_every: int = typer.Option(
+    face_index: int | None = FACE_INDEX_OPTION,
+    fps: float = fps_option(25.0, "videos are resampled to it"),
+    detect_every: int = int_option(
         1,
         "--detect-every",
-        min=1,
-        max=1000,
+        range=ALIGN["detect_every"],
         help="Video: detect every N frames, interpolate in between.",
     ),
-    smooth: float = typer.Option(
-        1.0,
-        "--smooth",
-        min=0.0,
-        max=50.0,
-        help="Video: Gaussian sigma (frames) on the crop centre; 3x on its axes (STIT). 0: off.",
-    ),
+    smooth: float = smooth_option(1.0, "a video's crop centre (3x on its axes, as STIT)"),
     exact_warp: bool | None = typer.Option(
         None,
         "--exact-warp/--fast-warp",
@@ -68,7 +58,7 @@ def align_cmd(
         "--resume",
         help="Skip inputs already aligned in --out with the same options (redo the others).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Align faces as FFHQ (NVlabs recreate_aligned_images) for inversion and training."""
@@ -81,8 +71,6 @@ def align_cmd(
     )
     from talkcli.guards import guard_outputs
 
-    if detector.lower() not in DETECTORS:
-        raise UserError(f"--detector {detector!r}: expected one of {', '.join(DETECTORS)}")
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: --out must be a folder")
@@ -92,7 +80,7 @@ def align_cmd(
     device = str(resolve_device(settings.device))
     cfg = AlignConfig(
         size=size,
-        detector=detector.lower(),
+        detector=detector,
         landmarks_file=landmarks,
         face_index=face_index,
         fps=fps,

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import (
+    DETECTOR_OPTION,
+    ENCODER_OPTION,
+    FACE_INDEX_OPTION,
+    GENERATOR_OPTION,
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    Detector,
+    Dtype,
+    choice_option,
+    float_option,
+    fps_option,
+    int_option,
+    seed_option,
+    smooth_option,
+)
 from talkcli.console import BatchProgress, info, settings, status
 from talkcli.errors import TalkcliError, UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import ANIMATE
 
-DTYPES = ("fp32", "fp16", "bf16")  # talkcli.animate.options.DTYPES
 SUMMARY_ROWS = 50  # rows of the batch summary table (the JSON report has them all)
 
 
@@ -38,11 +55,10 @@ def animate_cmd(
         help="Drive the face with another face's video instead of --audio (reenactment); "
         "its sound becomes the soundtrack.",
     ),
-    driving_neutral: int = typer.Option(
+    driving_neutral: int = int_option(
         0,
         "--driving-neutral",
-        min=0,
-        max=1_000_000,
+        range=ANIMATE["driving_neutral"],
         help="Frame of the driving clip whose face counts as no motion.",
     ),
     driving_aligned: bool = typer.Option(
@@ -57,20 +73,10 @@ def animate_cmd(
         help=r'Landmarks of the photo instead of detection: JSON {"landmarks": \[\[x, y], ...]} '
         "(68 or 5 points).",
     ),
-    detector: str = typer.Option(
-        "auto", "--detector", help="Face landmarks: auto (FAN if present, else MTCNN), fan, mtcnn."
-    ),
-    face_index: int | None = typer.Option(
-        None, "--face-index", min=0, max=99, help="Which face when several: 0 = largest."
-    ),
-    generator: Path | None = typer.Option(
-        None,
-        "--generator",
-        help="StyleGAN2 .pt, e.g. a `tune-pti` result (default: registry, else pSp's decoder).",
-    ),
-    encoder: Path | None = typer.Option(
-        None, "--encoder", help="pSp checkpoint (default: registry)."
-    ),
+    detector: Detector = DETECTOR_OPTION,
+    face_index: int | None = FACE_INDEX_OPTION,
+    generator: Path | None = GENERATOR_OPTION,
+    encoder: Path | None = ENCODER_OPTION,
     model: Path | None = typer.Option(
         None,
         "--model",
@@ -79,33 +85,28 @@ def animate_cmd(
     tune: bool = typer.Option(
         False, "--tune", help="PTI-tune the generator on the photo first (tune-pti's defaults)."
     ),
-    tune_steps: int = typer.Option(
-        350, "--tune-steps", min=0, max=100_000, help="PTI steps with --tune."
+    tune_steps: int = int_option(
+        350, "--tune-steps", range=ANIMATE["tune_steps"], help="PTI steps with --tune."
     ),
-    fps: float = typer.Option(25.0, "--fps", min=1.0, max=120.0, help="Video frame rate."),
-    motion_scale: float = typer.Option(
+    fps: float = fps_option(25.0, "of the video"),
+    motion_scale: float = float_option(
         1.0,
         "--motion-scale",
-        min=-10.0,
-        max=10.0,
+        range=ANIMATE["motion_scale"],
         help="Multiply the predicted displacements (0: the still identity).",
     ),
-    smooth: float = typer.Option(
-        0.0,
-        "--smooth",
-        min=0.0,
-        max=50.0,
-        help="Temporal Gaussian on the displacements, sigma in frames (0: off).",
+    smooth: float = smooth_option(0.0, "the predicted displacements"),
+    seed: int = seed_option(0, "of PTI with --tune"),
+    batch_size: int = int_option(
+        4, "--batch-size", range=ANIMATE["batch_size"], help="Frames rendered per generator call."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (PTI)."),
-    batch_size: int = typer.Option(
-        4, "--batch-size", min=1, max=256, help="Frames rendered per generator call."
+    dtype: Dtype = choice_option(
+        Dtype.fp32,
+        "--dtype",
+        help="Rendering precision: fp32, bf16 (CPU too) or fp16 (autocast).",
     ),
-    dtype: str = typer.Option(
-        "fp32", "--dtype", help="Rendering precision: fp32, bf16 (CPU too) or fp16 (autocast)."
-    ),
-    crf: int = typer.Option(
-        18, "--crf", min=0, max=51, help="x264 quality (0 lossless, 18 default)."
+    crf: int = int_option(
+        18, "--crf", range=ANIMATE["crf"], help="x264 quality (0 lossless, 18 default)."
     ),
     preset: str = typer.Option(
         "veryfast", "--preset", help="x264 preset (ultrafast ... veryslow)."
@@ -115,8 +116,11 @@ def animate_cmd(
         "--paste-back",
         help="Paste the face back into the photo: the video has the photo's size (even-rounded).",
     ),
-    feather: float = typer.Option(
-        0.1, "--feather", min=0.0, max=0.5, help="Paste-back edge blend, fraction of the face."
+    feather: float = float_option(
+        0.1,
+        "--feather",
+        range=ANIMATE["feather"],
+        help="Paste-back edge blend, fraction of the face.",
     ),
     save_trajectory: Path | None = typer.Option(
         None,
@@ -172,14 +176,12 @@ def animate_cmd(
     report: Path | None = typer.Option(
         None, "--report", help="Batch: JSON report (default: OUT-DIR/animate-report.json)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Photo + speech -> a lip-synced talking-head video (the main job)."""
     from talkcli.animate.options import AnimateOptions, parse_edit, parse_layers
 
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     options = AnimateOptions(
         fps=fps,
         motion_scale=motion_scale,
@@ -265,10 +267,6 @@ def animate_cmd(
     )
 
 
-def _paths(*items: Path | None) -> list[Path | None]:
-    return [p.expanduser() if p is not None else None for p in items]
-
-
 def _run_single(
     options,
     *,
@@ -286,61 +284,33 @@ def _run_single(
     encoder,
     model,
 ) -> None:
+    """One video: the library's ``animate()`` with a progress bar, then the report."""
+    from contextlib import ExitStack
+
     from rich.progress import TextColumn
 
-    from talkcli.animate.cache import Cache
-    from talkcli.animate.pipeline import (
-        Job,
-        Models,
-        Needs,
-        animate_device,
-        animate_job,
-        default_out,
-        resolve_models,
-    )
+    from talkcli.animate.pipeline import animate
     from talkcli.console import progress
 
-    image, audio, out, driving, trajectory, save_trajectory = _paths(
-        image, audio, out, driving, trajectory, save_trajectory
-    )
-    job = Job(
-        out=out or default_out(image, audio or driving or trajectory),
-        image=image,
-        audio=audio,
-        driving=driving,
-        trajectory=trajectory,
-        save_trajectory=save_trajectory,
-        options=options,
-    ).check()
-    job.require_inputs()
-    cache = Cache(cache_dir, enabled=use_cache)
-    paths = resolve_models(
-        Needs.of([job]),
-        generator=generator,
-        encoder=encoder,
-        model=model,
-        detector=options.detector,
-        weights_dir=wdir,
-    )
-    models = Models(paths, animate_device(settings.device), cache, wdir)
     rate = TextColumn("{task.fields[rate]}")
-    with progress(rate) as bar:
-        tasks: dict[str, object] = {}
-        started: dict[str, float] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            import time
-
-            if stage not in tasks:
-                label = "tune (PTI)" if stage == "tune" else "render"
-                tasks[stage] = bar.add_task(label, total=total, rate="")
-                started[stage] = time.perf_counter()
-            elapsed = time.perf_counter() - started[stage]
-            unit = "steps/s" if stage == "tune" else "frames/s"
-            shown = f"{done / elapsed:.1f} {unit}" if elapsed > 0 and done else ""
-            bar.update(tasks[stage], completed=done, total=total, rate=shown)
-
-        result = animate_job(job, models, cache, progress=update)
+    with ExitStack() as stack:  # the bar starts with the first stage that reports progress
+        result = animate(
+            image,
+            audio,
+            out,
+            options,
+            driving=driving,
+            trajectory=trajectory,
+            save_trajectory=save_trajectory,
+            generator=generator,
+            encoder=encoder,
+            model=model,
+            weights_dir=wdir,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            device=settings.device,
+            progress=_progress_update(lambda: stack.enter_context(progress(rate))),
+        )
     hits = ", ".join(
         f"{k} {v}" for k, v in result.cache.items() if k in ("align", "identity", "tune")
     )
@@ -352,6 +322,31 @@ def _run_single(
         print_json(result.to_dict())
     else:
         print(result.out)
+
+
+def _progress_update(open_bar: Callable[[], Any]) -> Callable[[str, int, int], None]:
+    """One bar per stage (PTI steps, rendered frames), with its rate, from its first update;
+    the progress display is opened (``open_bar``) on the first update of any stage."""
+    import time
+
+    bars: list[Any] = []  # the rich Progress, once opened
+    tasks: dict[str, object] = {}
+    started: dict[str, float] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(open_bar())
+        bar = bars[0]
+        if stage not in tasks:
+            label = "tune (PTI)" if stage == "tune" else "render"
+            tasks[stage] = bar.add_task(label, total=total, rate="")
+            started[stage] = time.perf_counter()
+        elapsed = time.perf_counter() - started[stage]
+        unit = "steps/s" if stage == "tune" else "frames/s"
+        shown = f"{done / elapsed:.1f} {unit}" if elapsed > 0 and done else ""
+        bar.update(tasks[stage], completed=done, total=total, rate=shown)
+
+    return update
 
 
 def _run_batch(
@@ -449,6 +444,7 @@ def _run_batch(
             on_start=on_start,
             progress=frames,
             notes=notes,
+            debug=settings.debug,
         )
     if as_json:
         print_json({**result.to_dict(), "report": str(report_file)})

@@ -47,7 +47,7 @@ def collect(wd: Path | None) -> dict:
         {"label": label, "path": str(path)} for label, path in registry.search_path(wd).dirs
     ]
     facts["weights_fetch_dir"] = str(registry.fetch_dir(wd))
-    from talkcli.weights.tiny import PACK_NOTE
+    from talkcli.tiny.pack import PACK_NOTE
 
     facts["tiny_packs"] = [
         str(path) for _label, path in registry.search_path(wd).dirs if (path / PACK_NOTE).is_file()

@@ -7,16 +7,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import (
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    Crop,
+    FaceCrop,
+    LpipsNet,
+    choice_option,
+    fps_option,
+    int_option,
+    lpips_option,
+    seed_option,
+)
 from talkcli.console import info, settings, status, warn
 from talkcli.errors import UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import EVALUATE
 
 HELP_FLAGS = ("--help", "-h")
 
@@ -44,6 +57,21 @@ evaluate_app = typer.Typer(
 )
 
 
+# suite/option key -> EvalConfig field where they differ, and how a value is read (suite values
+# come as TOML types, CLI values as the options' types); every other default is EvalConfig's own.
+_FIELDS = {"lpips": "lpips_net"}
+_READ: dict[str, Any] = {
+    "fps": float,
+    "crop": lambda v: str(v).lower(),
+    "face_crop": lambda v: str(v).lower(),
+    "lpips_net": lambda v: str(v).lower(),
+    "strict": bool,
+    "batch": int,
+    "threads": int,
+    "seed": int,
+}
+
+
 @evaluate_app.command("run")
 def run_cmd(
     generated: Path | None = typer.Argument(
@@ -67,51 +95,53 @@ def run_cmd(
         None,
         "--metrics",
         "-m",
-        help="Comma-separated: psnr,ssim,lpips,fid,lmd,cpbd,lse [default: every metric whose "
+        help="Comma-separated: psnr,ssim,lpips,fid,lmd,cpbd,lse \\[default: every metric whose "
         "model files are present; named metrics must run].",
     ),
-    fps: float | None = typer.Option(
-        None, "--fps", min=1.0, max=120.0, help="Common frame rate, frames matched by index [25]."
+    fps: float | None = fps_option(
+        None, "both videos are resampled to it, frames matched by index", " \\[25]"
     ),
-    resolution: int | None = typer.Option(
+    resolution: int | None = int_option(
         None,
         "--resolution",
-        min=16,
-        max=4096,
-        help="Evaluation width in pixels (height keeps the aspect) [the reference's size].",
+        range=EVALUATE["resolution"],
+        help="Evaluation width in pixels (height keeps the aspect) \\[the reference's size].",
     ),
-    crop: str | None = typer.Option(
+    crop: Crop | None = choice_option(
         None,
         "--crop",
         help="What the frames are: full (whole frames) or aligned (FFHQ-aligned faces, e.g. the "
-        "generator's output or `talkcli align`) [full]. Recorded in the report.",
+        "generator's output or `talkcli align`) \\[full]. Recorded in the report.",
     ),
-    face_crop: str | None = typer.Option(
+    face_crop: FaceCrop | None = choice_option(
         None,
         "--face-crop",
         help="LSE face crops: detect (face detector), aligned (the aligned frame's fixed face "
-        "box) or auto (aligned when --crop aligned) [auto].",
+        "box) or auto (aligned when --crop aligned) \\[auto].",
     ),
-    lpips_net: str | None = typer.Option(
-        None, "--lpips", help="LPIPS backbone: alex or vgg [alex]."
-    ),
+    lpips_net: LpipsNet | None = lpips_option(None, " \\[alex]"),
     strict: bool | None = typer.Option(
         None, "--strict/--no-strict", help="Refuse videos of different sizes instead of resizing."
     ),
-    max_frames: int | None = typer.Option(
-        None, "--max-frames", min=1, max=10_000_000, help="Evaluate at most N frames per video."
+    max_frames: int | None = int_option(
+        None,
+        "--max-frames",
+        range=EVALUATE["max_frames"],
+        help="Evaluate at most N frames per video.",
     ),
-    batch: int | None = typer.Option(
-        None, "--batch", min=1, max=256, help="Frames per batch (memory vs speed) [8]."
+    batch: int | None = int_option(
+        None,
+        "--batch",
+        range=EVALUATE["batch"],
+        help="Frames per batch (memory vs speed) \\[8].",
     ),
-    threads: int | None = typer.Option(
+    threads: int | None = int_option(
         None,
         "--threads",
-        min=1,
-        max=256,
-        help="CPU threads (fixed, so reruns give identical values) [min(4, cores)].",
+        range=EVALUATE["threads"],
+        help="CPU threads (fixed, so reruns give identical values) \\[min(4, cores)].",
     ),
-    seed: int | None = typer.Option(None, "--seed", min=0, max=SEED_MAX, help="Random seed [0]."),
+    seed: int | None = seed_option(None, note=" \\[0]"),
     fid_stats: Path | None = typer.Option(
         None,
         "--fid-stats",
@@ -125,16 +155,18 @@ def run_cmd(
         None, "--syncnet", help="SyncNet weights (default: the registry's syncnet)."
     ),
     name: str | None = typer.Option(
-        None, "--name", help="The method's name in `evaluate compare` [suite name, or input name]."
+        None,
+        "--name",
+        help="The method's name in `evaluate compare` \\[suite name, or input name].",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Evaluate generated videos (against references): table, JSON report, CSV, plot."""
+    # Options left unset (None) take the suite's value, else EvalConfig's default, which each
+    # help text states in brackets (tests/test_ranges.py checks them against EvalConfig).
     from talkcli.guards import guard_outputs
-    from talkcli.metrics.evaluate import METRICS, EvalConfig, default_threads, evaluate, plan
-    from talkcli.metrics.inputs import check_unique_names, collect_pairs, read_pairs_csv
-    from talkcli.plots import check_plot_path
+    from talkcli.metrics.evaluate import evaluate
 
     cli = {
         "metrics": metrics,
@@ -152,25 +184,64 @@ def run_cmd(
         "inception": inception,
         "syncnet": syncnet,
     }
-    given_inputs = [generated, reference, pairs]
-    inputs_read: list[Path] = []
+    given = {k: v for k, v in cli.items() if v is not None}
     outputs = {"out": out, "csv": csv_out, "plot": plot}
+    job = _collect_job(generated, reference, pairs, suite, name, given, outputs)
+    cfg = _eval_config(job.options, weights_dir(wdir))
+    _check_outputs(job.outputs, cfg)
+    the_plan = _plan(cfg, job.pairs)
+    sources = [*job.inputs_read, *[x for p in job.pairs for x in (p.generated, p.reference) if x]]
+    planned = [*job.outputs.values()]
+    if "fid" in the_plan.metrics:
+        planned.append(cfg.fid_stats)
+    guard_outputs(planned, inputs=sources, weights_dir=cfg.weights_dir)
+    cfg.device = settings.device
+    _announce(job, cfg, the_plan)
+    run = _run_with_progress(job.pairs, cfg, the_plan, evaluate)
+    _finish(run, job.name, job.outputs, as_json)
+
+
+@dataclass
+class _Job:
+    """What to evaluate, read from GEN [REF], --pairs or --suite (CLI options win)."""
+
+    pairs: list[Any]  # talkcli.metrics.inputs.Pair
+    unmatched: list[Path]
+    inputs_read: list[Path]  # the suite file or the pairs CSV
+    options: dict[str, Any]  # suite/option key -> value, only those set
+    outputs: dict[str, Path | None]  # out, csv, plot
+    name: str
+
+
+def _collect_job(
+    generated: Path | None,
+    reference: Path | None,
+    pairs: Path | None,
+    suite: Path | None,
+    name: str | None,
+    given: dict[str, Any],
+    outputs: dict[str, Path | None],
+) -> _Job:
+    """The pairs, options and outputs of this run; the suite's values fill what the CLI left."""
+    from talkcli.metrics.inputs import check_unique_names, collect_pairs, read_pairs_csv
+
     unmatched: list[Path] = []
+    inputs_read: list[Path] = []
     if suite is not None:
         from talkcli.metrics.suite import load_suite
 
-        if any(x is not None for x in given_inputs):
+        if any(x is not None for x in (generated, reference, pairs)):
             raise UserError(
                 "--suite names the inputs itself; do not also give GENERATED or --pairs"
             )
         s = load_suite(suite)
         inputs_read.append(s.path)
-        options = {**s.options, **{k: v for k, v in cli.items() if v is not None}}
+        options = {**s.options, **given}
         outputs = {k: outputs[k] if outputs[k] is not None else s.outputs.get(k) for k in outputs}
         pair_list, unmatched = s.pairs, s.unmatched
         run_name = name or s.name
     else:
-        options = {k: v for k, v in cli.items() if v is not None}
+        options = dict(given)
         if pairs is not None:
             if generated is not None or reference is not None:
                 raise UserError("give either GENERATED [REFERENCE] or --pairs, not both")
@@ -182,60 +253,68 @@ def run_cmd(
             raise UserError("nothing to evaluate: give GENERATED [REFERENCE], --pairs or --suite")
         run_name = name or (Path(generated).stem if generated is not None else Path(pairs).stem)
     check_unique_names(pair_list)
+    return _Job(pair_list, unmatched, inputs_read, options, outputs, run_name)
+
+
+def _eval_config(options: dict[str, Any], wd: Path | None) -> Any:
+    """``EvalConfig`` from the set options; the rest keep the dataclass defaults. Checked."""
+    from talkcli.metrics.evaluate import METRICS, EvalConfig
 
     metric_list = options.get("metrics")
     if isinstance(metric_list, str):
         metric_list = [m.strip().lower() for m in metric_list.split(",") if m.strip()]
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if key != "metrics":
+            field = _FIELDS.get(key, key)
+            fields[field] = _READ.get(field, lambda v: v)(value)
     cfg = EvalConfig(
         metrics=tuple(metric_list) if metric_list else METRICS,
         named=bool(metric_list),
-        fps=float(options.get("fps", 25.0)),
-        resolution=options.get("resolution"),
-        crop=str(options.get("crop", "full")).lower(),
-        face_crop=str(options.get("face_crop", "auto")).lower(),
-        lpips_net=str(options.get("lpips", "alex")).lower(),
-        strict=bool(options.get("strict", False)),
-        max_frames=options.get("max_frames"),
-        batch=int(options.get("batch", 8)),
-        threads=int(options.get("threads", default_threads())),
-        seed=int(options.get("seed", 0)),
-        weights_dir=weights_dir(wdir),
-        inception=options.get("inception"),
-        syncnet=options.get("syncnet"),
-        fid_stats=options.get("fid_stats"),
+        weights_dir=wd,
+        **fields,
     )
     cfg.check()
+    return cfg
+
+
+def _check_outputs(outputs: dict[str, Path | None], cfg: Any) -> None:
+    """Output names end in what they hold (before any work)."""
+    from talkcli.plots import check_plot_path
+
     _check_suffix(outputs["out"], ".json", "--out")
     _check_suffix(outputs["csv"], ".csv", "--csv")
     if outputs["plot"] is not None:
         check_plot_path(outputs["plot"])
     if cfg.fid_stats is not None:
         _check_suffix(cfg.fid_stats, ".npz", "--fid-stats")
+
+
+def _plan(cfg: Any, pair_list: list[Any]) -> Any:
+    """Which metrics run (``talkcli.metrics.evaluate.plan``); none is a one-line error."""
+    from talkcli.metrics.evaluate import plan
+
     has_reference = any(p.reference is not None or p.missing_reference for p in pair_list)
     the_plan = plan(cfg, has_reference)
     if not the_plan.metrics:
         why = "; ".join(f"{m}: {r}" for m, r in the_plan.skipped.items())
         raise UserError(f"no metric can run ({why})")
-    sources = [*inputs_read, *[x for p in pair_list for x in (p.generated, p.reference) if x]]
-    planned = [*outputs.values()]
-    if "fid" in the_plan.metrics:
-        planned.append(cfg.fid_stats)
-    guard_outputs(planned, inputs=sources, weights_dir=cfg.weights_dir)
-    cfg.device = settings.device
+    return the_plan
 
+
+def _announce(job: _Job, cfg: Any, the_plan: Any) -> None:
+    """Notes before the run: skipped metrics, unmatched references, what runs."""
     by_reason: dict[str, list[str]] = {}
     for metric, reason in the_plan.skipped.items():
         by_reason.setdefault(reason, []).append(metric)
     for reason, names in by_reason.items():
         info(f"skipped {', '.join(names)}: {reason}")
-    for ref in unmatched:
+    for ref in job.unmatched:
         info(f"note: reference {ref} has no generated video of the same name")
     info(
-        f"evaluating {len(pair_list)} video(s): {', '.join(the_plan.metrics)} at {cfg.fps:g} fps, "
+        f"evaluating {len(job.pairs)} video(s): {', '.join(the_plan.metrics)} at {cfg.fps:g} fps, "
         f"{cfg.threads} thread(s)"
     )
-    run = _run_with_progress(pair_list, cfg, the_plan, evaluate)
-    _finish(run, run_name, outputs, as_json)
 
 
 def _check_suffix(path: Path | None, suffix: str, option: str) -> None:
@@ -338,15 +417,15 @@ def _results_table(report: dict[str, Any]):
 def compare_cmd(
     reports: list[Path] = typer.Argument(..., help="Reports from `talkcli evaluate --out`."),
     names: str | None = typer.Option(
-        None, "--names", help="Comma-separated method names [each report's name]."
+        None, "--names", help="Comma-separated method names \\[each report's name]."
     ),
     columns: str | None = typer.Option(
-        None, "--metrics", "-m", help="Columns to show, e.g. psnr,ssim,fid,lmd [all present]."
+        None, "--metrics", "-m", help="Columns to show, e.g. psnr,ssim,fid,lmd \\[all present]."
     ),
     markdown: bool = typer.Option(
         False, "--markdown", help="Print a Markdown table on stdout (best values in **bold**)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Compare runs as in thesis table 5.1: methods as rows, metrics as columns, best in bold."""
     from rich.markup import escape

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from talkcli.commands._common import (
-    WEIGHTS_DIR_OPTION,
     generator_file,
     print_json,
     weights_dir,
 )
+from talkcli.commands.options import (
+    ENCODER_OPTION,
+    GENERATOR_OPTION,
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    LpipsNet,
+    Method,
+    Space,
+    choice_option,
+    float_option,
+    int_option,
+    lpips_option,
+    seed_option,
+)
 from talkcli.console import info, progress, settings
 from talkcli.errors import UserError
-from talkcli.guards import SEED_MAX
-
-METHODS = ("psp", "optimize", "hybrid")  # talkcli.inversion.invert.METHODS
-LPIPS_FILES = {"vgg": ("vgg16", "lpips-vgg"), "alex": ("alexnet", "lpips-alex")}
+from talkcli.ranges import INVERT
 
 
 def invert_cmd(
@@ -25,41 +37,39 @@ def invert_cmd(
         ..., help="Aligned images, folders, globs, or an aligned video (see `talkcli align`)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (w, names, meta)."),
-    method: str = typer.Option(
-        "psp", "--method", "-m", help="psp (encoder), optimize (thesis Alg. 1/2), hybrid."
+    method: Method = choice_option(
+        Method.psp, "--method", "-m", help="psp (encoder), optimize (thesis Alg. 1/2), hybrid."
     ),
-    encoder: Path | None = typer.Option(
-        None, "--encoder", help="pSp checkpoint (default: registry)."
+    encoder: Path | None = ENCODER_OPTION,
+    generator: Path | None = GENERATOR_OPTION,
+    steps: int = int_option(
+        500, "--steps", range=INVERT["steps"], help="Optimisation steps per frame."
     ),
-    generator: Path | None = typer.Option(
-        None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
-    ),
-    steps: int = typer.Option(
-        500, "--steps", min=0, max=100_000, help="Optimisation steps per frame."
-    ),
-    first_steps: int | None = typer.Option(
+    first_steps: int | None = int_option(
         None,
         "--first-steps",
-        min=0,
-        max=1_000_000,
+        range=INVERT["first_steps"],
         help="Steps for the first frame (default: 10x --steps for optimize).",
     ),
-    space: str = typer.Option("wplus", "--space", help="w or wplus."),
+    space: Space = choice_option(Space.wplus, "--space", help="w or wplus."),
     sequence: bool = typer.Option(
         True,
         "--sequence/--independent",
         help="Alg. 2: start each frame from the previous result (smooth); or Alg. 1.",
     ),
-    lr: float = typer.Option(0.01, "--lr", min=1e-7, max=10.0, help="Adam learning rate."),
-    l2_weight: float = typer.Option(
-        1.0, "--l2-weight", min=0.0, max=1e6, help="Weight of the pixel L2 loss."
+    lr: float = float_option(0.01, "--lr", range=INVERT["lr"], help="Adam learning rate."),
+    l2_weight: float = float_option(
+        1.0, "--l2-weight", range=INVERT["l2_weight"], help="Weight of the pixel L2 loss."
     ),
-    lpips_net: str = typer.Option("vgg", "--lpips", help="LPIPS backbone: vgg or alex."),
-    batch_size: int = typer.Option(
-        4, "--batch-size", min=1, max=1024, help="Frames per encoder batch."
+    lpips_net: LpipsNet = lpips_option(LpipsNet.vgg),
+    batch_size: int = int_option(
+        4, "--batch-size", range=INVERT["batch_size"], help="Frames per encoder batch."
     ),
-    max_frames: int | None = typer.Option(
-        None, "--max-frames", min=1, max=100_000, help="Use at most N frames, sampled evenly."
+    max_frames: int | None = int_option(
+        None,
+        "--max-frames",
+        range=INVERT["max_frames"],
+        help="Use at most N frames, sampled evenly.",
     ),
     save_recon: Path | None = typer.Option(
         None, "--save-recon", help="Folder for reconstructions and input|recon comparisons."
@@ -67,58 +77,29 @@ def invert_cmd(
     plot: Path | None = typer.Option(
         None, "--plot", help="PNG of the codes' first two principal components (frame order)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    seed: int = seed_option(0),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Invert aligned faces into StyleGAN2's W+ space (pSp, optimisation, or both)."""
-    if method not in METHODS:
-        raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    if space not in ("w", "wplus"):
-        raise UserError(f"--space {space!r}: expected w or wplus")
-    if lpips_net not in LPIPS_FILES:
-        raise UserError(f"--lpips {lpips_net!r}: expected vgg or alex")
     if out.suffix != ".npz":
         raise UserError(f"{out}: latents are saved as .npz (use a name ending in .npz)")
     from talkcli.device import resolve_device
     from talkcli.guards import guard_outputs
-    from talkcli.inversion.invert import (
-        invert,
-        load_frames,
-        recon_paths,
-        save_latents,
-        save_reconstructions,
-    )
+    from talkcli.inversion.invert import invert, load_frames, recon_paths
     from talkcli.inversion.project import ProjectionConfig
     from talkcli.plots import check_plot_path
-    from talkcli.weights import registry
 
     if plot is not None:
         check_plot_path(plot)
     wd = weights_dir(wdir)
     device = resolve_device(settings.device)
     frames = load_frames(inputs, max_frames)
-
-    encoder_path = None
-    if method in ("psp", "hybrid"):
-        encoder_path = registry.resolve_option(
-            encoder, "psp-ffhq-encode", wd, f"invert --method {method}"
-        )
-    needs_generator = method != "psp" or save_recon is not None
-    generator_path = None
-    if generator is not None or needs_generator:
-        generator_path = generator_file(generator, wd, encoder_path, "invert")
-    lpips_paths = None
-    if method != "psp":
-        backbone, heads = LPIPS_FILES[lpips_net]
-        lpips_paths = (
-            registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
-            registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
-        )
+    files = _model_files(method, encoder, generator, lpips_net, save_recon is not None, wd)
     recon_files = recon_paths(save_recon, frames) if save_recon is not None else []
     guard_outputs(
         [out, plot, *recon_files],
-        inputs=[*frames.files, encoder_path, generator_path],
+        inputs=[*frames.files, files.encoder, files.generator],
         weights_dir=wd,
     )
     if first_steps is None and method == "optimize":
@@ -133,29 +114,84 @@ def invert_cmd(
     )
     info(f"inverting {len(frames.names)} frame(s) with {method} on {device}")
     with progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
         result = invert(
             frames,
             method=method,
-            generator_path=generator_path,
-            encoder_path=encoder_path,
-            lpips_paths=lpips_paths,
+            generator_path=files.generator,
+            encoder_path=files.encoder,
+            lpips_paths=files.lpips,
             lpips_net=lpips_net,
             cfg=cfg,
             batch_size=batch_size,
             device=device,
             seed=seed,
             want_reconstructions=save_recon is not None,
-            on_progress=on_progress,
+            on_progress=_stage_bars(bar),
         )
-    # The latents (the main output) are written last: a failure while writing the extras leaves
-    # no .npz behind.
+    _write_outputs(result, frames, out, save_recon, plot, method, as_json)
+
+
+@dataclass
+class _ModelFiles:
+    """The model files an inversion reads (None: not needed)."""
+
+    encoder: Path | None
+    generator: Path | None
+    lpips: tuple[Path, Path] | None  # (backbone, heads)
+
+
+def _model_files(
+    method: str,
+    encoder: Path | None,
+    generator: Path | None,
+    lpips_net: str,
+    want_recon: bool,
+    wd: Path | None,
+) -> _ModelFiles:
+    """Resolve the files ``method`` needs: pSp for psp/hybrid, G and LPIPS for optimisation."""
+    from talkcli.weights import registry
+
+    encoder_path = None
+    if method in ("psp", "hybrid"):
+        encoder_path = registry.resolve_option(
+            encoder, "psp-ffhq-encode", wd, f"invert --method {method}"
+        )
+    generator_path = None
+    if generator is not None or method != "psp" or want_recon:
+        generator_path = generator_file(generator, wd, encoder_path, "invert")
+    lpips_paths = None
+    if method != "psp":
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
+    return _ModelFiles(encoder_path, generator_path, lpips_paths)
+
+
+def _stage_bars(bar: Any) -> Any:
+    """``on_progress(stage, done, total)`` drawing one progress bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return on_progress
+
+
+def _write_outputs(
+    result: Any,  # talkcli.inversion.invert.InvertResult
+    frames: Any,  # talkcli.inversion.invert.Frames
+    out: Path,
+    save_recon: Path | None,
+    plot: Path | None,
+    method: str,
+    as_json: bool,
+) -> None:
+    """Extras first, the latents (the main output) last: a failure while writing the extras
+    leaves no .npz behind. Then the per-frame losses and the JSON summary."""
+    from talkcli.inversion.invert import save_latents, save_reconstructions
+
     if save_recon is not None:
         written = save_reconstructions(save_recon, result, frames)
         info(f"wrote {len(written)} reconstruction images to {save_recon}")

@@ -8,8 +8,10 @@ import typer
 from rich.text import Text
 
 from talkcli.commands._common import print_json
+from talkcli.commands.options import JSON_OPTION, int_option
 from talkcli.console import console, info
 from talkcli.errors import InputFileError, UserError
+from talkcli.ranges import MEDIA_TO_WAV
 
 SAMPLE_RATE = 16000  # talkcli.io.audio.SAMPLE_RATE (not imported here: keeps start-up fast)
 
@@ -59,7 +61,7 @@ def probe_cmd(
     exact: bool = typer.Option(
         False, "--exact", help="Decode the audio to measure its duration (default: the header)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Print each file's video stream (size, fps, frame count) and audio duration."""
     rows = [probe_media(f, exact) for f in files]
@@ -90,8 +92,8 @@ def to_wav_cmd(
         ..., help="Any audio file ffmpeg reads, or a video's soundtrack."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .wav (16-bit PCM, mono)."),
-    rate: int = typer.Option(
-        SAMPLE_RATE, "--rate", min=8000, max=192000, help="Sample rate of the WAV."
+    rate: int = int_option(
+        SAMPLE_RATE, "--rate", range=MEDIA_TO_WAV["rate"], help="Sample rate of the WAV."
     ),
     force: bool = typer.Option(
         False, "--force", help="Allow --out to replace SOURCE itself (it is read whole first)."

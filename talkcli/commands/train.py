@@ -8,10 +8,24 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import (
+    DETECTOR_OPTION,
+    GENERATOR_OPTION,
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    Arch,
+    Detector,
+    choice_option,
+    float_option,
+    fps_option,
+    int_option,
+    seed_option,
+    smooth_option,
+)
 from talkcli.console import BatchProgress, info, progress, settings, warn
 from talkcli.errors import UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import TRAIN_FIT, TRAIN_PCA, TRAIN_PREPARE
 
 if TYPE_CHECKING:
     from talkcli.train.fit import FitOutputs, FitResult
@@ -28,15 +42,11 @@ train_app = typer.Typer(
 
 
 def _torch_device(local_rank: int | None = None):
-    """The --device for this process; under torchrun CUDA ranks take cuda:LOCAL_RANK."""
-    import torch
+    """The --device for this process; under torchrun CUDA ranks take their own GPU
+    (``talkcli.device.choose_device``: cuda:(LOCAL_RANK % GPUs))."""
+    from talkcli.device import choose_device
 
-    from talkcli.device import resolve_device
-
-    device = resolve_device(settings.device)
-    if device.type == "cuda" and local_rank is not None and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+    return choose_device(settings.device)
 
 
 @train_app.command("prepare")
@@ -45,29 +55,25 @@ def prepare_cmd(
         ..., help="Talking-head videos: files, folders (searched recursively) or globs."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create or extend."),
-    fps: float = typer.Option(25.0, "--fps", min=1.0, max=120.0, help="Frame rate to sample at."),
+    fps: float = fps_option(25.0, "the videos are sampled at it"),
     aligned: bool = typer.Option(
         False, "--aligned", help="Inputs already are FFHQ-aligned crops (skip alignment)."
     ),
-    align_size: int = typer.Option(
+    align_size: int = int_option(
         256,
         "--align-size",
-        min=32,
-        max=1024,
+        range=TRAIN_PREPARE["align_size"],
         help="Aligned crop size fed to pSp (256 is its input).",
     ),
-    detector: str = typer.Option("auto", "--detector", help="Landmarks: auto, fan or mtcnn."),
-    smooth: float = typer.Option(
-        1.0, "--smooth", min=0.0, max=50.0, help="Temporal smoothing of the crop (sigma, frames)."
-    ),
+    detector: Detector = DETECTOR_OPTION,
+    smooth: float = smooth_option(1.0, "a video's crop centre (3x on its axes, as STIT)"),
     audio_dir: Path | None = typer.Option(
         None, "--audio-dir", help="Folder of separate audio files, paired with videos by stem."
     ),
-    speaker_level: int = typer.Option(
+    speaker_level: int = int_option(
         1,
         "--speaker-level",
-        min=0,
-        max=32,
+        range=TRAIN_PREPARE["speaker_level"],
         help="Speaker = folder this many levels above the file (1 = parent; 0 = file name).",
     ),
     speaker_regex: str | None = typer.Option(
@@ -78,8 +84,8 @@ def prepare_cmd(
         "--holdout-speakers",
         help="Validation speakers: N, P% or a comma-separated list of names (0: none).",
     ),
-    batch_size: int = typer.Option(
-        16, "--batch-size", min=1, max=4096, help="Frames per pSp batch."
+    batch_size: int = int_option(
+        16, "--batch-size", range=TRAIN_PREPARE["batch_size"], help="Frames per pSp batch."
     ),
     encoder: Path | None = typer.Option(None, "--encoder", help="pSp file (default: registry)."),
     resume: bool = typer.Option(False, "--resume", help="Skip videos already prepared."),
@@ -92,8 +98,8 @@ def prepare_cmd(
     allow_failed: bool = typer.Option(
         False, "--allow-failed", help="Exit 0 when some videos failed (they are still skipped)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the speaker split."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    seed: int = seed_option(0, "of the speaker split"),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Encode videos into a training dataset: pSp W+ per frame (fp16) + MFCC of the soundtrack."""
@@ -101,8 +107,6 @@ def prepare_cmd(
     from talkcli.train.prepare import PrepareConfig, collect_videos, plan_items, prepare_dataset
     from talkcli.weights import registry
 
-    if detector not in ("auto", "fan", "mtcnn"):
-        raise UserError(f"--detector {detector!r}: expected auto, fan or mtcnn")
     k, n = resolve_shard(shard)
     out = out.expanduser()
     if out.exists() and not out.is_dir():
@@ -180,14 +184,21 @@ def prepare_cmd(
 def pca_cmd(
     data: Path = typer.Argument(..., help="Dataset folder made by `train prepare`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (mean, basis, variances)."),
-    components: int = typer.Option(
-        2500, "--components", "-k", min=1, max=100_000, help="Principal components to keep."
+    components: int = int_option(
+        2500,
+        "--components",
+        "-k",
+        range=TRAIN_PCA["components"],
+        help="Principal components to keep.",
     ),
-    max_frames: int = typer.Option(
-        100_000, "--max-frames", min=2, max=100_000_000, help="Use at most N training frames."
+    max_frames: int = int_option(
+        100_000,
+        "--max-frames",
+        range=TRAIN_PCA["max_frames"],
+        help="Use at most N training frames.",
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Explained-variance curve (PNG...)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """PCA basis of the training split's W+ codes (the thesis used pSp-encoded FFHQ)."""
     from talkcli.guards import guard_outputs
@@ -228,68 +239,87 @@ def fit_cmd(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Best model (.safetensors); NAME.last / NAME.state.pt beside it."
     ),
-    epochs: int = typer.Option(20, "--epochs", min=1, max=100_000, help="Passes over the clips."),
-    batch_size: int = typer.Option(
-        16, "--batch-size", min=1, max=4096, help="Clips per step (per process under torchrun)."
+    epochs: int = int_option(
+        20, "--epochs", range=TRAIN_FIT["epochs"], help="Passes over the clips."
     ),
-    seq_len: int = typer.Option(
-        16, "--seq-len", min=1, max=2000, help="Consecutive frames per clip."
+    batch_size: int = int_option(
+        16,
+        "--batch-size",
+        range=TRAIN_FIT["batch_size"],
+        help="Clips per step (per process under torchrun).",
     ),
-    lr: float = typer.Option(2e-4, "--lr", min=1e-9, max=1.0, help="Adam learning rate."),
-    latent_weight: float = typer.Option(
+    seq_len: int = int_option(
+        16, "--seq-len", range=TRAIN_FIT["seq_len"], help="Consecutive frames per clip."
+    ),
+    lr: float = float_option(2e-4, "--lr", range=TRAIN_FIT["lr"], help="Adam learning rate."),
+    latent_weight: float = float_option(
         250.0,
         "--latent-weight",
-        min=0.0,
-        max=1e9,
+        range=TRAIN_FIT["latent_weight"],
         help="Weight of the W+ L2 term, per code value (thesis 250; the plain sum over the "
         "18x512 values is 250*9216 = 2304000).",
     ),
-    lpips_weight: float = typer.Option(
+    lpips_weight: float = float_option(
         1.0,
         "--lpips-weight",
-        min=0.0,
-        max=1e9,
+        range=TRAIN_FIT["lpips_weight"],
         help="Weight of LPIPS-vgg between G(predicted) and G(target); 0 skips rendering.",
     ),
-    lpips_frames: int = typer.Option(
-        0, "--lpips-frames", min=0, max=2000, help="Render only N random frames per clip (0: all)."
+    lpips_frames: int = int_option(
+        0,
+        "--lpips-frames",
+        range=TRAIN_FIT["lpips_frames"],
+        help="Render only N random frames per clip (0: all).",
     ),
-    lpips_size: int = typer.Option(
-        256, "--lpips-size", min=16, max=1024, help="Images are shrunk to this size for LPIPS."
+    lpips_size: int = int_option(
+        256,
+        "--lpips-size",
+        range=TRAIN_FIT["lpips_size"],
+        help="Images are shrunk to this size for LPIPS.",
     ),
-    lr_decay: float = typer.Option(
-        0.5, "--lr-decay", min=0.01, max=1.0, help="LR factor when validation stops improving."
+    lr_decay: float = float_option(
+        0.5,
+        "--lr-decay",
+        range=TRAIN_FIT["lr_decay"],
+        help="LR factor when validation stops improving.",
     ),
-    lr_patience: int = typer.Option(
-        2, "--lr-patience", min=0, max=10_000, help="Epochs without improvement before decay."
+    lr_patience: int = int_option(
+        2,
+        "--lr-patience",
+        range=TRAIN_FIT["lr_patience"],
+        help="Epochs without improvement before decay.",
     ),
-    components: int | None = typer.Option(
+    components: int | None = int_option(
         None,
         "--components",
         "-k",
-        min=1,
-        max=100_000,
+        range=TRAIN_FIT["components"],
         help="PCA components (default 2500, capped by the data; or all of --pca).",
     ),
     pca: Path | None = typer.Option(None, "--pca", help="PCA .npz from `train pca` or elsewhere."),
-    pca_frames: int = typer.Option(
-        100_000, "--pca-frames", min=2, max=100_000_000, help="Frames used for the PCA."
+    pca_frames: int = int_option(
+        100_000, "--pca-frames", range=TRAIN_FIT["pca_frames"], help="Frames used for the PCA."
     ),
-    arch: str = typer.Option("thesis", "--arch", help="thesis (tables 4.3/4.4) or tiny (tests)."),
-    generator: Path | None = typer.Option(
-        None, "--generator", help="StyleGAN2 .pt (default: registry, else the pSp decoder)."
+    arch: Arch = choice_option(
+        Arch.thesis, "--arch", help="thesis (tables 4.3/4.4) or tiny (tests)."
     ),
+    generator: Path | None = GENERATOR_OPTION,
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue from a training state file (NAME.state.pt)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
-    workers: int = typer.Option(0, "--workers", min=0, max=64, help="Data loader processes."),
-    steps_per_epoch: int = typer.Option(
-        0, "--steps-per-epoch", min=0, max=1_000_000_000, help="Cap steps per epoch (0: all)."
+    seed: int = seed_option(0),
+    workers: int = int_option(
+        0, "--workers", range=TRAIN_FIT["workers"], help="Data loader processes."
+    ),
+    steps_per_epoch: int = int_option(
+        0,
+        "--steps-per-epoch",
+        range=TRAIN_FIT["steps_per_epoch"],
+        help="Cap steps per epoch (0: all).",
     ),
     log: Path | None = typer.Option(None, "--log", help="JSONL log (default NAME.log.jsonl)."),
     plot: Path | None = typer.Option(None, "--plot", help="Training curves picture (PNG...)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
@@ -313,7 +343,7 @@ def fit_cmd(
         lr_patience=lr_patience,
         components=components,
         pca_frames=pca_frames,
-        arch=arch,
+        arch=str(arch),  # the plain name: asdict(cfg) goes into the checkpoints
         seed=seed,
         workers=workers,
         steps_per_epoch=steps_per_epoch,
@@ -367,10 +397,9 @@ def _fit_model_files(
     )
     lpips_paths = None
     if with_lpips:
-        lpips_paths = (
-            registry.resolve("vgg16", wd, purpose="train fit (LPIPS-vgg)"),
-            registry.resolve("lpips-vgg", wd, purpose="train fit (LPIPS-vgg)"),
-        )
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files("vgg", wd, "train fit (LPIPS-vgg)")
     return generator_path, lpips_paths
 
 

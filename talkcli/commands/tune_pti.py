@@ -8,15 +8,25 @@ from typing import TYPE_CHECKING
 import typer
 
 from talkcli.commands._common import (
-    WEIGHTS_DIR_OPTION,
     generator_file,
     print_json,
     weights_dir,
 )
-from talkcli.commands.invert import LPIPS_FILES
+from talkcli.commands.options import (
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    LpipsNet,
+    PivotMethod,
+    choice_option,
+    float_option,
+    int_option,
+    lpips_option,
+    seed_option,
+)
 from talkcli.console import info, progress, settings
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import TUNE_PTI
 
 if TYPE_CHECKING:
     from talkcli.inversion.pti import PTIConfig, PTIRequest
@@ -30,42 +40,45 @@ def tune_pti_cmd(
     generator: Path | None = typer.Option(
         None, "--generator", help="Base StyleGAN2 .pt (default: registry, else the pSp decoder)."
     ),
-    encoder: Path | None = typer.Option(None, "--encoder", help="pSp checkpoint for the pivots."),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="pSp checkpoint for the pivots (default: registry)."
+    ),
     pivots: Path | None = typer.Option(
         None, "--pivots", help="Pivots from `talkcli invert` (.npz), one per frame."
     ),
-    pivot_method: str = typer.Option(
-        "psp", "--pivot-method", help="psp (thesis) or w-project (PTI's W projection)."
+    pivot_method: PivotMethod = choice_option(
+        PivotMethod.psp, "--pivot-method", help="psp (thesis) or w-project (PTI's W projection)."
     ),
-    max_frames: int | None = typer.Option(
+    max_frames: int | None = int_option(
         None,
         "--max-frames",
-        min=1,
-        max=10_000,
+        range=TUNE_PTI["max_frames"],
         help="Use at most N frames of a video, sampled evenly.",
     ),
-    steps: int = typer.Option(350, "--steps", min=0, max=100_000, help="Tuning steps."),
-    lr: float = typer.Option(3e-4, "--lr", min=1e-8, max=1.0, help="Adam learning rate."),
-    lpips_net: str = typer.Option("alex", "--lpips", help="LPIPS backbone: alex or vgg."),
-    l2_weight: float = typer.Option(
-        1.0, "--l2-weight", min=0.0, max=1e6, help="Weight of the pixel L2 loss."
+    steps: int = int_option(350, "--steps", range=TUNE_PTI["steps"], help="Tuning steps."),
+    lr: float = float_option(3e-4, "--lr", range=TUNE_PTI["lr"], help="Adam learning rate."),
+    lpips_net: LpipsNet = lpips_option(LpipsNet.alex),
+    l2_weight: float = float_option(
+        1.0, "--l2-weight", range=TUNE_PTI["l2_weight"], help="Weight of the pixel L2 loss."
     ),
-    stop_lpips: float = typer.Option(
+    stop_lpips: float = float_option(
         0.06,
         "--stop-lpips",
-        min=0.0,
-        max=1.0,
+        range=TUNE_PTI["stop_lpips"],
         help="Stop early when the step's LPIPS falls below this.",
     ),
-    batch: int = typer.Option(4, "--batch", min=1, max=256, help="Frames drawn per step."),
+    batch: int = int_option(4, "--batch", range=TUNE_PTI["batch"], help="Frames drawn per step."),
     locality: bool = typer.Option(
         False, "--locality", help="PTI's locality regulariser (keeps far latents unchanged)."
     ),
-    project_steps: int = typer.Option(
-        450, "--project-steps", min=1, max=100_000, help="Steps of the w-project pivot search."
+    project_steps: int = int_option(
+        450,
+        "--project-steps",
+        range=TUNE_PTI["project_steps"],
+        help="Steps of the w-project pivot search.",
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    seed: int = seed_option(0),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Tune the generator around the identity's pivots (PTI; thesis stage 2)."""
@@ -145,6 +158,7 @@ def _request(
     from talkcli.guards import guard_outputs
     from talkcli.inversion.invert import load_frames
     from talkcli.inversion.pti import PTIRequest, pivots_path_for
+    from talkcli.runtime import lpips_files
     from talkcli.weights import registry
 
     out = out.expanduser()
@@ -157,11 +171,7 @@ def _request(
     if pivots is None and pivot_method == "psp":
         encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
     generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
-    backbone, heads = LPIPS_FILES[lpips_net]
-    lpips_paths = (
-        registry.resolve(backbone, wd, purpose=f"LPIPS-{lpips_net}"),
-        registry.resolve(heads, wd, purpose=f"LPIPS-{lpips_net}"),
-    )
+    lpips_paths = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
     guard_outputs(
         [out, pivots_path_for(out)],
         inputs=[*frames.files, pivots, encoder_path, generator_path],
@@ -172,8 +182,8 @@ def _request(
         out,
         generator_path,
         lpips_paths,
-        lpips_net=lpips_net,
-        pivot_method=pivot_method,
+        lpips_net=str(lpips_net),  # the plain name (the files' metadata holds no CLI enum)
+        pivot_method=str(pivot_method),
         pivots_file=pivots,
         encoder_path=encoder_path,
         project_steps=project_steps,

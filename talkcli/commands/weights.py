@@ -8,10 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from talkcli.commands._common import WEIGHTS_DIR_OPTION, print_json, weights_dir
+from talkcli.commands._common import print_json, weights_dir
+from talkcli.commands.options import JSON_OPTION, WEIGHTS_DIR_OPTION, int_option, seed_option
 from talkcli.console import console, info, status
 from talkcli.errors import ModelFileError, UserError
-from talkcli.guards import SEED_MAX
+from talkcli.ranges import WEIGHTS_TINY
 from talkcli.weights import registry
 
 weights_app = typer.Typer(
@@ -68,7 +69,7 @@ def status_table(statuses, weights_dir: Path | None = None) -> Table:
 @weights_app.command("list")
 def list_cmd(
     verify: bool = typer.Option(False, "--verify", help="Hash every present file now."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Show every model file talkcli uses: missing, present or verified, and where it is."""
@@ -146,7 +147,8 @@ def fetch_cmd(
     failures: list[str] = []
     for entry in dict.fromkeys(entries):
         try:
-            path = fetch(entry, wd, force=force)
+            with _FetchBar(entry.name) as bar:
+                path = fetch(entry, wd, force=force, on_progress=bar.update)
             status("ok", "green", f"{entry.name}: {path}")
         except ModelFileError as exc:
             if len(entries) == 1:
@@ -157,6 +159,32 @@ def fetch_cmd(
         raise UserError(
             f"{len(failures)} of {len(entries)} file(s) could not be fetched (see above)"
         )
+
+
+class _FetchBar:
+    """The download bar of one file: appears on the first progress report (so nothing shows for
+    a file already present), closed when the fetch ends."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> _FetchBar:
+        return self
+
+    def update(self, done: int, total: int | None) -> None:
+        from talkcli.console import progress
+
+        if self._bar is None:
+            self._bar = progress().__enter__()
+            self._task = self._bar.add_task(f"fetch {self.name}", total=total, completed=done)
+        else:
+            self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
 
 def _summarise(obj, prefix: str = "", limit: int = 12) -> list[str]:
@@ -231,16 +259,16 @@ def tiny_cmd(
     folder: Path = typer.Argument(
         ..., help="Folder to write the pack into (use as --weights-dir)."
     ),
-    size: int = typer.Option(
-        64, "--size", min=16, max=1024, help="Generator output size: 16, 32, ..., 1024."
+    size: int = int_option(
+        64, "--size", range=WEIGHTS_TINY["size"], help="Generator output size: 16, 32, ..., 1024."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed of the weights."),
+    seed: int = seed_option(0, "of the weights"),
     force: bool = typer.Option(
         False, "--force", help="Write even into a folder that holds other (real) model files."
     ),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
-    from talkcli.weights.tiny import write_tiny_pack
+    from talkcli.tiny.pack import write_tiny_pack
 
     written = write_tiny_pack(folder, size=size, seed=seed, force=force)
     for name, path in written.items():

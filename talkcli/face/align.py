@@ -18,7 +18,7 @@ Sidecars hold ``quad`` (4x2 source pixels, FFHQ corner order), ``landmarks``, ``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,10 @@ from talkcli.face.landmarks import (
     select_detector,
 )
 from talkcli.guards import check_frame_count, check_number
-from talkcli.io.files import atomic_output, sha256_file
+from talkcli.io.files import sha256_file, write_json_atomic
 from talkcli.io.images import IMAGE_EXTS, VIDEO_EXTS, expand_inputs, read_image_rgb, write_png
+from talkcli.ranges import ALIGN as ALIGN_RANGES
+from talkcli.ranges import option_name
 
 STATUS_FILE = "align-status.json"
 ProgressFn = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -90,11 +92,8 @@ class AlignConfig:
 
     def check(self) -> None:
         """The command's option ranges, for library callers too (see ``talkcli align --help``)."""
-        check_number("--size", self.size, 8, 4096)
-        check_number("--fps", self.fps, 1.0, 120.0)
-        check_number("--detect-every", self.detect_every, 1, 1000)
-        check_number("--smooth", self.smooth, 0.0, 50.0)
-        check_number("--face-index", self.face_index, 0, 99)
+        for name, (lo, hi) in ALIGN_RANGES.items():  # talkcli.ranges, as the CLI's
+            check_number(option_name(name), getattr(self, name), lo, hi)
 
 
 @dataclass
@@ -146,11 +145,6 @@ def output_paths(path: Path, out_dir: Path) -> tuple[Path, Path]:
     """(aligned output, sidecar) for an input: ``OUT/<stem>.png|.mp4`` and ``OUT/<stem>.json``."""
     suffix = ".mp4" if is_video(path) else ".png"
     return out_dir / f"{path.stem}{suffix}", out_dir / f"{path.stem}.json"
-
-
-def _write_json(path: Path, data: dict[str, Any], indent: int | None = 1) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
 
 
 def align_image_array(
@@ -220,7 +214,7 @@ def align_image_file(
         "options": cfg.options("image"),
         "talkcli": __version__,
     }
-    _write_json(side_path, sidecar)
+    write_json_atomic(side_path, sidecar)
     return ItemResult(path, "ok", out_path, side_path, faces=count, frames=1)
 
 
@@ -262,96 +256,138 @@ def smooth_quads(params: list[QuadParams], sigma: float) -> list[QuadParams]:
     return smooth_quad_params(params, sigma, 3.0 * sigma)
 
 
-def align_video_file(
+@dataclass
+class VideoLandmarks:
+    """Pass 1 of ``align_video_file``: landmarks at key frames of a video read at ``cfg.fps``."""
+
+    keyed: dict[int, np.ndarray]  # frame index -> (P, 2) landmarks, frames with a face only
+    scores: dict[int, float]  # frame index -> detector score (detected frames only)
+    face_counts: list[int]  # faces found in each frame where the detector ran
+    n_frames: int  # frames decoded at cfg.fps
+    detector_name: str  # "file" when the landmarks were given
+    source_size: tuple[int, int]  # (w, h) of the decoded frames
+    total: int  # frames expected from the probe (progress: 2 * total steps in all)
+
+
+def _detect_key_frames(
     path: Path,
-    out_dir: Path,
+    frames: Iterable[np.ndarray],
+    detector: LandmarkDetector,
     cfg: AlignConfig,
-    detectors: Detectors | None = None,
+    marks: VideoLandmarks,
+    progress: ProgressFn | None,
+) -> None:
+    """Detect every ``cfg.detect_every`` frames (and in the last one: no extrapolation),
+    following one face (``_track``); fills ``marks`` in place."""
+    previous: Face | None = None
+
+    def detect_at(i: int, frame: np.ndarray) -> None:
+        nonlocal previous
+        faces = detector.detect(frame)
+        marks.face_counts.append(len(faces))
+        if not faces:
+            return
+        try:
+            previous = _track(faces, previous, cfg.face_index)
+        except UserError as exc:
+            raise InputFileError(path, f"frame {i}: {exc}") from None
+        marks.keyed[i], marks.scores[i] = previous.landmarks, previous.score
+
+    last: np.ndarray | None = None
+    n = 0
+    for i, frame in enumerate(frames):
+        n = i + 1
+        last = frame
+        if i % cfg.detect_every == 0:
+            detect_at(i, frame)
+        if progress:
+            progress(i + 1, 2 * marks.total)
+    if n and (n - 1) % cfg.detect_every and last is not None:
+        detect_at(n - 1, last)  # always key the last frame: no extrapolation
+    marks.n_frames = n
+
+
+def _given_key_frames(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    cfg: AlignConfig,
+    landmark_data: dict[str, Any],
+    marks: VideoLandmarks,
+) -> None:
+    """Key frames from a ``--landmarks`` file: one set for every frame, or one per frame
+    (``"frames"``, null where unknown); checked against the video; fills ``marks``."""
+    file_frames: list[np.ndarray | None] | None = landmark_data.get("frames")
+    static: np.ndarray | None = landmark_data.get("landmarks")
+    w_src, h_src = marks.source_size
+    given = [static] if static is not None else [f for f in file_frames if f is not None]
+    for j, pts in enumerate(given):
+        where = "--landmarks" if static is not None else f"--landmarks frame {j}"
+        check_landmarks_inside(pts, w_src, h_src, cfg.landmarks_file or path, where)
+    n = marks.n_frames = sum(1 for _ in frames)
+    if file_frames is not None:
+        if len(file_frames) != n:
+            raise InputFileError(
+                cfg.landmarks_file or path,
+                f'"frames" has {len(file_frames)} entries but the video has {n} frames '
+                f"at {cfg.fps:g} fps",
+                "give one entry per frame (null for unknown frames)",
+            )
+        marks.keyed = {i: f for i, f in enumerate(file_frames) if f is not None}
+    else:
+        marks.keyed = {0: static}  # type: ignore[dict-item]
+
+
+def video_landmarks(
+    path: Path,
+    cfg: AlignConfig,
+    detectors: Detectors,
     landmark_data: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
-) -> ItemResult:
-    """Align a video: two decoding passes (landmarks, then warp) -> ``OUT/<stem>.mp4`` + JSON."""
+) -> VideoLandmarks:
+    """Pass 1: decode at ``cfg.fps`` and key landmarks (detected, or given by ``landmark_data``).
+
+    Raises ``InputFileError`` when the video has no frames or no face in any frame.
+    """
+    from talkcli.io.video import VideoReader
+
+    with VideoReader(path, fps=cfg.fps) as reader:
+        total = max(check_frame_count(path, reader.info.duration * cfg.fps, cfg.fps), 1)
+        marks = VideoLandmarks({}, {}, [], 0, "file", (reader.width, reader.height), total)
+        given = landmark_data is not None and (
+            landmark_data.get("frames") is not None or landmark_data.get("landmarks") is not None
+        )
+        if given:
+            _given_key_frames(path, reader, cfg, landmark_data, marks)
+        else:
+            detector = detectors.get()
+            marks.detector_name = detector.name
+            _detect_key_frames(path, reader, detector, cfg, marks, progress)
+    if marks.n_frames == 0:
+        raise InputFileError(path, "has no video frames")
+    if not marks.keyed:
+        raise InputFileError(
+            path,
+            f"no face found in any frame (detector {marks.detector_name})",
+            "or pass --landmarks",
+        )
+    return marks
+
+
+def warp_video(
+    path: Path,
+    out_path: Path,
+    cfg: AlignConfig,
+    marks: VideoLandmarks,
+    landmarks: np.ndarray,
+    quads: list[QuadParams],
+    progress: ProgressFn | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Pass 2: decode again, warp each frame by its (smoothed) quad, encode ``out_path`` with
+    the source's audio. ``landmarks`` is (n, P, 2). Returns (per-frame metadata, has audio)."""
     from talkcli.io.video import VideoReader, VideoWriter
 
-    if cfg.size % 2:
-        raise UserError(f"--size {cfg.size}: a video needs an even size (H.264 yuv420p)")
-    detectors = detectors or Detectors(cfg)
-    file_frames: list[np.ndarray | None] | None = None
-    static: np.ndarray | None = None
-    detector_name = "file"
-    if landmark_data is not None:
-        file_frames = landmark_data.get("frames")
-        static = landmark_data.get("landmarks")
-
-    # pass 1: landmarks at key frames
-    keyed: dict[int, np.ndarray] = {}
-    scores: dict[int, float] = {}
-    counts: list[int] = []
-    n = 0
-    with VideoReader(path, fps=cfg.fps) as reader:
-        info = reader.info
-        total = max(check_frame_count(path, info.duration * cfg.fps, cfg.fps), 1)
-        source_size = (reader.width, reader.height)
-        if file_frames is None and static is None:
-            detector = detectors.get()
-            detector_name = detector.name
-            previous: Face | None = None
-            last: np.ndarray | None = None
-
-            def detect_at(i: int, frame: np.ndarray) -> None:
-                """Detect in frame ``i`` and key its landmarks, following the tracked face."""
-                nonlocal previous
-                faces = detector.detect(frame)
-                counts.append(len(faces))
-                if not faces:
-                    return
-                try:
-                    previous = _track(faces, previous, cfg.face_index)
-                except UserError as exc:
-                    raise InputFileError(path, f"frame {i}: {exc}") from None
-                keyed[i], scores[i] = previous.landmarks, previous.score
-
-            for i, frame in enumerate(reader):
-                n = i + 1
-                last = frame
-                if i % cfg.detect_every == 0:
-                    detect_at(i, frame)
-                if progress:
-                    progress(i + 1, 2 * total)
-            if n and (n - 1) % cfg.detect_every and last is not None:
-                detect_at(n - 1, last)  # always key the last frame: no extrapolation
-        else:
-            w_src, h_src = source_size
-            given = [static] if static is not None else [f for f in file_frames if f is not None]
-            for j, pts in enumerate(given):
-                where = "--landmarks" if static is not None else f"--landmarks frame {j}"
-                check_landmarks_inside(pts, w_src, h_src, cfg.landmarks_file or path, where)
-            n = sum(1 for _ in reader)
-            if file_frames is not None:
-                if len(file_frames) != n:
-                    raise InputFileError(
-                        cfg.landmarks_file or path,
-                        f'"frames" has {len(file_frames)} entries but the video has {n} frames '
-                        f"at {cfg.fps:g} fps",
-                        "give one entry per frame (null for unknown frames)",
-                    )
-                keyed = {i: f for i, f in enumerate(file_frames) if f is not None}
-            else:
-                keyed = {0: static}  # type: ignore[dict-item]
-    if n == 0:
-        raise InputFileError(path, "has no video frames")
-    if not keyed:
-        raise InputFileError(
-            path, f"no face found in any frame (detector {detector_name})", "or pass --landmarks"
-        )
-    landmarks = interpolate_landmarks(keyed, n)  # (n, P, 2)
-    raw = [quad_params(lm) for lm in landmarks]
-    smoothed = smooth_quads(raw, cfg.smooth)
-
-    # pass 2: warp and encode
-    exact = bool(cfg.exact_warp)
-    warp = align_quad_exact if exact else align_quad_fast
-    out_path, side_path = output_paths(path, out_dir)
+    warp = align_quad_exact if cfg.exact_warp else align_quad_fast
+    n, total = marks.n_frames, marks.total
     frames_meta: list[dict[str, Any]] = []
     with VideoReader(path, fps=cfg.fps) as reader:
         audio = path if reader.info.has_audio else None
@@ -361,13 +397,13 @@ def align_video_file(
             for i, frame in enumerate(reader):
                 if i >= n:
                     raise InputFileError(path, "decoded a different number of frames twice")
-                aligned, meta = warp(frame, smoothed[i].quad, cfg.size)
+                aligned, meta = warp(frame, quads[i].quad, cfg.size)
                 w.write(aligned)
                 frames_meta.append(
                     {
                         "index": i,
-                        "detected": i in keyed,
-                        "score": scores.get(i),
+                        "detected": i in marks.keyed,
+                        "score": marks.scores.get(i),
                         "quad": meta.quad.tolist(),
                         "matrix": meta.matrix.tolist(),
                         "landmarks": landmarks[i].tolist(),
@@ -376,28 +412,60 @@ def align_video_file(
                 if progress:
                     progress(total + int(round((i + 1) * total / n)), 2 * total)
             w.close()
-    sidecar = {
+    return frames_meta, audio is not None
+
+
+def _video_sidecar(
+    path: Path,
+    out_path: Path,
+    cfg: AlignConfig,
+    marks: VideoLandmarks,
+    frames_meta: list[dict[str, Any]],
+    has_audio: bool,
+) -> dict[str, Any]:
+    """The sidecar JSON of an aligned video (keys and order are a contract)."""
+    return {
         "source": str(path.resolve()),
         "source_sha256": sha256_file(path),
         "kind": "video",
         "output": out_path.name,
-        "detector": detector_name,
-        "source_size": list(source_size),
+        "detector": marks.detector_name,
+        "source_size": list(marks.source_size),
         "size": cfg.size,
         "fps": cfg.fps,
-        "n_frames": n,
+        "n_frames": marks.n_frames,
         "detect_every": cfg.detect_every,
         "smooth": {"center_sigma": cfg.smooth, "axis_sigma": 3.0 * cfg.smooth},
-        "warp": "exact" if exact else "fast",
-        "has_audio": audio is not None,
-        "face_counts": counts,
+        "warp": "exact" if cfg.exact_warp else "fast",
+        "has_audio": has_audio,
+        "face_counts": marks.face_counts,
         "frames": frames_meta,
         "options": cfg.options("video"),
         "talkcli": __version__,
     }
-    _write_json(side_path, sidecar, indent=None)  # one line: thousands of frames
+
+
+def align_video_file(
+    path: Path,
+    out_dir: Path,
+    cfg: AlignConfig,
+    detectors: Detectors | None = None,
+    landmark_data: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> ItemResult:
+    """Align a video: two decoding passes (landmarks, then warp) -> ``OUT/<stem>.mp4`` + JSON."""
+    if cfg.size % 2:
+        raise UserError(f"--size {cfg.size}: a video needs an even size (H.264 yuv420p)")
+    marks = video_landmarks(path, cfg, detectors or Detectors(cfg), landmark_data, progress)
+    landmarks = interpolate_landmarks(marks.keyed, marks.n_frames)  # (n, P, 2)
+    quads = smooth_quads([quad_params(lm) for lm in landmarks], cfg.smooth)
+    out_path, side_path = output_paths(path, out_dir)
+    frames_meta, has_audio = warp_video(path, out_path, cfg, marks, landmarks, quads, progress)
+    sidecar = _video_sidecar(path, out_path, cfg, marks, frames_meta, has_audio)
+    write_json_atomic(side_path, sidecar, indent=None)  # one line: thousands of frames
+    faces = max(marks.face_counts, default=1)
     return ItemResult(
-        path, "ok", out_path, side_path, faces=max(counts, default=1), frames=n, kind="video"
+        path, "ok", out_path, side_path, faces=faces, frames=marks.n_frames, kind="video"
     )
 
 
@@ -500,7 +568,7 @@ def align_inputs(
         if on_item:
             on_item(res)
         if not single:
-            _write_json(
+            write_json_atomic(
                 out_dir / STATUS_FILE,
                 {"items": [r.to_dict() for r in results], "talkcli": __version__},
             )

@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from talkcli.io.images import (
     to_uint8_images,
     write_png,
 )
+
+if TYPE_CHECKING:
+    from talkcli.models.stylegan2 import Generator
 
 METHODS = ("psp", "optimize", "hybrid")
 
@@ -115,6 +119,149 @@ def _hash(path: Path | None) -> str | None:
     return sha256_file(path) if path is not None else None
 
 
+def _frozen_generator(generator_path: Path | None, device: torch.device) -> Generator | None:
+    """The generator in eval mode with gradients off, or None when no file is given."""
+    if generator_path is None:
+        return None
+    from talkcli.models.stylegan2 import load_generator
+
+    G = load_generator(generator_path, device=device).eval()
+    for p in G.parameters():
+        p.requires_grad_(False)
+    return G
+
+
+def encode_frames(
+    frames: Frames,
+    encoder_path: Path,
+    *,
+    batch_size: int,
+    device: torch.device,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> torch.Tensor:
+    """pSp codes of every frame, (N, n_latent, 512) float32; the encoder is freed afterwards."""
+    from talkcli.models.psp import load_encoder
+
+    E = load_encoder(encoder_path, device=device).eval()
+    n = len(frames.names)
+    chunks = []
+    for start in range(0, n, batch_size):
+        batch = frames.images[start : start + batch_size]
+        with torch.no_grad():
+            chunks.append(E.encode_images(batch).float())  # (b, 18, 512)
+        if on_progress:
+            on_progress("encode", min(start + batch_size, n), n)
+    return torch.cat(chunks)
+
+
+def optimize_frames(
+    frames: Frames,
+    G: Generator,
+    init: torch.Tensor | None,
+    *,
+    lpips_paths: tuple[Path, Path],
+    lpips_net: str,
+    cfg: ProjectionConfig,
+    device: torch.device,
+    seed: int,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Project every frame (thesis Alg. 1/2), from ``init`` codes (pSp) or the mean latent.
+
+    Returns the codes (N, n_latent, 512) on ``device`` and one loss record per frame.
+    """
+    from talkcli.models.perceptual import load_lpips
+
+    lpips = load_lpips(
+        lpips_net, device=device, backbone_path=lpips_paths[0], heads_path=lpips_paths[1]
+    )
+    if init is not None and init.shape[1:] != (G.n_latent, G.style_dim):
+        raise UserError(
+            f"encoder gives {tuple(init.shape[1:])} codes but the generator expects "
+            f"({G.n_latent}, {G.style_dim}): use matching files"
+        )
+    targets = frames_to_tensor(frames.images, G.size, device)
+    n = len(frames.names)
+    total_steps = sum(
+        cfg.steps if (cfg.sequence and t > 0) else (cfg.first_steps or cfg.steps) for t in range(n)
+    )
+    done = 0
+
+    def step_cb(_step: int, _loss: float) -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress("optimize", done, total_steps)
+
+    results = project_frames(G, lpips, targets, cfg, init=init, seed=seed, on_step=step_cb)
+    codes = torch.stack([r.w for r in results]).to(device)
+    losses = [
+        {
+            "name": frames.names[i],
+            "steps": r.steps,
+            "loss_start": r.loss_start,
+            "loss_end": r.loss_end,
+            "lpips": r.lpips_end,
+            "l2": r.l2_end,
+        }
+        for i, r in enumerate(results)
+    ]
+    return codes, losses
+
+
+def reconstruct(
+    G: Generator, codes: torch.Tensor, *, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """The generator's images of ``codes`` (N, n_latent, 512): (N, S, S, 3) uint8."""
+    outs = []
+    for start in range(0, len(codes), batch_size):
+        with torch.no_grad():
+            img = G.synthesis(codes[start : start + batch_size].to(device), noise_mode="const")
+        outs.append(to_uint8_images(img))
+    return np.concatenate(outs)
+
+
+def _invert_meta(
+    frames: Frames,
+    w: np.ndarray,
+    losses: list[dict],
+    *,
+    method: str,
+    cfg: ProjectionConfig,
+    lpips_net: str,
+    seed: int,
+    device: torch.device,
+    generator_path: Path | None,
+    encoder_path: Path | None,
+    lpips_paths: tuple[Path, Path] | None,
+) -> dict:
+    """The run metadata stored with the latents (keys are a contract of the .npz)."""
+    return {
+        "method": method,
+        "space": cfg.space if method != "psp" else "wplus",
+        "steps": cfg.steps if method != "psp" else 0,
+        "first_steps": (cfg.first_steps or cfg.steps) if method != "psp" else 0,
+        "sequence": cfg.sequence,
+        "lr": cfg.lr,
+        "l2_weight": cfg.l2_weight,
+        "lpips": lpips_net if method != "psp" else None,
+        "seed": seed,
+        "talkcli": __version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "sources": frames.sources,
+        "input_sha256": frames.files,
+        "fps": frames.fps,
+        "weights": {
+            "generator": {"path": str(generator_path), "sha256": _hash(generator_path)},
+            "encoder": {"path": str(encoder_path), "sha256": _hash(encoder_path)},
+            "lpips": [{"path": str(p), "sha256": _hash(p)} for p in lpips_paths or ()],
+        },
+        "mean_latent_step": mean_latent_step(torch.from_numpy(w)),
+        "losses": losses,
+    }
+
+
 def invert(
     frames: Frames,
     *,
@@ -139,110 +286,49 @@ def invert(
     cfg = cfg or ProjectionConfig()
     device = torch.device(device)
     torch.manual_seed(seed)
-    from talkcli.models.stylegan2 import load_generator
-
-    G = None
-    if generator_path is not None:
-        G = load_generator(generator_path, device=device).eval()
-        for p in G.parameters():
-            p.requires_grad_(False)
-
-    n = len(frames.names)
-    codes: torch.Tensor | None = None
+    G = _frozen_generator(generator_path, device)
+    codes: torch.Tensor | None = None  # (N, n_latent, 512)
     if method in ("psp", "hybrid"):
         if encoder_path is None:
             raise UserError(f"--method {method} needs the pSp encoder (--encoder)")
-        from talkcli.models.psp import load_encoder
-
-        E = load_encoder(encoder_path, device=device).eval()
-        chunks = []
-        for start in range(0, n, batch_size):
-            batch = frames.images[start : start + batch_size]
-            with torch.no_grad():
-                chunks.append(E.encode_images(batch).float())  # (b, 18, 512)
-            if on_progress:
-                on_progress("encode", min(start + batch_size, n), n)
-        codes = torch.cat(chunks)
-        del E
+        codes = encode_frames(
+            frames, encoder_path, batch_size=batch_size, device=device, on_progress=on_progress
+        )
     losses: list[dict] = []
     if method in ("optimize", "hybrid"):
         if G is None or lpips_paths is None:
             raise UserError(f"--method {method} needs the generator and LPIPS files")
-        from talkcli.models.perceptual import load_lpips
-
-        lpips = load_lpips(
-            lpips_net,
+        codes, losses = optimize_frames(
+            frames,
+            G,
+            codes,
+            lpips_paths=lpips_paths,
+            lpips_net=lpips_net,
+            cfg=cfg,
             device=device,
-            backbone_path=lpips_paths[0],
-            heads_path=lpips_paths[1],
+            seed=seed,
+            on_progress=on_progress,
         )
-        if codes is not None and codes.shape[1:] != (G.n_latent, G.style_dim):
-            raise UserError(
-                f"encoder gives {tuple(codes.shape[1:])} codes but the generator expects "
-                f"({G.n_latent}, {G.style_dim}): use matching files"
-            )
-        targets = frames_to_tensor(frames.images, G.size, device)
-        total_steps = sum(
-            cfg.steps if (cfg.sequence and t > 0) else (cfg.first_steps or cfg.steps)
-            for t in range(n)
-        )
-        done = 0
-
-        def step_cb(_step: int, _loss: float) -> None:
-            nonlocal done
-            done += 1
-            if on_progress:
-                on_progress("optimize", done, total_steps)
-
-        results = project_frames(G, lpips, targets, cfg, init=codes, seed=seed, on_step=step_cb)
-        codes = torch.stack([r.w for r in results]).to(device)
-        losses = [
-            {
-                "name": frames.names[i],
-                "steps": r.steps,
-                "loss_start": r.loss_start,
-                "loss_end": r.loss_end,
-                "lpips": r.lpips_end,
-                "l2": r.l2_end,
-            }
-            for i, r in enumerate(results)
-        ]
     assert codes is not None
     recon = None
     if want_reconstructions:
         if G is None:
             raise UserError("reconstructions need a generator (--generator)")
-        outs = []
-        for start in range(0, n, batch_size):
-            with torch.no_grad():
-                img = G.synthesis(codes[start : start + batch_size].to(device), noise_mode="const")
-            outs.append(to_uint8_images(img))
-        recon = np.concatenate(outs)
+        recon = reconstruct(G, codes, batch_size=batch_size, device=device)
     w = codes.detach().float().cpu().numpy().astype(np.float32)
-    meta = {
-        "method": method,
-        "space": cfg.space if method != "psp" else "wplus",
-        "steps": cfg.steps if method != "psp" else 0,
-        "first_steps": (cfg.first_steps or cfg.steps) if method != "psp" else 0,
-        "sequence": cfg.sequence,
-        "lr": cfg.lr,
-        "l2_weight": cfg.l2_weight,
-        "lpips": lpips_net if method != "psp" else None,
-        "seed": seed,
-        "talkcli": __version__,
-        "torch": torch.__version__,
-        "device": str(device),
-        "sources": frames.sources,
-        "input_sha256": frames.files,
-        "fps": frames.fps,
-        "weights": {
-            "generator": {"path": str(generator_path), "sha256": _hash(generator_path)},
-            "encoder": {"path": str(encoder_path), "sha256": _hash(encoder_path)},
-            "lpips": [{"path": str(p), "sha256": _hash(p)} for p in lpips_paths or ()],
-        },
-        "mean_latent_step": mean_latent_step(torch.from_numpy(w)),
-        "losses": losses,
-    }
+    meta = _invert_meta(
+        frames,
+        w,
+        losses,
+        method=method,
+        cfg=cfg,
+        lpips_net=lpips_net,
+        seed=seed,
+        device=device,
+        generator_path=generator_path,
+        encoder_path=encoder_path,
+        lpips_paths=lpips_paths,
+    )
     return InvertResult(w=w, names=frames.names, meta=meta, reconstructions=recon, losses=losses)
 
 

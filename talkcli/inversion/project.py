@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from talkcli.guards import check_finite_loss
+from talkcli.guards import check_finite_loss, check_number
+from talkcli.ranges import INVERT, option_name
 
 LPIPS_SIZE = 256  # LPIPS is computed at 256x256, as the StyleGAN2 projector and PTI do
 
@@ -35,8 +36,8 @@ class ProjectionConfig:
     def __post_init__(self) -> None:
         if self.space not in ("w", "wplus"):
             raise ValueError(f"space must be 'w' or 'wplus', not {self.space!r}")
-        if self.steps < 0 or (self.first_steps is not None and self.first_steps < 0):
-            raise ValueError("steps must be >= 0")
+        for name in ("steps", "first_steps", "lr", "l2_weight"):  # `invert`'s ranges
+            check_number(option_name(name), getattr(self, name), *INVERT[name])
 
 
 @dataclass

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from talkcli import __version__
 from talkcli.errors import InputFileError, UserError
-from talkcli.guards import check_finite_loss
+from talkcli.guards import check_finite_loss, check_number
 from talkcli.inversion.invert import Frames
 from talkcli.inversion.project import LPIPS_SIZE
+from talkcli.ranges import TUNE_PTI, option_name
 
 
 @dataclass
@@ -56,12 +57,8 @@ class PTIConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError("steps must be >= 0")
-        if self.batch < 1:
-            raise ValueError("batch must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
+        for name in ("steps", "lr", "l2_weight", "stop_lpips", "batch", "seed"):  # tune-pti's
+            check_number(option_name(name), getattr(self, name), *TUNE_PTI[name])
 
 
 @dataclass

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from talkcli.constants import SAMPLE_RATE  # re-exported: talkcli.io.audio.SAMPLE_RATE
 from talkcli.errors import InputFileError, OutputError
-from talkcli.io.ffmpeg import raise_for_ffmpeg, run_ffmpeg, stderr_reason
+from talkcli.io.ffmpeg import probe_json, raise_for_ffmpeg, run_ffmpeg, stderr_reason
 from talkcli.io.files import atomic_output, require_file
-
-SAMPLE_RATE = 16000
 
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
 
@@ -208,13 +207,59 @@ class DecodedAudio:
 
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
 _AUDIO_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: Audio: (.*)$", re.MULTILINE)
+# The channel layouts talkcli reports ("mono", "stereo", "5.1(side)", "2" for "2 channels").
+_LAYOUT = r"(mono|stereo|[\d.]+(?:\(\w+\))?|\d+ channels)"
+
+
+def _audio_facts_from_dump(p: Path, err: str) -> dict:
+    """``probe_audio``'s facts from ``ffmpeg -i``'s stream dump (stderr)."""
+    stream = _AUDIO_STREAM.search(err)
+    if stream is None:
+        raise InputFileError(p, "has no audio stream", "pass a file with sound")
+    rate = re.search(r"(\d+) Hz", stream.group(1))
+    channels = re.search(r"Hz, " + _LAYOUT, stream.group(1))
+    m = _DURATION.search(err)
+    duration = None
+    if m:
+        h, mi, se = m.groups()
+        duration = int(h) * 3600 + int(mi) * 60 + float(se)
+    return {
+        "duration": duration,
+        "rate": int(rate.group(1)) if rate else None,
+        "channels": channels.group(1) if channels else None,
+    }
+
+
+def _audio_facts_from_json(p: Path, data: dict) -> dict:
+    """``probe_audio``'s facts from ffprobe's JSON, at the precision of ffmpeg's stream dump
+    (the container duration to the nearest 1/100 s), so that both paths agree exactly."""
+    stream = next((s for s in data.get("streams") or () if s.get("codec_type") == "audio"), None)
+    if stream is None:
+        raise InputFileError(p, "has no audio stream", "pass a file with sound")
+    layout = stream.get("channel_layout")
+    if not layout or layout == "unknown":
+        layout = f"{stream['channels']} channels" if stream.get("channels") else ""
+    channels = re.match(_LAYOUT, layout)
+    duration = None
+    seconds = (data.get("format") or {}).get("duration")
+    if seconds not in (None, "N/A"):
+        micros = round(float(seconds) * 1_000_000)
+        duration = ((micros + 5000) // 10_000) / 100  # as the dump prints it: 00:00:03.52
+    rate = stream.get("sample_rate")
+    return {
+        "duration": duration,
+        "rate": int(rate) if rate else None,
+        "channels": channels.group(1) if channels else None,
+    }
 
 
 def probe_audio(path: str | Path) -> dict:
     """Header facts of a file's audio without decoding it: ``{"duration", "rate", "channels"}``.
 
     The duration is the container's (exact for WAV/FLAC, an estimate for VBR MP3); ``duration``
-    is None when the container does not say. Raises ``InputFileError`` when there is no audio.
+    is None when the container does not say. Read by soundfile for WAV/FLAC, else from
+    ffprobe's JSON when there is an ffprobe, else from ffmpeg's stream dump (same facts).
+    Raises ``InputFileError`` when there is no audio.
     """
     p = require_file(path, "audio file")
     info = _soundfile_info(p)
@@ -226,25 +271,14 @@ def probe_audio(path: str | Path) -> dict:
             "rate": info.samplerate,
             "channels": info.channels,
         }
+    data = probe_json(p)
+    if data is not None:
+        return _audio_facts_from_json(p, data)
     proc = run_ffmpeg(["-v", "info", "-i", str(p)], what="read audio", input_path=p, check=False)
     err = proc.stderr.decode("utf-8", "replace")
     if "Input #0" not in err:
         raise_for_ffmpeg(proc.returncode or 1, err, what="read audio", input_path=p)
-    stream = _AUDIO_STREAM.search(err)
-    if stream is None:
-        raise InputFileError(p, "has no audio stream", "pass a file with sound")
-    rate = re.search(r"(\d+) Hz", stream.group(1))
-    channels = re.search(r"Hz, (mono|stereo|[\d.]+(?:\(\w+\))?|\d+ channels)", stream.group(1))
-    m = _DURATION.search(err)
-    duration = None
-    if m:
-        h, mi, se = m.groups()
-        duration = int(h) * 3600 + int(mi) * 60 + float(se)
-    return {
-        "duration": duration,
-        "rate": int(rate.group(1)) if rate else None,
-        "channels": channels.group(1) if channels else None,
-    }
+    return _audio_facts_from_dump(p, err)
 
 
 def audio_duration(path: str | Path) -> float:

@@ -2,8 +2,10 @@
 
 talkcli uses ``ffmpeg`` from PATH when there is one (a distribution build), else the static
 binary shipped inside the ``imageio-ffmpeg`` wheel, which works on a fresh machine with no system
-package. ``ffprobe`` is optional (imageio-ffmpeg ships none): everything here and in
-``talkcli.io.audio`` / ``talkcli.io.video`` works with ``ffmpeg`` alone.
+package. ``ffprobe`` is optional (imageio-ffmpeg ships none): when one is found (beside that
+ffmpeg or on PATH) media are probed through its JSON (``probe_json``), else ``talkcli.io.audio`` /
+``talkcli.io.video`` read ffmpeg's own stream dump; both paths give the same facts.
+``TALKCLI_NO_FFPROBE=1`` forces the ffmpeg-only path.
 
 Failures are mapped to the exception family: a problem with an input file becomes an
 ``InputFileError`` naming the file and ffmpeg's last meaningful stderr line; a full disk becomes
@@ -13,17 +15,20 @@ an ``OutputError``; anything else an ``ExternalToolError``.
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from talkcli.errors import ExternalToolError, InputFileError, OutputError
+from talkcli.errors import ExternalToolError, InputFileError, OutputError, ToolMissingError
 
-INSTALL_HINT = (
-    "install ffmpeg (apt install ffmpeg, brew install ffmpeg) or `pip install imageio-ffmpeg`"
-)
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it with `apt-get install ffmpeg` (or brew) or `pip install imageio-ffmpeg`"
 
 # Options every talkcli ffmpeg call gets: never read the terminal, no banner.
 BASE_ARGS = ["-nostdin", "-hide_banner"]
@@ -60,7 +65,8 @@ def _binary_version(path: str) -> str | None:
 def find_ffmpeg() -> FFmpegInfo:
     """Locate a working ffmpeg: PATH first, then imageio-ffmpeg's binary (cached).
 
-    Raises ``ExternalToolError`` with an install hint when neither runs.
+    Raises ``ToolMissingError`` (exit 2: the user can fix it) with an install hint when neither
+    runs.
     """
     candidates: list[tuple[str, str]] = []
     on_path = shutil.which("ffmpeg")
@@ -79,7 +85,7 @@ def find_ffmpeg() -> FFmpegInfo:
             return FFmpegInfo(path=path, source=source, version=version)
         tried.append(path)
     detail = f" ({', '.join(tried)} did not run)" if tried else ""
-    raise ExternalToolError(f"ffmpeg not found{detail}: {INSTALL_HINT}")
+    raise ToolMissingError(f"ffmpeg not found{detail}: {INSTALL_HINT}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,6 +99,47 @@ def find_ffprobe() -> str | None:
     if sibling != ff and sibling.is_file():
         return str(sibling)
     return shutil.which("ffprobe")
+
+
+#: Set to a non-empty value other than "0" to probe media with ffmpeg alone (no ffprobe).
+NO_FFPROBE_ENV = "TALKCLI_NO_FFPROBE"
+
+
+def ffprobe_path() -> str | None:
+    """The ffprobe to probe media with, or None: there is none, or ``TALKCLI_NO_FFPROBE`` is set."""
+    if os.environ.get(NO_FFPROBE_ENV, "") not in ("", "0"):
+        return None
+    return find_ffprobe()
+
+
+def probe_json(path: str | Path, *, count_packets: bool = False) -> dict | None:
+    """``ffprobe -v error -print_format json -show_streams -show_format`` of ``path``, parsed.
+
+    ``count_packets`` adds ``-count_packets`` (each stream's ``nb_read_packets``: the file is read
+    through, nothing is decoded). Returns None when there is no ffprobe, or when it fails or
+    reports any error: the caller then probes with ffmpeg, which explains what is wrong with the
+    file in talkcli's usual words.
+    """
+    exe = ffprobe_path()
+    if exe is None:
+        return None
+    cmd = [exe, "-v", "error", "-print_format", "json", "-show_streams", "-show_format"]
+    if count_packets:
+        cmd.append("-count_packets")
+    cmd += ["-i", str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("ffprobe did not run (%s); probing with ffmpeg", exc)
+        return None
+    if proc.returncode != 0 or proc.stderr.strip():
+        log.debug("ffprobe failed on %s; probing with ffmpeg", path)
+        return None
+    try:
+        data = json.loads(proc.stdout.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @functools.lru_cache(maxsize=4)

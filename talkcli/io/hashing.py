@@ -13,6 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from talkcli.errors import OutputError
 from talkcli.io.files import atomic_output, sha256_file
 
 _HEX = frozenset("0123456789abcdef")
@@ -47,9 +48,10 @@ class FileHashes:
         return None
 
     def _write(self, entry: Path | None, digest: str) -> None:
+        """Store an entry; a folder that cannot be written only costs the cache, not the run."""
         if entry is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, OutputError):
             os.makedirs(entry.parent, exist_ok=True)
             with atomic_output(entry) as tmp:
                 Path(tmp).write_text(digest + "\n", encoding="ascii")

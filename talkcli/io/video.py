@@ -1,8 +1,9 @@
 """Streaming video I/O through ffmpeg pipes: probe, read frames, write H.264 with optional audio.
 
-* ``probe_video`` needs only ``ffmpeg`` (no ffprobe): it parses ``ffmpeg -i``'s stream dump and
-  counts the video packets with a stream copy to the null muxer (no decoding, fast), which is the
-  exact frame count for the usual codecs (H.264/HEVC/VP9/AV1/MJPEG store one frame per packet).
+* ``probe_video`` reads ffprobe's JSON when an ffprobe is found, else (imageio-ffmpeg ships
+  none) it parses ``ffmpeg -i``'s stream dump and counts the video packets with a stream copy to
+  the null muxer; either way no frame is decoded, and the packet count is the exact frame count
+  for the usual codecs (H.264/HEVC/VP9/AV1/MJPEG store one frame per packet).
 * ``VideoReader`` decodes to raw RGB24 on a pipe and yields (H, W, 3) uint8 frames one at a time
   (or in batches); ``fps=`` resamples with ffmpeg's ``fps`` filter, ``size=`` rescales.
 * ``VideoWriter`` takes raw RGB24 frames on ffmpeg's stdin and encodes H.264 yuv420p (libx264) to
@@ -20,9 +21,11 @@ written.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,12 +35,12 @@ from typing import IO
 
 import numpy as np
 
-from talkcli.console import info, warn
 from talkcli.errors import ExternalToolError, InputFileError, OutputError, UserError
 from talkcli.io.audio import SAMPLE_RATE, audio_duration, save_wav
 from talkcli.io.ffmpeg import (
     ffmpeg_command,
     has_encoder,
+    probe_json,
     raise_for_ffmpeg,
     run_ffmpeg,
 )
@@ -65,6 +68,7 @@ X264_TUNES = (
     "psnr",
     "ssim",
 )
+log = logging.getLogger(__name__)  # notes and warnings; the CLI shows them (install_log_handler)
 # Default x264 settings, chosen with benchmarks/bench_writer.py at 1024x1024 on 2 cores.
 # Quiet machine (frames/s, file size for 100 frames): plain veryfast 55.8 (3.7 MB), veryfast +
 # zerolatency 52.7 (10.5 MB), superfast 62.3 (12.8 MB), ultrafast 162 (14.1 MB). With other jobs
@@ -179,13 +183,81 @@ def _count_frames(path: Path, video_filter: str | None = None) -> int:
     return n
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Size, frame rate, exact frame count, duration and audio presence of a video file.
+def _banner_rate(rate: str | None) -> float | None:
+    """An exact ffprobe rate ("30000/1001") at the precision ffmpeg's stream dump prints it
+    (``print_fps``: 2 decimals, "k" for thousands), read back like the dump, so that both
+    probing paths give the same fps; None for "0/0" (unknown)."""
+    num, _, den = (rate or "").partition("/")
+    try:
+        value = float(Fraction(int(num), int(den or 1)))
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value <= 0:
+        return None
+    hundredths = round(struct.unpack("f", struct.pack("f", value * 100))[0])  # C's lrintf
+    if not hundredths:
+        text = f"{value:.4f}"
+    elif hundredths % 100:
+        text = f"{value:.2f}"
+    elif hundredths % 100_000:
+        text = f"{value:.0f}"
+    else:
+        text = f"{value / 1000:.0f}k"
+    return _parse_rate(text)
 
-    Uses ``ffmpeg`` only (ffprobe may be absent). Raises ``InputFileError`` for a missing,
-    empty or unreadable file, a file with no video stream, or one with zero frames.
-    """
-    p = require_file(path, "video file")
+
+def _stream_rotation(stream: dict) -> float | None:
+    """Degrees of a stream's display matrix (ffprobe >= 5 side data, or the older rotate tag)."""
+    for side in stream.get("side_data_list") or ():
+        if "rotation" in side:
+            return float(side["rotation"])
+    rotate = (stream.get("tags") or {}).get("rotate")
+    return -float(rotate) if rotate is not None else None
+
+
+def _parse_probe_json(data: dict) -> dict:
+    """What ``_parse_input_dump`` reads from the dump, from ffprobe's JSON instead (the first
+    video stream's size, rate and rotation; audio presence), plus ``n_frames``: the packets of
+    the first video stream (``-count_packets``), as the ffmpeg path counts them."""
+    facts: dict = {"has_audio": False}
+    first_video = True
+    for stream in data.get("streams") or ():
+        kind = stream.get("codec_type")
+        if kind == "audio":
+            facts["has_audio"] = True
+        elif kind == "video":
+            if first_video and "nb_read_packets" in stream:
+                facts["n_frames"] = int(stream["nb_read_packets"])
+            first_video = False
+            if "width" in facts:
+                continue
+            if stream.get("width") and stream.get("height"):
+                facts["width"], facts["height"] = int(stream["width"]), int(stream["height"])
+            avg = _banner_rate(stream.get("avg_frame_rate"))
+            rate = avg if avg is not None else _banner_rate(stream.get("r_frame_rate"))
+            if rate is not None:
+                facts["fps"] = rate
+            rotation = _stream_rotation(stream)
+            if rotation is not None:
+                facts["rotation"] = rotation
+    facts["has_video"] = not first_video
+    return facts
+
+
+def _probe_with_ffprobe(p: Path) -> dict | None:
+    """Facts of ``p`` from ffprobe's JSON, or None (no ffprobe, or it failed: use ffmpeg)."""
+    data = probe_json(p, count_packets=True)
+    if data is None:
+        return None
+    facts = _parse_probe_json(data)
+    if not facts.pop("has_video"):
+        raise _no_video_stream(p)
+    return facts if "n_frames" in facts else None
+
+
+def _probe_with_ffmpeg(p: Path) -> dict:
+    """Facts of ``p`` from ffmpeg alone: its stream dump, and the video packets counted by a
+    stream copy to the null muxer (``-progress``), in one run."""
     proc = run_ffmpeg(
         ["-v", "info", "-i", str(p), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
         + ["-progress", "pipe:1", "-nostats"],
@@ -200,6 +272,21 @@ def probe_video(path: str | Path) -> VideoInfo:
         proc.returncode, stderr, what="read video", input_path=p, hint="is it a video file?"
     )
     facts = _parse_input_dump(stderr)
+    facts["n_frames"] = _progress_frames(proc.stdout) or 0
+    return facts
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Size, frame rate, exact frame count, duration and audio presence of a video file.
+
+    Reads ffprobe's JSON when there is an ffprobe, else ffmpeg's stream dump (the same facts;
+    ``TALKCLI_NO_FFPROBE=1`` forces the latter). Raises ``InputFileError`` for a missing, empty
+    or unreadable file, a file with no video stream, or one with zero frames.
+    """
+    p = require_file(path, "video file")
+    facts = _probe_with_ffprobe(p)
+    if facts is None:
+        facts = _probe_with_ffmpeg(p)
     if "width" not in facts:
         raise InputFileError(p, "could not read the video's frame size", "is it a video file?")
     width, height = facts["width"], facts["height"]
@@ -208,7 +295,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     fps = facts.get("fps")
     if not fps or fps <= 0:
         raise InputFileError(p, "could not read the video's frame rate", "is it a video file?")
-    n_frames = _progress_frames(proc.stdout) or 0
+    n_frames = facts["n_frames"]
     if n_frames == 0:
         raise InputFileError(p, "contains no video frames", "pass a complete video")
     return VideoInfo(
@@ -322,7 +409,7 @@ class VideoReader:
         rc = proc.wait()
         raise_for_ffmpeg(rc, self._stderr_text(), what="decode video", input_path=self.path)
         if not self._resample and self.frames_read < self.info.n_frames:
-            warn(
+            log.warning(
                 f"{self.path}: decoded only {self.frames_read} of {self.info.n_frames} frames "
                 "(the file may be truncated or damaged)"
             )
@@ -646,18 +733,18 @@ class VideoWriter:
         if self.trim_audio and excess > 0:
             audio_in = ["-t", f"{video_duration:.6f}", *audio_in]
             if excess > frame:
-                info(
+                log.info(
                     f"{self.path.name}: audio cut to the video's {video_duration:.3f} s "
                     f"(source audio {self.audio_duration:.3f} s)"
                 )
         elif excess > frame:
-            warn(
+            log.warning(
                 f"{self.path.name}: the audio ({self.audio_duration:.3f} s) is longer than the "
                 f"video ({video_duration:.3f} s, {self.frames_written} frames at {self.fps:g} "
                 "fps); keeping the full audio (pass trim_audio=True to cut it)"
             )
         elif -excess > frame:
-            warn(
+            log.warning(
                 f"{self.path.name}: the audio ({self.audio_duration:.3f} s) is shorter than the "
                 f"video ({video_duration:.3f} s); the end of the video is silent"
             )

@@ -22,12 +22,15 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
 from talkcli.metrics.inputs import Pair
+
+if TYPE_CHECKING:
+    from talkcli.runtime import ModelSet
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lmd", "cpbd", "lse")
 NEEDS_REFERENCE = frozenset({"psnr", "ssim", "lpips", "lmd"})  # FID: a reference or --fid-stats
@@ -99,15 +102,10 @@ class EvalConfig:
         if self.lpips_net not in LPIPS_NETS:
             raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
         from talkcli.guards import check_number
+        from talkcli.ranges import EVALUATE, option_name
 
-        check_number("--fps", self.fps, 1, 120)
-        check_number("--resolution", self.resolution, 16, 4096)
-        check_number("--max-frames", self.max_frames, 1, 10**7)
-        check_number("--batch", self.batch, 1, 256)
-        check_number("--threads", self.threads, 1, 256)
-        from talkcli.guards import SEED_MAX
-
-        check_number("--seed", self.seed, 0, SEED_MAX)
+        for name, (lo, hi) in EVALUATE.items():  # the CLI's ranges
+            check_number(option_name(name), getattr(self, name), lo, hi)
 
     @property
     def lse_crop(self) -> str:
@@ -135,16 +133,6 @@ class Plan:
     detector: str | None = None  # for --face-crop detect: "fan" or "mtcnn"
 
 
-def _try_resolve(
-    names: tuple[str, ...], cfg: EvalConfig, purpose: str, explicit: Path | None = None
-) -> dict[str, Path]:
-    from talkcli.weights import registry
-
-    if explicit is not None:
-        return {names[0]: registry.resolve_option(explicit, names[0], cfg.weights_dir, purpose)}
-    return {n: registry.resolve(n, cfg.weights_dir, purpose=purpose) for n in names}
-
-
 def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
     """Resolve the model files of the selected metrics before any work.
 
@@ -152,15 +140,16 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
     the registry's one-line ModelFileError, naming the file to fetch, ends the run).
     """
     cfg.check()
+    from talkcli.constants import LPIPS_FILES
     from talkcli.face.landmarks import FAN_FILES
+    from talkcli.runtime import find_files
 
     files: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     run: list[str] = []
     detector = None
-    backbone = {"alex": "alexnet", "vgg": "vgg16"}[cfg.lpips_net]
     needs = {
-        "lpips": ((backbone, f"lpips-{cfg.lpips_net}"), f"LPIPS-{cfg.lpips_net}", None),
+        "lpips": (LPIPS_FILES[cfg.lpips_net], f"LPIPS-{cfg.lpips_net}", None),
         "fid": (("fid-inception",), "FID", cfg.inception),
         "lmd": (FAN_FILES, "LMD (FAN landmarks)", None),
         "lse": (("syncnet",), "LSE-C/LSE-D", cfg.syncnet),
@@ -175,7 +164,7 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
         if metric in needs:
             names, purpose, explicit = needs[metric]
             try:
-                files.update(_try_resolve(names, cfg, f"evaluate {purpose}", explicit))
+                files.update(find_files(names, cfg.weights_dir, f"evaluate {purpose}", explicit))
             except ModelFileError as exc:
                 if cfg.named:
                     raise
@@ -270,51 +259,24 @@ class VideoResult:
         }
 
 
-@dataclass
-class Models:
-    """Loaded networks, shared by every pair."""
+def load_models(cfg: EvalConfig, p: Plan) -> ModelSet:
+    """The plan's networks (``talkcli.runtime.ModelSet`` on the plan's files), loaded now, each
+    once and shared by every pair: a broken file fails before the first frame is read."""
+    from talkcli.runtime import ModelSet
 
-    lpips: Any = None
-    inception: Any = None
-    fan: Any = None
-    syncnet: Any = None
-    face_detector: Any = None
-
-
-def load_models(cfg: EvalConfig, p: Plan) -> Models:
-    """Load the networks the plan needs (each once)."""
-    m = Models()
-    dev = cfg.device
+    m = ModelSet(
+        cfg.weights_dir, cfg.device, files=p.files, detector=p.detector, lpips_net=cfg.lpips_net
+    )
     if "lpips" in p.metrics:
-        from talkcli.models.perceptual import load_lpips
-
-        backbone = {"alex": "alexnet", "vgg": "vgg16"}[cfg.lpips_net]
-        m.lpips = load_lpips(
-            cfg.lpips_net,
-            device=dev,
-            backbone_path=p.files[backbone],
-            heads_path=p.files[f"lpips-{cfg.lpips_net}"],
-        )
+        m.lpips()
     if "fid" in p.metrics:
-        from talkcli.models.inception import load_inception
-
-        m.inception = load_inception(p.files["fid-inception"], dev)
+        m.inception()
     if "lmd" in p.metrics:
-        from talkcli.face.landmarks import FANDetector
-
-        m.fan = FANDetector(cfg.weights_dir, dev)
+        m.fan()
     if "lse" in p.metrics:
-        from talkcli.models.syncnet import load_syncnet
-
-        m.syncnet = load_syncnet(p.files["syncnet"], dev)
+        m.syncnet()
         if p.detector is not None:
-            from talkcli.face.landmarks import select_detector
-
-            m.face_detector = (
-                m.fan
-                if p.detector == "fan" and m.fan
-                else select_detector(p.detector, cfg.weights_dir, dev)
-            )
+            m.detector()  # FAN's, when that is the backend and LMD loaded it
     return m
 
 
@@ -404,7 +366,7 @@ def evaluate_pair(
     prep: Prepared,
     cfg: EvalConfig,
     p: Plan,
-    models: Models,
+    models: ModelSet,
     fid_gen: Any | None,
     fid_ref: Any | None,
     on_frames: FrameProgress | None = None,
@@ -433,9 +395,9 @@ def evaluate_pair(
                 for name, values in _frame_metrics(g, r, p.metrics, models, cfg).items():
                     curves.setdefault(name, []).append(values)
                 if fid_gen is not None:
-                    fid_gen.add(_features(g, models.inception, cfg))
+                    fid_gen.add(_features(g, models.inception(), cfg))
                 if fid_ref is not None and r is not None:
-                    fid_ref.add(_features(r, models.inception, cfg))
+                    fid_ref.add(_features(r, models.inception(), cfg))
                 done += k
                 if on_frames:
                     on_frames(done, n)
@@ -480,7 +442,7 @@ def _features(frames: np.ndarray, net: Any, cfg: EvalConfig) -> np.ndarray:
 
 
 def _frame_metrics(
-    g: np.ndarray, r: np.ndarray | None, metrics: list[str], models: Models, cfg: EvalConfig
+    g: np.ndarray, r: np.ndarray | None, metrics: list[str], models: ModelSet, cfg: EvalConfig
 ) -> dict[str, np.ndarray]:
     """Per-frame values of one batch (B,) each."""
     out: dict[str, np.ndarray] = {}
@@ -496,7 +458,7 @@ def _frame_metrics(
         if "lpips" in metrics:
             from talkcli.metrics.perceptual import lpips_frames
 
-            out["lpips"] = lpips_frames(g, r, cfg.lpips_net, models.lpips, cfg.batch)
+            out["lpips"] = lpips_frames(g, r, cfg.lpips_net, models.lpips(), cfg.batch)
         if "lmd" in metrics:
             from talkcli.metrics.landmarks import (
                 FACE,
@@ -505,8 +467,8 @@ def _frame_metrics(
                 landmark_distances,
             )
 
-            lg = detect_landmarks(g, models.fan)
-            lr = detect_landmarks(r, models.fan)
+            lg = detect_landmarks(g, models.fan())
+            lr = detect_landmarks(r, models.fan())
             out["lmd"] = landmark_distances(lg, lr, MOUTH)
             out["lmd_face"] = landmark_distances(lg, lr, FACE)
     if "cpbd" in metrics:
@@ -525,7 +487,7 @@ def _no_audio(gen: Path) -> InputFileError:
 
 
 def _lse(
-    gen: Path, info: Any, cfg: EvalConfig, models: Models, res: VideoResult
+    gen: Path, info: Any, cfg: EvalConfig, models: ModelSet, res: VideoResult
 ) -> dict[str, float]:
     """LSE-D, LSE-C and the offset of the generated video with its own audio track."""
     from talkcli.io.audio import load_audio
@@ -548,7 +510,7 @@ def _lse(
     if cfg.lse_crop == "aligned":
         boxes = np.tile(aligned_box(info.width, info.height), (n, 1))
     else:
-        boxes = _detect_boxes(gen, models.face_detector, n, res)
+        boxes = _detect_boxes(gen, models.detector(), n, res)
     xys = smooth_boxes(boxes)  # (T, 3) centre x, centre y, half-size
 
     cropped = [0]
@@ -562,9 +524,9 @@ def _lse(
                 yield np.stack([crop_face(f, *xys[cropped[0] + i]) for i, f in enumerate(batch)])
                 cropped[0] += len(batch)
 
-    lip = lip_embeddings(crops(), models.syncnet)  # (frames - 4, D)
+    lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
     try:
-        score = lse_from_lip(lip, cropped[0], audio, models.syncnet)
+        score = lse_from_lip(lip, cropped[0], audio, models.syncnet())
     except ValueError as exc:
         raise InputFileError(gen, f"LSE: {exc}") from None
     return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
@@ -633,21 +595,21 @@ def evaluate(
     run = EvalRun(cfg, p, [])
     single = len(pairs) == 1
     with contextlib.ExitStack() as stack:
-        models: Models | None = None
+        models: ModelSet | None = None
         fid_gen = fid_ref = cached = None
         for pair in pairs:
             try:
                 prep = prepare_pair(pair, cfg, p)
                 if models is None:  # loaded once a pair is known to be readable
-                    from talkcli.device import resolve_device
+                    from talkcli.device import choose_device
 
-                    cfg.device = str(resolve_device(cfg.device))
+                    cfg.device = str(choose_device(cfg.device))
                     stack.enter_context(deterministic(cfg.threads, cfg.seed, cfg.device))
                     models = load_models(cfg, p)
                     if "fid" in p.metrics:
                         from talkcli.metrics.frechet import FeatureStats
 
-                        dim = models.inception.feature_dim
+                        dim = models.inception().feature_dim
                         fid_gen = FeatureStats(dim)
                         cached = _cached_reference_stats(cfg, pairs, run.notes)
                         fid_ref = FeatureStats(dim) if cached is None else None

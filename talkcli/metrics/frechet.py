@@ -36,16 +36,18 @@ def _cached_inception(path: str, device: str) -> FIDInceptionV3:
 
 
 def get_inception(
-    model: FIDInceptionV3 | str | Path | None = None, device: str = "cpu"
+    model: FIDInceptionV3 | str | Path | None = None,
+    device: str = "cpu",
+    weights_dir: str | Path | None = None,
 ) -> FIDInceptionV3:
-    """The network itself, one loaded from a path, or the registry's ``fid-inception``."""
+    """The network itself, one loaded from a path, or the registry's ``fid-inception`` (searched
+    in ``weights_dir`` first)."""
     if isinstance(model, FIDInceptionV3):
         return model
     if model is None:
-        from talkcli.console import settings
         from talkcli.weights import registry
 
-        model = registry.resolve("fid-inception", settings.weights_dir, purpose="FID")
+        model = registry.resolve("fid-inception", weights_dir, purpose="FID")
     return _cached_inception(str(Path(model)), str(device))
 
 

@@ -36,11 +36,7 @@ def get_detector(
     (``hub/checkpoints/2DFAN4-...``, ``s3fd-...``), or FAN from the registry (loaded once)."""
     if model is not None and not isinstance(model, str | Path):
         return model
-    weights_dir = model
-    if weights_dir is None:
-        from talkcli.console import settings
-
-        weights_dir = settings.weights_dir
+    weights_dir = model  # None: the registry's usual folders
     return _cached_fan(None if weights_dir is None else str(weights_dir), str(device))
 
 

@@ -26,15 +26,12 @@ def get_lpips(
     weights_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> LPIPS:
-    """The given LPIPS module, else LPIPS-``net`` from the registry (loaded once)."""
+    """The given LPIPS module, else LPIPS-``net`` from the registry, searched in ``weights_dir``
+    first (loaded once)."""
     if model is not None:
         if model.net_name != net:
             raise ValueError(f"the LPIPS model is LPIPS-{model.net_name}, not LPIPS-{net}")
         return model
-    if weights_dir is None:
-        from talkcli.console import settings
-
-        weights_dir = settings.weights_dir
     return _cached_lpips(net, None if weights_dir is None else str(weights_dir), str(device))
 
 
@@ -45,10 +42,11 @@ def lpips_frames(
     model: LPIPS | None = None,
     batch_size: int = BATCH,
     device: str = "cpu",
+    weights_dir: str | Path | None = None,
 ) -> np.ndarray:
     """Per-frame LPIPS of two (N, H, W, 3) uint8 RGB batches -> (N,) float64."""
     fa, fb = check_pair(a, b)
-    m = get_lpips(net, model, device=device)
+    m = get_lpips(net, model, weights_dir, device=device)
     dev = m.shift.device
     out = np.empty(len(fa), dtype=np.float64)
     for s in range(0, len(fa), batch_size):
@@ -59,6 +57,12 @@ def lpips_frames(
     return out
 
 
-def lpips(a: np.ndarray, b: np.ndarray, net: str = "alex", model: LPIPS | None = None) -> float:
+def lpips(
+    a: np.ndarray,
+    b: np.ndarray,
+    net: str = "alex",
+    model: LPIPS | None = None,
+    weights_dir: str | Path | None = None,
+) -> float:
     """LPIPS of one frame pair, or the mean over the frames of two videos (0 = identical)."""
-    return float(np.mean(lpips_frames(a, b, net, model)))
+    return float(np.mean(lpips_frames(a, b, net, model, weights_dir=weights_dir)))

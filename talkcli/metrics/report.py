@@ -122,11 +122,10 @@ def build_report(run: EvalRun, name: str) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON (strict: no NaN/Infinity literals) atomically."""
-    final = Path(path)
-    with atomic_output(final) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return final
+    """Write the report as strict JSON (no NaN/Infinity literals), atomically."""
+    from talkcli.io.files import write_json_atomic
+
+    return write_json_atomic(path, data, indent=1, allow_nan=False)
 
 
 def frames_csv_text(run: EvalRun) -> str:

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkcli.constants import SAMPLE_RATE  # SyncNet hears 16 kHz audio
 from talkcli.models.syncnet import CROP_SIZE, MFCC_STEPS, WINDOW_FRAMES, SyncNet, load_syncnet
 
 SYNC_FPS = 25
-SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // SYNC_FPS  # 640
 MFCC_PER_FRAME = 4  # 10 ms MFCC steps per 40 ms frame
 VSHIFT = 15
@@ -76,15 +76,19 @@ def _cached_syncnet(path: str, device: str) -> SyncNet:
     return load_syncnet(path, device)
 
 
-def get_syncnet(model: SyncNet | str | Path | None = None, device: str = "cpu") -> SyncNet:
-    """A SyncNet: the module itself, one loaded from a path, or the registry's ``syncnet``."""
+def get_syncnet(
+    model: SyncNet | str | Path | None = None,
+    device: str = "cpu",
+    weights_dir: str | Path | None = None,
+) -> SyncNet:
+    """A SyncNet: the module itself, one loaded from a path, or the registry's ``syncnet``
+    (searched in ``weights_dir`` first)."""
     if isinstance(model, SyncNet):
         return model
     if model is None:
-        from talkcli.console import settings
         from talkcli.weights import registry
 
-        model = registry.resolve("syncnet", settings.weights_dir, purpose="LSE-C/LSE-D")
+        model = registry.resolve("syncnet", weights_dir, purpose="LSE-C/LSE-D")
     return _cached_syncnet(str(Path(model)), str(device))
 
 

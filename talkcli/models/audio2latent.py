@@ -14,7 +14,9 @@ Speech -> a trajectory of W+ codes around an identity code ``w_I``:
   ReLU -> linear k = h_t; displacement d_t = h_t @ V; w_t = w_I + d_t (equation 4.3).
 
 ``forward(windows, w_identity, state)`` carries the LSTM state across calls, so any length of
-audio runs chunk by chunk in bounded memory and chunked output equals one-shot output.
+audio runs chunk by chunk in bounded memory and chunked output equals one-shot output;
+``displacements(windows, w_identity, state)`` is the same streaming step returning d_t (what
+``animate`` calls: smoothing and ``--motion-scale`` act on d_t).
 
 Trainable parameters at the thesis size (k = 2500, n_latent = 18), from the tables:
 
@@ -272,17 +274,30 @@ class Audio2Latent(nn.Module):
         emb = embedding[:, None, :].expand(-1, e.shape[1], -1)  # (B, T, k)
         return self.decoder(torch.cat([emb, e], dim=-1))
 
+    def displacements(
+        self, windows: Tensor, w_identity: Tensor, state: LSTMState | None = None
+    ) -> tuple[Tensor, LSTMState]:
+        """The streaming step: windows (B, T, 12, 28) raw MFCCs and w_identity (B, n_latent,
+        512) -> (displacements d (B, T, n_latent, 512), LSTM state after them).
+
+        ``w_identity + d`` is what ``forward`` returns. Pass the returned state to the next call
+        to continue the same audio: chunk after chunk equals one call on the whole (``animate``
+        streams any length of speech this way). Shapes are checked as ``forward`` checks them
+        (a ValueError naming the expected shape).
+        """
+        self._check_inputs(windows, w_identity, state)
+        e, state = self.encode_audio(windows, state)  # (B, T, 256)
+        h = self.decode(self.identity_embedding(w_identity), e)  # (B, T, k)
+        d = h @ self.pca_basis  # (B, T, D)
+        return d.reshape(*d.shape[:2], self.n_latent, self.style_dim), state
+
     def forward(
         self, windows: Tensor, w_identity: Tensor, state: LSTMState | None = None
     ) -> tuple[Tensor, LSTMState]:
         """windows (B, T, 12, 28), w_identity (B, n_latent, 512) -> (w (B, T, n_latent, 512),
         LSTM state). Pass the returned state to the next call to continue the same audio."""
-        self._check_inputs(windows, w_identity, state)
-        e, state = self.encode_audio(windows, state)  # (B, T, 256)
-        h = self.decode(self.identity_embedding(w_identity), e)  # (B, T, k)
-        d = h @ self.pca_basis  # (B, T, D)
-        w = w_identity[:, None] + d.reshape(*d.shape[:2], self.n_latent, self.style_dim)
-        return w, state
+        d, state = self.displacements(windows, w_identity, state)  # (B, T, n_latent, 512)
+        return w_identity[:, None] + d, state
 
     def _check_inputs(self, windows: Tensor, w_identity: Tensor, state: LSTMState | None) -> None:
         if (

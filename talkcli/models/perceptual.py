@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import ModelFileError
 from talkcli.weights import registry
 from talkcli.weights.safe_load import load_torch_file
@@ -38,7 +39,7 @@ ALEX_POOLS = (2, 5)  # MaxPool2d(3, 2); (12 follows relu5)
 ALEX_TAPS = (1, 4, 7, 9, 11)  # relu1 .. relu5
 ALEX_WIDTHS = (64, 192, 384, 256, 256)
 
-NETS = {"alex": ("alexnet", "lpips-alex"), "vgg": ("vgg16", "lpips-vgg")}
+NETS = LPIPS_FILES  # net -> (backbone, heads) registry names (one map, in talkcli.constants)
 MIN_SIZE = {"alex": 32, "vgg": 16}  # smallest input side that reaches the last tap
 
 SHIFT = (-0.030, -0.088, -0.188)
@@ -285,14 +286,11 @@ def load_lpips(
 ) -> LPIPS:
     """LPIPS-``net`` with files from the registry (``alexnet``/``vgg16``, ``lpips-alex``/-vgg).
 
-    Explicit ``backbone_path``/``heads_path`` win over the registry. Missing or broken files
+    Explicit ``backbone_path``/``heads_path`` win over the registry (searched in
+    ``weights_dir`` first: the caller passes the CLI's ``--weights-dir``). Missing or broken files
     raise a one-line ModelFileError naming the file.
     """
     _check_net(net)
-    if weights_dir is None:
-        from talkcli.console import settings
-
-        weights_dir = settings.weights_dir
     backbone_name, heads_name = NETS[net]
     purpose = f"LPIPS-{net}"
     bpath = registry.resolve_option(backbone_path, backbone_name, weights_dir, purpose)

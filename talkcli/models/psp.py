@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from talkcli.errors import ModelFileError
 from talkcli.models.state_dict import describe_mismatch
+from talkcli.models.stylegan2 import EqualLinear  # also pSp's (no activation), same keys
 from talkcli.weights.safe_load import load_torch_file
 
 INPUT_SIZE = 256  # pSp's encoder input resolution
@@ -259,20 +260,6 @@ class BottleneckIRSE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)
-
-
-class EqualLinear(nn.Module):
-    """pSp's EqualLinear without activation: linear with weight * lr_mul / sqrt(in)."""
-
-    def __init__(self, in_dim: int, out_dim: int, lr_mul: float = 1.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
-        self.bias = nn.Parameter(torch.zeros(out_dim))
-        self.scale = lr_mul / math.sqrt(in_dim)
-        self.lr_mul = lr_mul
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
 
 class GradualStyleBlock(nn.Module):

@@ -20,6 +20,7 @@ non-persistent buffer), so ``save_generator`` writes files that rosinality's cod
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from talkcli.console import info
 from talkcli.device import resolve_device
 from talkcli.errors import ModelFileError
 from talkcli.io.files import atomic_output
@@ -45,6 +45,7 @@ from talkcli.models.ops import (
 from talkcli.models.state_dict import describe_mismatch, short_list
 from talkcli.weights.safe_load import load_torch_file
 
+log = logging.getLogger(__name__)  # notes and warnings; the CLI shows them (install_log_handler)
 BLUR_KERNEL = (1, 3, 3, 1)
 NOISE_MODES = ("const", "random", "none")
 LATENT_AVG_SAMPLES = 10_000
@@ -723,7 +724,9 @@ def load_generator(
     obj = load_torch_file(path, "StyleGAN2 generator")
     g = generator_from_checkpoint(obj, path)
     if g.latent_avg_computed:
-        info(f"{path}: no latent_avg stored; using the mean of {LATENT_AVG_SAMPLES} mapped z")
+        log.info(
+            "%s: no latent_avg stored; using the mean of %d mapped z", path, LATENT_AVG_SAMPLES
+        )
     g.requires_grad_(trainable)
     if isinstance(device, str):
         device = resolve_device(device)

@@ -44,6 +44,7 @@ from talkcli.errors import InputFileError, UserError
 from talkcli.guards import check_finite_array, check_finite_loss, check_number
 from talkcli.io.files import atomic_output, sha256_file
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
+from talkcli.ranges import TRAIN_FIT as TRAIN_FIT_RANGES
 from talkcli.train.dataset import Dataset, VideoEntry, load_dataset
 from talkcli.train.pca import PCAResult, fit_pca, load_pca
 
@@ -55,24 +56,8 @@ EpochFn = Callable[[dict[str, Any], list[dict[str, Any]]], None]  # (row, histor
 StepFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-# option -> (min, max), shared with the CLI (talkcli/commands/train.py)
-RANGES = (
-    ("epochs", 1, 100_000),
-    ("batch_size", 1, 4096),
-    ("seq_len", 1, 2000),
-    ("lr", 1e-9, 1.0),
-    ("latent_weight", 0.0, 1e9),
-    ("lpips_weight", 0.0, 1e9),
-    ("lpips_frames", 0, 2000),
-    ("lpips_size", 16, 1024),
-    ("lr_decay", 0.01, 1.0),
-    ("lr_patience", 0, 10_000),
-    ("components", 1, 100_000),
-    ("pca_frames", 2, 100_000_000),
-    ("seed", 0, 2**32 - 1),
-    ("workers", 0, 64),
-    ("steps_per_epoch", 0, 1_000_000_000),
-)
+# option -> (min, max): one home with the CLI, talkcli.ranges.TRAIN_FIT
+RANGES = tuple((name, lo, hi) for name, (lo, hi) in TRAIN_FIT_RANGES.items())
 
 
 @dataclass
@@ -288,10 +273,12 @@ def mfcc_statistics(videos: list[VideoEntry]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_device(env: DistEnv, device: torch.device) -> torch.device:
-    """This rank's device: under torchrun, CUDA ranks take cuda:LOCAL_RANK (the one device rule
-    of ``fit``; kept alone so that the runtime's rule can replace it in one line)."""
+    """This rank's device: under torchrun, CUDA ranks take their own GPU (``talkcli.device``'s
+    one torchrun rule, LOCAL_RANK % GPUs)."""
     if env.distributed and device.type == "cuda":
-        return torch.device("cuda", env.local_rank)
+        from talkcli.device import rank_cuda_device
+
+        return rank_cuda_device(env.local_rank)
     return device
 
 

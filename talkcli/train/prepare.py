@@ -38,6 +38,8 @@ from talkcli.io.files import (
     sha256_file,
     write_json_atomic,
 )
+from talkcli.ranges import TRAIN_PREPARE as PREPARE_RANGES
+from talkcli.ranges import option_name
 from talkcli.train.dataset import (
     INDEX,
     SHARDS,
@@ -93,10 +95,8 @@ class PrepareConfig:
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
-        check_number("--fps", self.fps, 1.0, 120.0)
-        check_number("--batch-size", self.batch_size, 1, 4096)
-        check_number("--smooth", self.smooth, 0.0, 50.0)
-        check_number("--align-size", self.align_size, 32, 1024)
+        for name in ("fps", "batch_size", "smooth", "align_size", "seed"):  # talkcli.ranges
+            check_number(option_name(name), getattr(self, name), *PREPARE_RANGES[name])
         if self.align_size % 2:
             raise UserError(f"--align-size {self.align_size}: expected an even size")
 

@@ -2,7 +2,8 @@
 
 A download goes to ``<file>.part`` (resumed with an HTTP Range request when the server allows),
 is checked against the manifest's sha256, and only then renamed to its final name. Offline, the
-error says which URL to download by hand and where to put the file.
+error says which URL to download by hand and where to put the file. Progress is reported through
+a callback (``on_progress(done_bytes, total_bytes)``); the CLI draws it as a bar.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from talkcli import __version__
-from talkcli.console import progress
 from talkcli.errors import ModelFileError, OutputError
 from talkcli.weights.registry import ModelFile, fetch_dir
 from talkcli.weights.verify import digest_matches, expected_digest
@@ -23,13 +24,25 @@ from talkcli.weights.verify import digest_matches, expected_digest
 CHUNK = 1 << 20
 TIMEOUT_S = 30
 
+ProgressFn = Callable[[int, "int | None"], None]  # (bytes in the .part file, expected total)
+
 
 def _manual_hint(entry: ModelFile, target: Path, url: str | None) -> str:
     return f"download {url or entry.url} by hand and save it as {target}"
 
 
-def fetch(entry: ModelFile, weights_dir: str | Path | None = None, *, force: bool = False) -> Path:
-    """Download ``entry`` into the fetch folder and return its path (already present: no-op)."""
+def fetch(
+    entry: ModelFile,
+    weights_dir: str | Path | None = None,
+    *,
+    force: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> Path:
+    """Download ``entry`` into the fetch folder and return its path (already present: no-op).
+
+    ``on_progress(done, total)`` is called when the transfer starts (``done`` > 0 when a
+    ``.part`` file is resumed) and after every block; never when nothing is downloaded.
+    """
     target = fetch_dir(weights_dir) / entry.relpath
     if target.is_file() and not force:
         return target
@@ -86,12 +99,15 @@ def fetch(entry: ModelFile, weights_dir: str | Path | None = None, *, force: boo
             total = done + int(length) if length and length.isdigit() else entry.size
             mode = "ab" if done else "wb"
             try:
-                with open(part, mode) as out, progress() as bar:
-                    task = bar.add_task(f"fetch {entry.name}", total=total, completed=done)
+                with open(part, mode) as out:
+                    if on_progress is not None:
+                        on_progress(done, total)
                     while block := response.read(CHUNK):
                         out.write(block)
                         sha.update(block)
-                        bar.advance(task, len(block))
+                        done += len(block)
+                        if on_progress is not None:
+                            on_progress(done, total)
             except (OSError, urllib.error.URLError) as exc:
                 raise ModelFileError(
                     target,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from talkcli.errors import ModelFileError
-from talkcli.io.files import sha256_file
+from talkcli.errors import ModelFileError, OutputError
+from talkcli.io.files import sha256_file, write_json_atomic
 from talkcli.weights.registry import MANIFEST, ModelFile, bundled_path, locate
 
 CACHE_NAME = ".talkcli-verified.json"
@@ -58,10 +57,9 @@ def _load_cache(root: Path) -> dict:
 
 
 def _store_cache(root: Path, cache: dict) -> None:
-    tmp = root / f".{CACHE_NAME}.tmp"
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, root / CACHE_NAME)
+    """Best effort: a folder that cannot be written just means hashing again next time."""
+    with contextlib.suppress(OSError, OutputError):
+        write_json_atomic(root / CACHE_NAME, cache, indent=1, sort_keys=True)
 
 
 def file_sha256(entry: ModelFile, path: Path, *, use_cache: bool = True) -> str:

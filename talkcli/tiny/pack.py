@@ -7,14 +7,14 @@ weights. The files load through exactly the same code as the real ones; only wid
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from talkcli import __version__
+from talkcli.constants import LPIPS_FILES
 from talkcli.errors import OutputError, UserError
-from talkcli.io.files import atomic_output, ensure_folder
+from talkcli.io.files import atomic_output, ensure_folder, write_json_atomic
 from talkcli.weights import registry
 
 PACK_NOTE = "TINY-PACK.json"
@@ -31,14 +31,14 @@ def write_tiny_pack(
     weights, say) is refused unless ``force``: random weights must never replace real ones.
     """
     from talkcli.models.stylegan2 import generator_from_state_dict
-    from talkcli.weights.tiny_audio import write_tiny_audio_model
-    from talkcli.weights.tiny_perceptual import write_tiny_lpips_files
-    from talkcli.weights.tiny_psp import (
+    from talkcli.tiny.audio import write_tiny_audio_model
+    from talkcli.tiny.perceptual import write_tiny_lpips_files
+    from talkcli.tiny.psp import (
         n_styles_for_size,
         tiny_encoder_state_dict,
         write_psp_checkpoint,
     )
-    from talkcli.weights.tiny_stylegan2 import tiny_generator_state_dict
+    from talkcli.tiny.stylegan2 import tiny_generator_state_dict
 
     if size not in SIZES:
         raise UserError(f"--size {size}: expected one of {', '.join(map(str, SIZES))}")
@@ -69,11 +69,11 @@ def write_tiny_pack(
 
     for net in ("alex", "vgg"):
         files = write_tiny_lpips_files(root, net, seed=seed)
-        backbone, heads = ("alexnet", "lpips-alex") if net == "alex" else ("vgg16", "lpips-vgg")
+        backbone, heads = LPIPS_FILES[net]
         written[backbone] = files["backbone"]
         written[heads] = files["heads"]
 
-    from talkcli.weights.tiny_metrics import write_metric_model_files  # evaluate: FID, SyncNet
+    from talkcli.tiny.metrics import write_metric_model_files  # evaluate: FID, SyncNet
 
     written.update(write_metric_model_files(root, seed=seed))
 
@@ -84,6 +84,5 @@ def write_tiny_pack(
         "talkcli": __version__,
         "files": {name: str(path.relative_to(root)) for name, path in written.items()},
     }
-    with atomic_output(root / PACK_NOTE) as tmp:
-        tmp.write_text(json.dumps(note, indent=2) + "\n")
+    write_json_atomic(root / PACK_NOTE, note, indent=2)
     return written

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from talkcli.constants import LPIPS_FILES
 from talkcli.io.files import atomic_output
 from talkcli.models.perceptual import alexnet_features, vgg16_features
 from talkcli.weights import registry
@@ -83,9 +84,9 @@ def write_tiny_lpips_files(weights_dir: str | Path, net: str = "alex", seed: int
     Returns ``{'backbone': path, 'heads': path}``.
     """
     if net == "alex":
-        widths, sd, names = TINY_ALEX_WIDTHS, tiny_alexnet_state_dict, ("alexnet", "lpips-alex")
+        widths, sd, names = TINY_ALEX_WIDTHS, tiny_alexnet_state_dict, LPIPS_FILES[net]
     elif net == "vgg":
-        widths, sd, names = TINY_VGG_WIDTHS, tiny_vgg16_state_dict, ("vgg16", "lpips-vgg")
+        widths, sd, names = TINY_VGG_WIDTHS, tiny_vgg16_state_dict, LPIPS_FILES[net]
     else:
         raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
     out = {}

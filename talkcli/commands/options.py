@@ -1,0 +1,208 @@
+"""Option declarations shared by the commands: one declaration and one help text each.
+
+* Numeric options take their bounds from ``talkcli.ranges`` (the library configs check the same
+  entries); every float option also refuses nan and inf (``finite_float``), with click's standard
+  one-line usage error, exit 2.
+* String choices are ``str`` enums, so Typer validates them (case-insensitively, as the commands
+  always lowercased them) and lists them in ``--help``. The option's callback hands the command
+  the plain string value: library functions take strings, and an enum member must not travel into
+  a manifest, a pickle or a log.
+* Where two commands legitimately differ in default (``--smooth``: 1 for the crop in
+  ``align``/``train prepare``, 0 for the motion in ``animate``; ``--lpips``: vgg for ``invert``,
+  alex for ``tune-pti``/``evaluate``), a small factory takes the default; the help text stays one.
+
+This module is imported when the command tree is built: it must stay light (no numpy, no torch).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import typer
+
+from talkcli.ranges import FACE_INDEX, FPS, SEED, SMOOTH, Range
+
+# -- choices --------------------------------------------------------------------------------------
+
+
+class Choice(str, enum.Enum):
+    """A string choice of an option; ``str()`` and f-strings give the plain value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Detector(Choice):
+    """Face landmark detectors (``talkcli.face.landmarks.DETECTORS``)."""
+
+    auto = "auto"
+    fan = "fan"
+    mtcnn = "mtcnn"
+
+
+class Method(Choice):
+    """Inversion methods (``talkcli.inversion.invert.METHODS``)."""
+
+    psp = "psp"
+    optimize = "optimize"
+    hybrid = "hybrid"
+
+
+class Space(Choice):
+    """Latent spaces of the optimisation (``talkcli.inversion.project.ProjectionConfig.space``)."""
+
+    w = "w"
+    wplus = "wplus"
+
+
+class LpipsNet(Choice):
+    """LPIPS backbones (``talkcli.models.perceptual.NETS``)."""
+
+    alex = "alex"
+    vgg = "vgg"
+
+
+class Dtype(Choice):
+    """Rendering precisions (``talkcli.animate.options.DTYPES``)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class PivotMethod(Choice):
+    """How ``tune-pti`` finds its pivots without ``--pivots``."""
+
+    psp = "psp"
+    w_project = "w-project"
+
+
+class Arch(Choice):
+    """Audio-to-latent architectures (``talkcli.models.audio2latent.ARCH_PRESETS``)."""
+
+    thesis = "thesis"
+    tiny = "tiny"
+
+
+class Crop(Choice):
+    """What evaluated frames are (``talkcli.metrics.evaluate.CROPS``)."""
+
+    full = "full"
+    aligned = "aligned"
+
+
+class FaceCrop(Choice):
+    """How LSE face crops are made (``talkcli.metrics.evaluate.FACE_CROPS``)."""
+
+    auto = "auto"
+    detect = "detect"
+    aligned = "aligned"
+
+
+def plain_choice(value: Any) -> Any:
+    """Option callback: the enum member's plain string (None and lists pass through)."""
+    if isinstance(value, list | tuple):
+        return type(value)(plain_choice(v) for v in value)
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def choice_option(default: Any, *param_decls: str, help: str, **kwargs: Any) -> Any:
+    """An enum option: validated and listed by Typer, any case, handed on as a plain string."""
+    if isinstance(default, enum.Enum):
+        default = default.value
+    return typer.Option(
+        default, *param_decls, case_sensitive=False, callback=plain_choice, help=help, **kwargs
+    )
+
+
+# -- numbers --------------------------------------------------------------------------------------
+
+
+def finite_float(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """Option callback: refuse nan and inf (a range alone lets nan through); exit 2, one line."""
+    values = value if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise typer.BadParameter(f"{v} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
+def float_option(default: Any, *param_decls: str, range: Range, help: str, **kw: Any) -> Any:
+    """A float option bounded by ``range`` (from ``talkcli.ranges``) that refuses nan/inf."""
+    return typer.Option(
+        default,
+        *param_decls,
+        min=range.lo,
+        max=range.hi,
+        callback=finite_float,
+        help=help,
+        **kw,
+    )
+
+
+def int_option(default: Any, *param_decls: str, range: Range, help: str, **kw: Any) -> Any:
+    """An int option bounded by ``range`` (from ``talkcli.ranges``)."""
+    return typer.Option(default, *param_decls, min=range.lo, max=range.hi, help=help, **kw)
+
+
+# -- options several commands share --------------------------------------------------------------
+
+JSON_OPTION: Any = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+WEIGHTS_DIR_OPTION: Any = typer.Option(
+    None,
+    "--weights-dir",
+    help="Folder searched first for model files (overrides the global option).",
+)
+
+DETECTOR_OPTION: Any = choice_option(
+    Detector.auto,
+    "--detector",
+    help="Face landmarks: auto (FAN if its model files are present, else MTCNN), fan or mtcnn.",
+)
+
+FACE_INDEX_OPTION: Any = int_option(
+    None,
+    "--face-index",
+    range=FACE_INDEX,
+    help="Which face when several: 0 = largest (default), 1 = next...",
+)
+
+GENERATOR_OPTION: Any = typer.Option(
+    None,
+    "--generator",
+    help="StyleGAN2 .pt, e.g. a `tune-pti` result (default: registry, else the pSp decoder).",
+)
+
+ENCODER_OPTION: Any = typer.Option(None, "--encoder", help="pSp checkpoint (default: registry).")
+
+
+def fps_option(default: float | None, note: str, unset: str = "") -> Any:
+    """``--fps``: 25 everywhere (``evaluate``: unset = its suite's, else 25)."""
+    return float_option(
+        default, "--fps", range=FPS, help=f"Frame rate, frames per second ({note}){unset}."
+    )
+
+
+def smooth_option(default: float, of: str) -> Any:
+    """``--smooth``: 1.0 for the crop centre (align, train prepare), 0.0 for animate's motion."""
+    return float_option(
+        default,
+        "--smooth",
+        range=SMOOTH,
+        help=f"Temporal Gaussian smoothing of {of}, sigma in frames (0: off).",
+    )
+
+
+def seed_option(default: int | None = 0, of: str = "", note: str = "") -> Any:
+    """``--seed``: 0 (``evaluate``: unset = its suite's, else 0)."""
+    what = f" ({of})" if of else ""
+    return int_option(default, "--seed", range=SEED, help=f"Random seed{what}{note}.")
+
+
+def lpips_option(default: LpipsNet | None, note: str = "") -> Any:
+    """``--lpips``: vgg for ``invert`` (as Image2StyleGAN), alex for ``tune-pti`` (PTI) and
+    ``evaluate`` (the papers' metric; unset = its suite's, else alex)."""
+    return choice_option(default, "--lpips", help=f"LPIPS backbone: alex or vgg{note}.")
