@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,67 @@ def test_broken_pivots_file_exits_2(tiny_pack, face_images, tmp_path, content):
         str(broken),
     )
     assert_user_error(result, str(broken), "not a talkcli latents")
+
+
+def test_library_tune_pti_writes_what_the_command_writes(tiny_pack, face_images, tmp_path):
+    """``tune_pti`` (for batch scripts) and ``talkcli tune-pti``: same weights, pivots, layout."""
+    from talkcli.inversion.invert import load_frames
+    from talkcli.inversion.pti import PTIRequest, pivots_path_for, pti_summary, tune_pti
+    from tests.conftest import run_cli_inprocess
+
+    cli_out = tmp_path / "cli.pt"
+    result = run_cli_inprocess(
+        "--weights-dir", str(tiny_pack), "tune-pti", str(face_images[0]), "--out", str(cli_out),
+        "--steps", "3", "--stop-lpips", "0", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+
+    lib_out = tmp_path / "lib.pt"
+    req = PTIRequest(
+        load_frames([str(face_images[0])]),
+        lib_out,
+        _gen_path(tiny_pack),
+        (registry.resolve("alexnet", tiny_pack), registry.resolve("lpips-alex", tiny_pack)),
+        encoder_path=registry.resolve("psp-ffhq-encode", tiny_pack),
+        config=PTIConfig(steps=3, stop_lpips=0.0),
+    )
+    done = tune_pti(req)
+    assert done.pivots_path == pivots_path_for(lib_out) and done.pivots_path.is_file()
+    by_cli, by_lib = load_generator(cli_out), load_generator(lib_out)
+    for (name, a), (_, b) in zip(
+        by_cli.state_dict().items(), by_lib.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    np.testing.assert_array_equal(
+        load_latents(pivots_path_for(cli_out))[0], load_latents(done.pivots_path)[0]
+    )
+    assert list(by_lib.metadata) == [k for k in summary if k not in ("out", "pivots")]
+    assert by_lib.metadata["losses"] == summary["losses"]
+    assert pti_summary(by_lib.metadata) == {
+        "steps_run": 3, "stopped_early": False, **{k: summary["losses"][k] for k in (
+            "lpips_start", "lpips_end", "l2_start", "l2_end")},
+        "seconds": by_lib.metadata["seconds"],
+    }  # fmt: skip
+
+
+def test_one_metadata_layout_reads_old_animate_cache_entries_too():
+    """animate's cache wrote its numbers under "pti" before the shared layout: still read."""
+    from talkcli.inversion.pti import PTIResult, pti_metadata, pti_summary
+
+    result = PTIResult(
+        steps_run=2, stopped_early=True, lpips_start=0.5, l2_start=0.25, lpips_end=0.1,
+        l2_end=0.05, seconds=1.5, config={"steps": 2},
+    )  # fmt: skip
+    meta = pti_metadata(result, (Path("g.pt"), "ab" * 32), {"kind": "animate"})
+    assert meta["kind"] == "pti" and meta["pivot_source"] == {"kind": "animate"}
+    assert meta["base_generator"] == {"path": "g.pt", "sha256": "ab" * 32}
+    assert meta["options"] == {"steps": 2} and "frames" not in meta and "pti" not in meta
+    numbers = {
+        "steps_run": 2, "stopped_early": True, "lpips_start": 0.5, "lpips_end": 0.1,
+        "l2_start": 0.25, "l2_end": 0.05, "seconds": 1.5,
+    }  # fmt: skip
+    assert pti_summary(meta) == numbers and list(pti_summary(meta)) == list(numbers)
+    old = {"kind": "pti", "pivot_source": {"kind": "animate"}, "pti": numbers, "options": {}}
+    assert pti_summary(old) == numbers
+    assert pti_summary({}) == {}  # a plain generator

@@ -263,7 +263,8 @@ def test_training_and_pca_plots(tmp_path):
 
 
 def test_index_lists_every_video_with_status(tmp_path):
-    from talkcli.train.dataset import build_index, write_json
+    from talkcli.io.files import write_json_atomic as write_json
+    from talkcli.train.dataset import build_index
 
     files = shard_paths(tmp_path, "a")
     files.record.parent.mkdir(parents=True)
@@ -294,3 +295,91 @@ def test_library_callers_get_the_cli_ranges():
         PrepareConfig(fps=500).check()
     with pytest.raises(UserError, match="even"):
         PrepareConfig(align_size=255).check()
+
+
+# -- the loss per clip (docs/train.md: 250 * sum_t MSE + lpips_weight * sum_t LPIPS) ---------------
+
+
+class _FakeRenderer:
+    """LPIPS stand-in: per pair, the mean absolute difference of the codes; counts its pairs."""
+
+    def __init__(self) -> None:
+        self.pairs = 0
+
+    def distance(self, w_pred, w_true):
+        self.pairs += len(w_pred)
+        return (w_pred - w_true).abs().flatten(1).mean(1)  # (N,)
+
+
+def _clip_codes(b: int = 3, length: int = 5, n: int = 4, seed: int = 0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    w_true = torch.randn(b, length, n, 512, generator=gen)
+    w_pred = w_true + 0.3 * torch.randn(b, length, n, 512, generator=gen)
+    return w_pred, w_true
+
+
+def _reference_latent(w_pred, w_true) -> float:
+    """mean over clips of sum over frames of the MSE over one code's n x 512 values (float64)."""
+    d = (w_pred.double() - w_true.double()).numpy()
+    return float(np.mean([sum(np.mean(frame**2) for frame in clip) for clip in d]))
+
+
+def test_clip_losses_latent_term_is_250_times_the_summed_mse():
+    from talkcli.train.fit import FitConfig, clip_losses
+
+    w_pred, w_true = _clip_codes()
+    loss, latent, lp = clip_losses(w_pred, w_true, FitConfig(), renderer=None)
+    expected = _reference_latent(w_pred, w_true)
+    assert float(latent) == pytest.approx(expected, rel=1e-5)
+    assert float(lp) == 0.0  # no renderer: no perceptual term, whatever --lpips-weight says
+    assert float(loss) == pytest.approx(250 * expected, rel=1e-5)
+    # the literal sum of squares over the code's values is --latent-weight 250 * n * 512
+    n_values = w_pred.shape[2] * w_pred.shape[3]
+    summed, _, _ = clip_losses(w_pred, w_true, FitConfig(latent_weight=250.0 * n_values), None)
+    d = (w_pred.double() - w_true.double()).numpy()
+    literal = 250 * float(np.mean([(clip**2).sum() for clip in d]))
+    assert float(summed) == pytest.approx(literal, rel=1e-5)
+
+
+def test_clip_losses_lpips_term_sums_every_frame_with_its_weight():
+    from talkcli.train.fit import FitConfig, clip_losses
+
+    w_pred, w_true = _clip_codes()
+    b, length = w_pred.shape[:2]
+    renderer = _FakeRenderer()
+    cfg = FitConfig(latent_weight=250.0, lpips_weight=0.5)
+    loss, latent, lp = clip_losses(w_pred, w_true, cfg, renderer)
+    per_frame = (w_pred - w_true).abs().mean(dim=(2, 3)).double().numpy()  # (B, L)
+    assert renderer.pairs == b * length
+    assert float(lp) == pytest.approx(per_frame.sum(1).mean(), rel=1e-5)
+    assert float(loss) == pytest.approx(250 * float(latent) + 0.5 * float(lp), rel=1e-6)
+    # --lpips-weight 0 never renders
+    renderer.pairs = 0
+    loss0, _, lp0 = clip_losses(w_pred, w_true, FitConfig(lpips_weight=0.0), renderer)
+    assert renderer.pairs == 0 and float(lp0) == 0.0
+    assert float(loss0) == pytest.approx(250 * float(latent), rel=1e-6)
+
+
+def test_clip_losses_lpips_frames_renders_k_random_frames_scaled_to_the_clip():
+    import torch
+
+    from talkcli.train.fit import FitConfig, clip_losses
+
+    w_pred, w_true = _clip_codes(b=4, length=6)
+    b, length, k = 4, 6, 2
+    renderer = _FakeRenderer()
+    cfg = FitConfig(lpips_frames=k)
+    _, _, lp = clip_losses(w_pred, w_true, cfg, renderer, torch.Generator().manual_seed(7))
+    assert renderer.pairs == b * k
+    per_frame = (w_pred - w_true).abs().mean(dim=(2, 3)).double().numpy()  # (B, L)
+    gen = torch.Generator().manual_seed(7)  # the same draws: one permutation per clip
+    picks = [torch.randperm(length, generator=gen)[:k].numpy() for _ in range(b)]
+    expected = np.mean([per_frame[i, p].sum() for i, p in enumerate(picks)]) * length / k
+    assert float(lp) == pytest.approx(expected, rel=1e-5)
+    # the same generator state draws the same frames; more frames than the clip means all
+    again = clip_losses(w_pred, w_true, cfg, renderer, torch.Generator().manual_seed(7))[2]
+    assert float(again) == float(lp)
+    _, _, lp_all = clip_losses(w_pred, w_true, FitConfig(lpips_frames=50), _FakeRenderer())
+    assert float(lp_all) == pytest.approx(per_frame.sum(1).mean(), rel=1e-5)

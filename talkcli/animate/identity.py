@@ -201,7 +201,7 @@ def tuned_generator(
     import torch
 
     from talkcli.inversion.invert import frames_to_tensor
-    from talkcli.inversion.pti import PTIConfig, tune
+    from talkcli.inversion.pti import PTIConfig, pti_metadata, pti_summary, tune
     from talkcli.models.stylegan2 import load_generator, save_generator
 
     cfg = PTIConfig(steps=int(opts.tune_steps), seed=int(opts.seed))
@@ -218,7 +218,7 @@ def tuned_generator(
     if found is not None:
         try:
             G = load_generator(found, device=models.device)
-            return G, found, HIT, {"pti": G.metadata.get("pti", {})}
+            return G, found, HIT, {"pti": pti_summary(G.metadata)}
         except Exception:
             cache.discard(found)
     base = models.generator()
@@ -229,28 +229,10 @@ def tuned_generator(
     target = frames_to_tensor(aligned[None], G.size, device)  # (1, 3, S, S)
     torch.manual_seed(int(opts.seed))
     result = tune(G, lpips, pivot, target, cfg, on_step=on_step)
-    details = {
-        "steps_run": result.steps_run,
-        "stopped_early": result.stopped_early,
-        "lpips_start": result.lpips_start,
-        "lpips_end": result.lpips_end,
-        "l2_start": result.l2_start,
-        "l2_end": result.l2_end,
-        "seconds": result.seconds,
-    }
-    metadata = {
-        "kind": "pti",
-        "talkcli": __version__,
-        "base_generator": {
-            "path": str(models.paths.generator),
-            "sha256": models.sha(models.paths.generator),
-        },
-        "pivot_source": {"kind": "animate"},
-        "pti": details,
-        "options": result.config,
-    }
+    base_file = (models.paths.generator, models.sha(models.paths.generator))
+    metadata = pti_metadata(result, base_file, {"kind": "animate"})
     stored = cache.store("tuned", key, ".pt", lambda tmp: save_generator(tmp, G, metadata))
-    return G, stored, _status(cache, False), {"pti": details}
+    return G, stored, _status(cache, False), {"pti": pti_summary(metadata)}
 
 
 # -- the whole identity -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -25,6 +26,9 @@ from talkcli.commands.options import (
 from talkcli.console import BatchProgress, info, progress, settings, warn
 from talkcli.errors import UserError
 from talkcli.ranges import TRAIN_FIT, TRAIN_PCA, TRAIN_PREPARE
+
+if TYPE_CHECKING:
+    from talkcli.train.fit import FitOutputs, FitResult
 
 PLOT_EVERY_S = 60.0  # --plot is redrawn during training at most this often
 
@@ -319,12 +323,9 @@ def fit_cmd(
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
     """Train the audio encoder and decoder (thesis stage 1; pSp and G frozen)."""
-    from talkcli.commands._common import generator_file
     from talkcli.distributed import torchrun_env
-    from talkcli.guards import same_file
     from talkcli.train.dataset import read_index
-    from talkcli.train.fit import FitConfig, FitOutputs, fit
-    from talkcli.weights import registry
+    from talkcli.train.fit import FitConfig, FitOutputs, fit, fit_input_files
     from talkcli.weights.outputs import guard_outputs
 
     if out.suffix != ".safetensors":
@@ -342,7 +343,7 @@ def fit_cmd(
         lr_patience=lr_patience,
         components=components,
         pca_frames=pca_frames,
-        arch=arch,
+        arch=str(arch),  # the plain name: asdict(cfg) goes into the checkpoints
         seed=seed,
         workers=workers,
         steps_per_epoch=steps_per_epoch,
@@ -356,45 +357,17 @@ def fit_cmd(
 
         check_plot_path(plot)
     wd = weights_dir(wdir)
-    generator_path = generator_file(
-        generator, wd, registry.locate("psp-ffhq-encode", wd), "train fit"
+    generator_path, lpips_paths = _fit_model_files(generator, lpips_weight > 0, wd)
+    inputs = fit_input_files(
+        outputs, generator_path, pca_path=pca, resume=resume, lpips_paths=lpips_paths
     )
-    lpips_paths = None
-    if lpips_weight > 0:
-        from talkcli.runtime import lpips_files
-
-        lpips_paths = lpips_files("vgg", wd, "train fit (LPIPS-vgg)")
-    inputs = [p for p in (pca, resume, generator_path, *(lpips_paths or ())) if p is not None]
-    if resume is not None and same_file(resume, outputs.state):
-        inputs.remove(resume)  # continuing in place: the state is read whole, then replaced
     guard_outputs(outputs.all(), inputs=inputs, weights_dir=wd)
     device = _torch_device(env.local_rank if env.distributed else None)
     if env.is_main:
         where = f"{env.world_size} processes" if env.distributed else str(device)
         info(f"training on {data} ({where}); writing {out}")
-
-    plotted = [time.monotonic()]
     with progress() as bar:
-        task: dict[str, int] = {}
-
-        def on_step(phase: str, done: int, total: int) -> None:
-            if "id" not in task:
-                task["id"] = bar.add_task(phase, total=total)
-            bar.update(task["id"], completed=done, total=total, description=phase)
-
-        def on_epoch(row: dict, history: list[dict]) -> None:
-            val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""
-            mark = " (best)" if row.get("best") else ""
-            info(
-                f"epoch {row['epoch']}: train {row['train_loss']:.4g}{val}, lr {row['lr']:.2g}, "
-                f"{row['samples_per_s']:.1f} clips/s{mark}"
-            )
-            if plot is not None and time.monotonic() - plotted[0] > PLOT_EVERY_S:
-                from talkcli.plots import plot_training_curves
-
-                plot_training_curves(plot, history)  # watch long runs; redrawn at the end
-                plotted[0] = time.monotonic()
-
+        report = _FitProgress(bar, plot)
         result = fit(
             data,
             outputs,
@@ -405,11 +378,64 @@ def fit_cmd(
             lpips_paths=lpips_paths,
             device=device,
             env=env,
-            on_epoch=on_epoch,
-            on_step=on_step if env.is_main else None,
+            on_epoch=report.epoch,
+            on_step=report.step if env.is_main else None,
         )
-    if not env.is_main:
-        return
+    if env.is_main:
+        _report_fit(result, outputs, seq_len, plot, as_json)
+
+
+def _fit_model_files(
+    generator: Path | None, with_lpips: bool, wd: Path
+) -> tuple[Path, tuple[Path, Path] | None]:
+    """(generator file, LPIPS-vgg backbone and heads when the LPIPS term is on) for ``fit``."""
+    from talkcli.commands._common import generator_file
+    from talkcli.weights import registry
+
+    generator_path = generator_file(
+        generator, wd, registry.locate("psp-ffhq-encode", wd), "train fit"
+    )
+    lpips_paths = None
+    if with_lpips:
+        from talkcli.runtime import lpips_files
+
+        lpips_paths = lpips_files("vgg", wd, "train fit (LPIPS-vgg)")
+    return generator_path, lpips_paths
+
+
+class _FitProgress:
+    """``fit``'s callbacks: the step bar, one line per epoch, the --plot redrawn now and then."""
+
+    def __init__(self, bar: Any, plot: Path | None) -> None:
+        self.bar, self.plot = bar, plot
+        self.task: int | None = None
+        self.plotted = time.monotonic()
+
+    def step(self, phase: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(phase, total=total)
+        self.bar.update(self.task, completed=done, total=total, description=phase)
+
+    def epoch(self, row: dict, history: list[dict]) -> None:
+        val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""
+        mark = " (best)" if row.get("best") else ""
+        info(
+            f"epoch {row['epoch']}: train {row['train_loss']:.4g}{val}, lr {row['lr']:.2g}, "
+            f"{row['samples_per_s']:.1f} clips/s{mark}"
+        )
+        if self.plot is not None and time.monotonic() - self.plotted > PLOT_EVERY_S:
+            from talkcli.plots import plot_training_curves
+
+            plot_training_curves(self.plot, history)  # watch long runs; redrawn at the end
+            self.plotted = time.monotonic()
+
+
+def _report_fit(
+    result: FitResult, outputs: FitOutputs, seq_len: int, plot: Path | None, as_json: bool
+) -> None:
+    """Rank 0, after training: warnings, the final plot, the summary line and --json."""
+    from talkcli.train.fit import fit_summary
+
     if result.val_clips == 0:
         warn(
             "no validation clips (no held-out speakers): the best model is chosen by training loss"
@@ -425,19 +451,7 @@ def fit_cmd(
         f"last -> {result.last}; state -> {outputs.state}"
     )
     if as_json:
-        print_json(
-            {
-                "out": str(result.best),
-                "last": str(result.last),
-                "state": str(outputs.state),
-                "log": str(outputs.log),
-                "best_epoch": result.best_epoch,
-                "best_loss": result.best_loss,
-                "train_clips": result.train_clips,
-                "val_clips": result.val_clips,
-                "history": result.history,
-            }
-        )
+        print_json(fit_summary(result, outputs))
 
 
 def register(app: typer.Typer) -> None:

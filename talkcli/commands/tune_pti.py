@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from talkcli import __version__
 from talkcli.commands._common import (
     generator_file,
     print_json,
@@ -25,13 +25,11 @@ from talkcli.commands.options import (
 )
 from talkcli.console import info, progress, settings
 from talkcli.constants import LPIPS_FILES
-from talkcli.errors import InputFileError, UserError
+from talkcli.errors import UserError
 from talkcli.ranges import TUNE_PTI
 
-
-def pivots_path_for(out: Path) -> Path:
-    """Where the pivots are saved beside a tuned generator: ``tuned.pt`` -> ``tuned.pivots.npz``."""
-    return out.with_name(out.stem + ".pivots.npz")
+if TYPE_CHECKING:
+    from talkcli.inversion.pti import PTIConfig, PTIRequest
 
 
 def tune_pti_cmd(
@@ -88,101 +86,15 @@ def tune_pti_cmd(
         raise UserError(f"--pivot-method {pivot_method!r}: expected psp or w-project")
     if lpips_net not in LPIPS_FILES:
         raise UserError(f"--lpips {lpips_net!r}: expected alex or vgg")
-    import numpy as np
-    import torch
     from rich.progress import TextColumn
 
-    from talkcli.device import resolve_device
-    from talkcli.inversion.invert import (
-        InvertResult,
-        frames_to_tensor,
-        load_frames,
-        load_latents,
-        write_latents,
+    from talkcli.inversion.pti import (
+        PTIConfig,
+        load_pti_models,
+        request_pivots,
+        save_tuned,
+        tune,
     )
-    from talkcli.inversion.pti import PTIConfig, check_pivots, tune, w_project_pivots
-    from talkcli.io.files import atomic_output, sha256_file
-    from talkcli.runtime import lpips_files
-    from talkcli.weights import registry
-    from talkcli.weights.outputs import guard_outputs
-
-    out = out.expanduser()
-    if out.suffix != ".pt":
-        raise UserError(f"{out}: the tuned generator is saved as .pt (use a name ending in .pt)")
-    pivots_out = pivots_path_for(out)
-    wd = weights_dir(wdir)
-    device = resolve_device(settings.device)
-    torch.manual_seed(seed)
-    frames = load_frames(inputs, max_frames)
-
-    encoder_path = None
-    if pivots is None and pivot_method == "psp":
-        encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
-    generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
-    backbone_path, heads_path = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
-    guard_outputs(
-        [out, pivots_out],
-        inputs=[*frames.files, pivots, encoder_path, generator_path],
-        weights_dir=wd,
-    )
-
-    from talkcli.models.perceptual import load_lpips
-    from talkcli.models.stylegan2 import load_generator, save_generator
-
-    G = load_generator(generator_path, device=device)
-    lpips = load_lpips(lpips_net, device=device, backbone_path=backbone_path, heads_path=heads_path)
-    targets = frames_to_tensor(frames.images, G.size, device)  # (N, 3, S, S)
-
-    if pivots is not None:
-        w, names, _meta = load_latents(pivots)
-        if w.shape[1:] != (G.n_latent, G.style_dim):
-            raise InputFileError(
-                pivots,
-                f"pivots have shape {w.shape[1:]}, the generator expects "
-                f"({G.n_latent}, {G.style_dim})",
-                "invert with the same generator",
-            )
-        if w.shape[0] != len(frames.names):
-            raise InputFileError(
-                pivots,
-                f"holds {w.shape[0]} pivots for {len(frames.names)} input frame(s)",
-                "pass the same frames that were inverted",
-            )
-        pivot_w = torch.from_numpy(w).to(device)
-        pivot_source = {"kind": "file", "path": str(pivots), "sha256": sha256_file(pivots)}
-    elif pivot_method == "psp":
-        from talkcli.models.psp import load_encoder
-
-        E = load_encoder(encoder_path, device=device)
-        with torch.no_grad():
-            pivot_w = torch.cat(
-                [
-                    E.encode_images(frames.images[s : s + 4]).float()
-                    for s in range(0, len(frames.names), 4)
-                ]
-            ).to(device)
-        del E
-        pivot_source = {
-            "kind": "psp",
-            "path": str(encoder_path),
-            "sha256": sha256_file(encoder_path),
-        }
-    else:
-        with progress() as bar:
-            task = bar.add_task("w-project", total=project_steps * len(frames.names))
-            pivot_w = w_project_pivots(
-                G,
-                lpips,
-                targets,
-                steps=project_steps,
-                seed=seed,
-                on_step=lambda _s, _l: bar.advance(task),
-            )
-        pivot_source = {"kind": "w-project", "steps": project_steps}
-    try:
-        check_pivots(G, pivot_w, targets)
-    except ValueError as exc:
-        raise UserError(f"pivots do not match the frames: {exc}") from None
 
     cfg = PTIConfig(
         steps=steps,
@@ -193,55 +105,91 @@ def tune_pti_cmd(
         locality=locality,
         seed=seed,
     )
-    info(f"tuning {generator_path.name} on {len(frames.names)} frame(s), {steps} steps on {device}")
+    req = _request(inputs, out, generator, encoder, pivots, pivot_method, max_frames, lpips_net,
+                   wdir, config=cfg, project_steps=project_steps)  # fmt: skip
+    models = load_pti_models(req)
+    if req.pivots_file is None and pivot_method == "w-project":
+        with progress() as bar:
+            task = bar.add_task("w-project", total=project_steps * len(req.frames.names))
+            found = request_pivots(req, models, on_project_step=lambda _s, _l: bar.advance(task))
+    else:
+        found = request_pivots(req, models)
+
+    n_frames = len(req.frames.names)
+    info(f"tuning {req.generator_path.name} on {n_frames} frame(s), {steps} steps on {req.device}")
     stats = TextColumn("LPIPS {task.fields[lpips]:.4f}  L2 {task.fields[l2]:.4f}")
     with progress(stats) as bar:
         task = bar.add_task("tune-pti", total=steps, lpips=float("nan"), l2=float("nan"))
         result = tune(
-            G,
-            lpips,
-            pivot_w,
-            targets,
-            cfg,
+            models.G,
+            models.lpips,
+            found.w,
+            models.targets,
+            req.config,
             on_step=lambda s, row: bar.update(task, completed=s, lpips=row["lpips"], l2=row["l2"]),
         )
-    metadata = {
-        "kind": "pti",
-        "talkcli": __version__,
-        "base_generator": {"path": str(generator_path), "sha256": sha256_file(generator_path)},
-        "pivot_source": pivot_source,
-        "pivots_file": pivots_out.name,
-        "frames": frames.sources,
-        "input_sha256": frames.files,
-        "steps_run": result.steps_run,
-        "stopped_early": result.stopped_early,
-        "losses": {
-            "lpips_start": result.lpips_start,
-            "l2_start": result.l2_start,
-            "lpips_end": result.lpips_end,
-            "l2_end": result.l2_end,
-        },
-        "seconds": result.seconds,
-        "options": {**result.config, "lpips_net": lpips_net, "device": str(device)},
-    }
-    pivots_result = InvertResult(
-        w=pivot_w.detach().float().cpu().numpy().astype(np.float32),
-        names=frames.names,
-        meta={"method": pivot_source["kind"], "pivots_for": out.name, "sources": frames.sources},
-    )
-    # Both go to temporary names; the generator is renamed first, then its pivots, so an
-    # interrupted run leaves neither (and a finished .pt always has its pivots beside it).
-    with atomic_output(pivots_out) as tmp_pivots:
-        write_latents(tmp_pivots, pivots_result)
-        save_generator(out, G, metadata)
+    done = save_tuned(req, models, found, result)
     info(
-        f"wrote {out} and {pivots_out.name}: LPIPS {result.lpips_start:.4f} -> "
+        f"wrote {done.out} and {done.pivots_path.name}: LPIPS {result.lpips_start:.4f} -> "
         f"{result.lpips_end:.4f}, L2 {result.l2_start:.4f} -> {result.l2_end:.4f}, "
         f"{result.steps_run} steps{' (early stop)' if result.stopped_early else ''}, "
         f"{result.seconds:.1f} s"
     )
     if as_json:
-        print_json({"out": str(out), "pivots": str(pivots_out), **metadata})
+        print_json({"out": str(done.out), "pivots": str(done.pivots_path), **done.metadata})
+
+
+def _request(
+    inputs: list[str],
+    out: Path,
+    generator: Path | None,
+    encoder: Path | None,
+    pivots: Path | None,
+    pivot_method: str,
+    max_frames: int | None,
+    lpips_net: str,
+    wdir: Path | None,
+    *,
+    config: PTIConfig,
+    project_steps: int,
+) -> PTIRequest:
+    """The run's frames and model files (inputs named before model files), outputs checked."""
+    from talkcli.device import resolve_device
+    from talkcli.weights.outputs import guard_outputs
+    from talkcli.inversion.invert import load_frames
+    from talkcli.inversion.pti import PTIRequest, pivots_path_for
+    from talkcli.runtime import lpips_files
+    from talkcli.weights import registry
+
+    out = out.expanduser()
+    if out.suffix != ".pt":
+        raise UserError(f"{out}: the tuned generator is saved as .pt (use a name ending in .pt)")
+    wd = weights_dir(wdir)
+    device = resolve_device(settings.device)
+    frames = load_frames(inputs, max_frames)
+    encoder_path = None
+    if pivots is None and pivot_method == "psp":
+        encoder_path = registry.resolve_option(encoder, "psp-ffhq-encode", wd, "tune-pti pivots")
+    generator_path = generator_file(generator, wd, encoder_path, "tune-pti")
+    lpips_paths = lpips_files(lpips_net, wd, f"LPIPS-{lpips_net}")
+    guard_outputs(
+        [out, pivots_path_for(out)],
+        inputs=[*frames.files, pivots, encoder_path, generator_path],
+        weights_dir=wd,
+    )
+    return PTIRequest(
+        frames,
+        out,
+        generator_path,
+        lpips_paths,
+        lpips_net=str(lpips_net),  # the plain name (the files' metadata holds no CLI enum)
+        pivot_method=str(pivot_method),
+        pivots_file=pivots,
+        encoder_path=encoder_path,
+        project_steps=project_steps,
+        config=config,
+        device=device,
+    )
 
 
 def register(app: typer.Typer) -> None:

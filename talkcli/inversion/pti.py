@@ -7,19 +7,31 @@ early stop when LPIPS < 0.06. The optional locality regulariser samples latents 
 (psi 0.5 towards the pivot, step alpha 30) and keeps the tuned generator's renderings of them
 close to the original generator's, so the rest of the latent space the audio model was trained
 in does not move.
+
+Pivots come from pSp (the thesis), from PTI's own W projection (``w-project``) or from a latents
+file (``talkcli invert``). A tuned generator records how it was made in one metadata layout
+(``pti_metadata``), written by ``tune-pti`` and by animate's identity cache alike;
+``pti_summary`` reads the run's numbers back from it, and from the cache entries written before
+that layout (their numbers under ``"pti"``).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkcli import __version__
+from talkcli.errors import InputFileError, UserError
 from talkcli.guards import check_finite_loss, check_number
+from talkcli.inversion.invert import Frames
 from talkcli.inversion.project import LPIPS_SIZE
 from talkcli.ranges import TUNE_PTI, option_name
 
@@ -228,3 +240,293 @@ def w_project_pivots(
     cfg = ProjectionConfig(steps=steps, first_steps=steps, lr=0.01, space="w", sequence=False)
     results = project_frames(G, lpips, targets, cfg, seed=seed, on_step=on_step)
     return torch.stack([r.w for r in results])  # (N, n_latent, 512)
+
+
+# -- pivots --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pivots:
+    """The codes PTI tunes around, one per frame, and where they came from (for the metadata)."""
+
+    w: torch.Tensor  # (N, n_latent, 512) on the tuning device
+    source: dict[str, Any]  # {"kind": "psp" | "w-project" | "file" | "animate", ...}
+
+
+def pivots_path_for(out: Path) -> Path:
+    """Where the pivots are saved beside a tuned generator: ``tuned.pt`` -> ``tuned.pivots.npz``."""
+    return out.with_name(out.stem + ".pivots.npz")
+
+
+def pivots_from_file(path: Path, G: torch.nn.Module, n_frames: int, device: torch.device) -> Pivots:
+    """Pivots saved by ``talkcli invert``: one (n_latent, 512) code per input frame."""
+    from talkcli.inversion.invert import load_latents
+    from talkcli.io.files import sha256_file
+
+    w, _names, _meta = load_latents(path)  # (N, n_latent, 512) float32
+    if w.shape[1:] != (G.n_latent, G.style_dim):
+        raise InputFileError(
+            path,
+            f"pivots have shape {w.shape[1:]}, the generator expects ({G.n_latent}, {G.style_dim})",
+            "invert with the same generator",
+        )
+    if w.shape[0] != n_frames:
+        raise InputFileError(
+            path,
+            f"holds {w.shape[0]} pivots for {n_frames} input frame(s)",
+            "pass the same frames that were inverted",
+        )
+    source = {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+    return Pivots(torch.from_numpy(w).to(device), source)
+
+
+def encoder_pivots(encoder_path: Path, images: np.ndarray, device: torch.device) -> Pivots:
+    """pSp codes of the frames (N, H, W, 3) uint8 (the thesis' pivots), 4 frames per batch."""
+    from talkcli.io.files import sha256_file
+    from talkcli.models.psp import load_encoder
+
+    E = load_encoder(encoder_path, device=device)
+    with torch.no_grad():
+        w = torch.cat(
+            [E.encode_images(images[s : s + 4]).float() for s in range(0, len(images), 4)]
+        ).to(device)  # (N, n_latent, 512)
+    del E
+    source = {"kind": "psp", "path": str(encoder_path), "sha256": sha256_file(encoder_path)}
+    return Pivots(w, source)
+
+
+def compute_pivots(
+    method: str,
+    G: torch.nn.Module,
+    lpips: torch.nn.Module,
+    frames: Frames,
+    targets: torch.Tensor,  # (N, 3, S, S) in [-1, 1]
+    *,
+    pivots_file: Path | None = None,
+    encoder_path: Path | None = None,
+    project_steps: int = 450,
+    seed: int = 0,
+    on_project_step: Callable[[int, float], None] | None = None,
+) -> Pivots:
+    """The pivots of ``frames``: from ``pivots_file`` when given, else by ``method``.
+
+    ``method`` is ``psp`` (needs ``encoder_path``) or ``w-project`` (``project_steps`` per
+    frame, ``on_project_step`` after each). Pivots that do not fit the frames or the generator
+    are a one-line ``UserError``.
+    """
+    device = targets.device
+    if pivots_file is not None:
+        pivots = pivots_from_file(pivots_file, G, len(frames.names), device)
+    elif method == "psp":
+        if encoder_path is None:
+            raise ValueError("psp pivots need the encoder file")
+        pivots = encoder_pivots(encoder_path, frames.images, device)
+    elif method == "w-project":
+        w = w_project_pivots(
+            G, lpips, targets, steps=project_steps, seed=seed, on_step=on_project_step
+        )
+        pivots = Pivots(w, {"kind": "w-project", "steps": project_steps})
+    else:
+        raise ValueError(f"pivot method {method!r}: expected psp or w-project")
+    try:
+        check_pivots(G, pivots.w, targets)
+    except ValueError as exc:
+        raise UserError(f"pivots do not match the frames: {exc}") from None
+    return pivots
+
+
+# -- the metadata of a tuned generator -----------------------------------------------------------
+
+PTI_KIND = "pti"
+LOSS_KEYS = ("lpips_start", "l2_start", "lpips_end", "l2_end")
+
+
+def pti_metadata(
+    result: PTIResult,
+    base_generator: tuple[Path, str],
+    pivot_source: Mapping[str, Any],
+    *,
+    options: Mapping[str, Any] | None = None,
+    pivots_file: str | None = None,
+    frames: list[str] | None = None,
+    input_sha256: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The one metadata layout of a tuned generator (tune-pti's file and animate's cache).
+
+    ``base_generator``: (path, sha256) of the generator that was tuned. ``options`` default to
+    the run's ``PTIConfig``; ``pivots_file``, ``frames`` and ``input_sha256`` (the pivots saved
+    beside it, the input frames and files) are left out when not given.
+    """
+    path, sha = base_generator
+    meta: dict[str, Any] = {
+        "kind": PTI_KIND,
+        "talkcli": __version__,
+        "base_generator": {"path": str(path), "sha256": sha},
+        "pivot_source": dict(pivot_source),
+    }
+    if pivots_file is not None:
+        meta["pivots_file"] = pivots_file
+    if frames is not None:
+        meta["frames"] = list(frames)
+    if input_sha256 is not None:
+        meta["input_sha256"] = dict(input_sha256)
+    meta.update(
+        steps_run=result.steps_run,
+        stopped_early=result.stopped_early,
+        losses={key: getattr(result, key) for key in LOSS_KEYS},
+        seconds=result.seconds,
+        options=dict(result.config if options is None else options),
+    )
+    return meta
+
+
+def pti_summary(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's numbers (steps, early stop, LPIPS and L2 before/after, seconds) from a tuned
+    generator's metadata; ``{}`` when it has none.
+
+    Reads ``pti_metadata``'s layout and the layout animate's cache wrote before it (the same
+    numbers under ``"pti"``), so old cache entries still hit with the same report.
+    """
+    losses = metadata.get("losses")
+    if not isinstance(losses, Mapping):  # animate's cache before the shared layout, or no PTI
+        old = metadata.get("pti", {})
+        return dict(old) if isinstance(old, Mapping) else {}
+    return {
+        "steps_run": metadata.get("steps_run"),
+        "stopped_early": metadata.get("stopped_early"),
+        "lpips_start": losses.get("lpips_start"),
+        "lpips_end": losses.get("lpips_end"),
+        "l2_start": losses.get("l2_start"),
+        "l2_end": losses.get("l2_end"),
+        "seconds": metadata.get("seconds"),
+    }
+
+
+# -- a whole tune-pti run ------------------------------------------------------------------------
+
+
+@dataclass
+class PTIRequest:
+    """One tune-pti run: aligned frames in, a tuned generator (``out``) and its pivots out.
+
+    The caller resolves the model files (registry, options); ``lpips_paths`` are the
+    (backbone, heads) files of ``lpips_net``, ``encoder_path`` the pSp file for ``psp`` pivots.
+    """
+
+    frames: Frames
+    out: Path
+    generator_path: Path
+    lpips_paths: tuple[Path, Path]
+    lpips_net: str = "alex"
+    pivot_method: str = "psp"  # psp | w-project; a pivots_file replaces both
+    pivots_file: Path | None = None
+    encoder_path: Path | None = None
+    project_steps: int = 450
+    config: PTIConfig = field(default_factory=PTIConfig)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class PTIModels:
+    """The generator to tune (in place), LPIPS, and the frames as its targets."""
+
+    G: Any
+    lpips: torch.nn.Module
+    targets: torch.Tensor  # (N, 3, S, S) in [-1, 1] at the generator's size
+
+
+@dataclass
+class PTIOutcome:
+    """What a tune-pti run wrote and measured."""
+
+    out: Path
+    pivots_path: Path
+    result: PTIResult
+    metadata: dict[str, Any]
+
+
+def load_pti_models(req: PTIRequest) -> PTIModels:
+    """Seed torch with the run's seed, then load G and LPIPS and turn the frames into targets."""
+    from talkcli.inversion.invert import frames_to_tensor
+    from talkcli.models.perceptual import load_lpips
+    from talkcli.models.stylegan2 import load_generator
+
+    torch.manual_seed(req.config.seed)
+    G = load_generator(req.generator_path, device=req.device)
+    backbone, heads = req.lpips_paths
+    lpips = load_lpips(req.lpips_net, device=req.device, backbone_path=backbone, heads_path=heads)
+    targets = frames_to_tensor(req.frames.images, G.size, req.device)  # (N, 3, S, S)
+    return PTIModels(G, lpips, targets)
+
+
+def request_pivots(
+    req: PTIRequest,
+    models: PTIModels,
+    on_project_step: Callable[[int, float], None] | None = None,
+) -> Pivots:
+    """``compute_pivots`` with the request's source (file, pSp or W projection)."""
+    return compute_pivots(
+        req.pivot_method,
+        models.G,
+        models.lpips,
+        req.frames,
+        models.targets,
+        pivots_file=req.pivots_file,
+        encoder_path=req.encoder_path,
+        project_steps=req.project_steps,
+        seed=req.config.seed,
+        on_project_step=on_project_step,
+    )
+
+
+def save_tuned(req: PTIRequest, models: PTIModels, pivots: Pivots, result: PTIResult) -> PTIOutcome:
+    """Write the tuned generator (with ``pti_metadata``) and its pivots beside it.
+
+    Both go to temporary names; the generator is renamed first, then its pivots, so an
+    interrupted run leaves neither (and a finished .pt always has its pivots beside it).
+    """
+    from talkcli.inversion.invert import InvertResult, write_latents
+    from talkcli.io.files import atomic_output, sha256_file
+    from talkcli.models.stylegan2 import save_generator
+
+    pivots_out = pivots_path_for(req.out)
+    frames = req.frames
+    metadata = pti_metadata(
+        result,
+        (req.generator_path, sha256_file(req.generator_path)),
+        pivots.source,
+        options={**result.config, "lpips_net": req.lpips_net, "device": str(req.device)},
+        pivots_file=pivots_out.name,
+        frames=frames.sources,
+        input_sha256=frames.files,
+    )
+    saved = InvertResult(
+        w=pivots.w.detach().float().cpu().numpy().astype(np.float32),
+        names=frames.names,
+        meta={
+            "method": pivots.source["kind"],
+            "pivots_for": req.out.name,
+            "sources": frames.sources,
+        },
+    )
+    with atomic_output(pivots_out) as tmp_pivots:
+        write_latents(tmp_pivots, saved)
+        save_generator(req.out, models.G, metadata)
+    return PTIOutcome(req.out, pivots_out, result, metadata)
+
+
+def tune_pti(
+    req: PTIRequest,
+    *,
+    on_project_step: Callable[[int, float], None] | None = None,
+    on_tune_step: Callable[[int, dict], None] | None = None,
+) -> PTIOutcome:
+    """A whole tune-pti run (what the command does, for batch scripts): load, pivots, tune, save.
+
+    Same seeds and order as ``talkcli tune-pti``, so the same request gives the same files.
+    """
+    models = load_pti_models(req)
+    pivots = request_pivots(req, models, on_project_step)
+    G, lpips, targets = models.G, models.lpips, models.targets
+    result = tune(G, lpips, pivots.w, targets, req.config, on_step=on_tune_step)
+    return save_tuned(req, models, pivots, result)

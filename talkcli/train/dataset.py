@@ -31,18 +31,12 @@ import numpy as np
 
 from talkcli import __version__
 from talkcli.errors import InputFileError, UserError
-from talkcli.io.files import atomic_output
 
 FORMAT = "talkcli-train-dataset"
 FORMAT_VERSION = 1
 INDEX = "index.json"
 SHARDS = "shards"
 SPLITS = ("train", "val")
-
-
-def write_json(path: Path, data: Mapping[str, Any], indent: int | None = 1) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from talkcli.guards import check_finite_array, check_finite_loss, check_number
 from talkcli.io.files import atomic_output, sha256_file
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
 from talkcli.ranges import TRAIN_FIT as TRAIN_FIT_RANGES
-from talkcli.train.dataset import VideoEntry, load_dataset
+from talkcli.train.dataset import Dataset, VideoEntry, load_dataset
 from talkcli.train.pca import PCAResult, fit_pca, load_pca
 
 STATE_FORMAT = "talkcli-train-state"
@@ -126,6 +126,42 @@ class FitResult:
     skipped_videos: int = 0
     train_clips: int = 0
     val_clips: int = 0
+
+
+def fit_input_files(
+    outputs: FitOutputs,
+    generator_path: Path,
+    *,
+    pca_path: Path | None = None,
+    resume: Path | None = None,
+    lpips_paths: tuple[Path, Path] | None = None,
+) -> list[Path]:
+    """The files ``fit`` reads, which no output may replace (``guard_outputs``' inputs).
+
+    A ``resume`` state that is this run's own state output is left out: continuing in place
+    reads it whole, then replaces it.
+    """
+    from talkcli.guards import same_file
+
+    inputs = [p for p in (pca_path, resume, generator_path, *(lpips_paths or ())) if p is not None]
+    if resume is not None and same_file(resume, outputs.state):
+        inputs.remove(resume)
+    return inputs
+
+
+def fit_summary(result: FitResult, outputs: FitOutputs) -> dict[str, Any]:
+    """``train fit --json``: where the files went, the best epoch, the clip counts, the history."""
+    return {
+        "out": str(result.best),
+        "last": str(result.last),
+        "state": str(outputs.state),
+        "log": str(outputs.log),
+        "best_epoch": result.best_epoch,
+        "best_loss": result.best_loss,
+        "train_clips": result.train_clips,
+        "val_clips": result.val_clips,
+        "history": result.history,
+    }
 
 
 # -- samples -------------------------------------------------------------------------------------
@@ -236,16 +272,24 @@ def mfcc_statistics(videos: list[VideoEntry]) -> tuple[np.ndarray, np.ndarray]:
 # -- process group -------------------------------------------------------------------------------
 
 
+def rank_device(env: DistEnv, device: torch.device) -> torch.device:
+    """This rank's device: under torchrun, CUDA ranks take their own GPU (``talkcli.device``'s
+    one torchrun rule, LOCAL_RANK % GPUs)."""
+    if env.distributed and device.type == "cuda":
+        from talkcli.device import rank_cuda_device
+
+        return rank_cuda_device(env.local_rank)
+    return device
+
+
 def setup_distributed(env: DistEnv, device: torch.device) -> torch.device:
     """Join the torchrun process group (nccl on CUDA, gloo otherwise); the rank's device."""
     import torch.distributed as dist
 
     if not env.distributed:
         return device
+    device = rank_device(env, device)
     if device.type == "cuda":
-        from talkcli.device import rank_cuda_device
-
-        device = rank_cuda_device(env.local_rank)  # the one torchrun rule (LOCAL_RANK % GPUs)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         # rank 0 may compute the PCA while the others wait at the broadcast: be patient
@@ -351,6 +395,60 @@ def load_state(path: Path) -> dict[str, Any]:
 # -- the trainer ---------------------------------------------------------------------------------
 
 
+@dataclass
+class FitRun:
+    """One call of ``fit``: what it was given, the rank's device and its process group."""
+
+    data: str | Path
+    outputs: FitOutputs
+    cfg: FitConfig
+    generator_path: Path
+    pca_path: Path | None
+    resume: Path | None
+    lpips_paths: tuple[Path, Path] | None
+    device: torch.device
+    env: DistEnv
+
+
+@dataclass
+class FitData:
+    """The prepared dataset, its speaker splits and the clips cut from them."""
+
+    ds: Dataset
+    train_videos: list[VideoEntry]
+    val_videos: list[VideoEntry]
+    train: ClipDataset
+    val: ClipDataset
+
+
+@dataclass
+class Loaders:
+    """Training batches (this rank's share, reshuffled each epoch) and this rank's val batches."""
+
+    sampler: torch.utils.data.DistributedSampler
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    per_epoch: int  # training steps per epoch (--steps-per-epoch caps it)
+
+
+@dataclass
+class TrainState:
+    """What the epochs share and change: model, optimiser, counters, history."""
+
+    model: Audio2Latent
+    net: torch.nn.Module  # the model, or its DDP wrapper under torchrun (training's forward)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.ReduceLROnPlateau
+    renderer: Renderer | None  # the LPIPS term; None when lpips_weight is 0
+    lpips_gen: torch.Generator  # which frames --lpips-frames renders
+    pca_info: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    step: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = -1
+
+
 def fit(
     data: str | Path,
     outputs: FitOutputs,
@@ -374,17 +472,208 @@ def fit(
     cfg.check()
     env = env or DistEnv()
     device = setup_distributed(env, device or torch.device("cpu"))
+    run = FitRun(data, outputs, cfg, generator_path, pca_path, resume, lpips_paths, device, env)
     try:
-        return _fit(
-            data, outputs, cfg, generator_path, pca_path, resume, lpips_paths, device, env,
-            on_epoch, on_step,
-        )  # fmt: skip
+        return _fit(run, on_epoch, on_step)
     finally:
         if env.distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _fit(run: FitRun, on_epoch: EpochFn | None, on_step: StepFn | None) -> FitResult:
+    """Data, model, loaders, then per epoch: train, validate, schedule, checkpoint (rank 0)."""
+    ds, train_videos, val_videos = _load_splits(run)
+    G, renderer = _load_renderer(run, ds)
+    train_ds, val_ds = _clip_datasets(run.cfg, ds, train_videos, val_videos)
+    data = FitData(ds, train_videos, val_videos, train_ds, val_ds)
+    saved = load_state(run.resume) if run.resume is not None else None
+    model, pca_info = _build_model(run, data, G, saved)
+    st = _train_state(run, model, pca_info, renderer, saved)
+    loaders = _loaders(run, data)
+    gen_meta = generator_info(G, run.generator_path)
+    training_meta = _training_meta(run, data, pca_info)
+    log_lines = _resumed_log(run.outputs.log) if saved is not None else []
+    for epoch in range(st.start_epoch, run.cfg.epochs):
+        row = {
+            "epoch": epoch + 1,
+            **_train_epoch(run, st, data, loaders, epoch, on_step),
+            **_validate(run, st, loaders),
+        }
+        improved = _end_epoch(st, epoch, row)
+        if run.env.is_main:
+            _save_checkpoint(run, st, epoch, row, improved, gen_meta, training_meta)
+            log_lines.append(json.dumps(row))
+            _write_log(run.outputs.log, log_lines)
+            if on_epoch:
+                on_epoch(row, st.history)
+    return FitResult(
+        run.outputs.best,
+        run.outputs.last,
+        st.history,
+        st.best_epoch,
+        st.best_loss,
+        skipped_videos=len(train_ds.too_short) + len(val_ds.too_short),
+        train_clips=len(train_ds),
+        val_clips=len(val_ds),
+    )
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def _load_splits(run: FitRun) -> tuple[Dataset, list[VideoEntry], list[VideoEntry]]:
+    """The dataset and its (train, val) videos; a dataset without training videos is refused."""
+    ds = load_dataset(run.data)
+    train_videos, val_videos = ds.split("train"), ds.split("val")
+    if not train_videos:
+        raise UserError(f"{ds.root}: no training videos (every speaker is held out)")
+    return ds, train_videos, val_videos
+
+
+def _load_renderer(run: FitRun, ds: Dataset) -> tuple[Any, Renderer | None]:
+    """G (checked against the dataset's codes) and, when the LPIPS term is on, its renderer."""
+    from talkcli.models.stylegan2 import load_generator
+
+    G = load_generator(run.generator_path, run.device)
+    if G.n_latent != ds.n_latent or G.style_dim != ds.style_dim:
+        raise UserError(
+            f"{run.generator_path}: a {G.size}x{G.size} generator ({G.n_latent} W+ layers) does "
+            f"not fit {ds.root}, encoded for {ds.n_latent} layers (pass the matching --generator)"
+        )
+    if run.cfg.lpips_weight <= 0:
+        return G, None
+    from talkcli.models.perceptual import load_lpips
+
+    if run.lpips_paths is None:
+        raise ValueError("lpips_paths are needed when lpips_weight > 0")
+    backbone, heads = run.lpips_paths
+    lpips = load_lpips("vgg", device=run.device, backbone_path=backbone, heads_path=heads)
+    return G, Renderer(G, lpips, run.cfg.lpips_size)
+
+
+def _clip_datasets(
+    cfg: FitConfig, ds: Dataset, train_videos: list[VideoEntry], val_videos: list[VideoEntry]
+) -> tuple[ClipDataset, ClipDataset]:
+    """(training clips, validation clips); refused when no training video holds one clip."""
+    train_ds = ClipDataset(train_videos, cfg.seq_len, ds.fps, cfg.seed, train=True)
+    val_ds = ClipDataset(val_videos, cfg.seq_len, ds.fps, cfg.seed + 1, train=False)
+    if len(train_ds) == 0:
+        raise UserError(
+            f"{ds.root}: no training video is long enough for --seq-len {cfg.seq_len} plus an "
+            f"identity frame outside the audio windows ({cfg.seq_len + 2 * train_ds.margin + 1} "
+            "frames); lower --seq-len"
+        )
+    return train_ds, val_ds
+
+
+def _loaders(run: FitRun, data: FitData) -> Loaders:
+    """This rank's training loader (DistributedSampler, seeded) and its slice of the val clips."""
+    cfg, env = run.cfg, run.env
+    sampler = torch.utils.data.DistributedSampler(
+        data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        data.train,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+    )
+    val_idx = list(range(env.rank, len(data.val), env.world_size))
+    val_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(data.val, val_idx), batch_size=cfg.batch_size, shuffle=False
+    )
+    per_epoch = len(loader) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(loader))
+    return Loaders(sampler, loader, val_loader, per_epoch)
+
+
+# -- the model: fresh (PCA + MFCC statistics from the data) or resumed ---------------------------
+
+
+def _build_model(
+    run: FitRun, data: FitData, G: Any, saved: dict[str, Any] | None
+) -> tuple[Audio2Latent, dict[str, Any]]:
+    """(model on the rank's device, what its PCA came from): resumed or built fresh."""
+    if saved is not None:
+        assert run.resume is not None
+        model = _resumed_model(run.resume, saved, G, run.generator_path, data.ds)
+        pca_info = saved.get("pca_info", {})
+    else:
+        model, pca_info = _fresh_model(run, data)
+    model.to(run.device)
+    return model, pca_info
+
+
+def _fresh_model(run: FitRun, data: FitData) -> tuple[Audio2Latent, dict[str, Any]]:
+    """A new model around rank 0's PCA (broadcast to every rank) and the MFCC statistics.
+
+    The weights are drawn after ``torch.manual_seed(seed)``, so every rank starts alike.
+    """
+    cfg, ds = run.cfg, data.ds
+    latent_dim = ds.n_latent * ds.style_dim
+    pca, failure, pca_info = _pca_on_this_rank(run, data.train_videos, latent_dim)
+    mean_t, basis_t = _broadcast_pca(run, pca, failure, latent_dim)  # (D,), (k, D)
+    torch.manual_seed(cfg.seed)
+    model = Audio2Latent(
+        basis_t.shape[0], ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps
+    )
+    model.set_pca(mean_t.cpu(), basis_t.cpu())
+    model.set_mfcc_stats(*mfcc_statistics(data.train_videos))
+    if pca is not None and np.isfinite(pca.explained_ratio).all():
+        pca_info["explained"] = float(pca.explained_ratio.sum())
+    return model, pca_info
+
+
+def _pca_on_this_rank(
+    run: FitRun, train_videos: list[VideoEntry], latent_dim: int
+) -> tuple[PCAResult | None, Exception | None, dict[str, Any]]:
+    """(PCA or None, the error computing it, where it came from) on this rank.
+
+    A ``--pca`` file is read by every rank (and fails alike); a PCA of the data is computed by
+    rank 0 alone while the others wait at the broadcast, and its error is kept to be raised after
+    the others were told.
+    """
+    cfg = run.cfg
+    pca, failure = None, None
+    if run.pca_path is not None:
+        pca = load_pca(run.pca_path, latent_dim)
+        k = min(cfg.components or pca.k, pca.k)
+        pca.basis, pca.explained_variance = pca.basis[:k], pca.explained_variance[:k]
+        source = {"source": str(run.pca_path), "sha256": sha256_file(run.pca_path), "k": k}
+        return pca, failure, source
+    if run.env.is_main:
+        try:
+            pca = pca_from_videos(train_videos, cfg.components or 2500, cfg.pca_frames)
+        except Exception as exc:  # tell the waiting ranks first, then raise it here
+            failure = exc
+    info: dict[str, Any] = {"source": "dataset (train split)"}
+    if pca is not None:
+        info.update(k=pca.k, frames=pca.n_samples)
+    return pca, failure, info
+
+
+def _broadcast_pca(
+    run: FitRun, pca: PCAResult | None, failure: Exception | None, latent_dim: int
+) -> tuple[Tensor, Tensor]:
+    """Rank 0's PCA on every rank: its k first (-1: it failed), then mean (D,) and basis (k, D)."""
+    device, env = run.device, run.env
+    k_t = torch.tensor([pca.k if pca is not None else -1], dtype=torch.int64, device=device)
+    k = int(_broadcast(k_t, env).item())
+    if k < 0:
+        if failure is not None:
+            raise failure
+        raise UserError("rank 0 could not compute the PCA (its error says why)")
+    mean_t = torch.zeros(latent_dim, device=device)
+    basis_t = torch.zeros(k, latent_dim, device=device)
+    if pca is not None:
+        mean_t.copy_(torch.from_numpy(pca.mean))
+        basis_t.copy_(torch.from_numpy(pca.basis))
+    _broadcast(mean_t, env)
+    _broadcast(basis_t, env)
+    return mean_t, basis_t
 
 
 def _resumed_model(
@@ -424,281 +713,206 @@ def _resumed_model(
     return model
 
 
-def _fit(
-    data,
-    outputs,
-    cfg,
-    generator_path,
-    pca_path,
-    resume,
-    lpips_paths,
-    device,
-    env,
-    on_epoch,
-    on_step,
-) -> FitResult:
-    from talkcli.models.stylegan2 import load_generator
-
-    ds = load_dataset(data)
-    train_videos, val_videos = ds.split("train"), ds.split("val")
-    if not train_videos:
-        raise UserError(f"{ds.root}: no training videos (every speaker is held out)")
-
-    G = load_generator(generator_path, device)
-    if G.n_latent != ds.n_latent or G.style_dim != ds.style_dim:
-        raise UserError(
-            f"{generator_path}: a {G.size}x{G.size} generator ({G.n_latent} W+ layers) does "
-            f"not fit {ds.root}, encoded for {ds.n_latent} layers (pass the matching --generator)"
-        )
-    renderer = None
-    if cfg.lpips_weight > 0:
-        from talkcli.models.perceptual import load_lpips
-
-        if lpips_paths is None:
-            raise ValueError("lpips_paths are needed when lpips_weight > 0")
-        lpips = load_lpips(
-            "vgg", device=device, backbone_path=lpips_paths[0], heads_path=lpips_paths[1]
-        )
-        renderer = Renderer(G, lpips, cfg.lpips_size)
-
-    train_ds = ClipDataset(train_videos, cfg.seq_len, ds.fps, cfg.seed, train=True)
-    val_ds = ClipDataset(val_videos, cfg.seq_len, ds.fps, cfg.seed + 1, train=False)
-    if len(train_ds) == 0:
-        raise UserError(
-            f"{ds.root}: no training video is long enough for --seq-len {cfg.seq_len} plus an "
-            f"identity frame outside the audio windows ({cfg.seq_len + 2 * train_ds.margin + 1} "
-            "frames); lower --seq-len"
-        )
-
-    # -- the model: fresh (PCA + MFCC statistics from the data) or resumed ----------------------
-    state = load_state(resume) if resume is not None else None
-    latent_dim = ds.n_latent * ds.style_dim
-    if state is not None:
-        model = _resumed_model(resume, state, G, generator_path, ds)
-        pca_info = state.get("pca_info", {})
-    else:
-        pca, failure = None, None
-        if pca_path is not None:  # every rank reads the file (and fails alike)
-            pca = load_pca(pca_path, latent_dim)
-            k = min(cfg.components or pca.k, pca.k)
-            pca.basis, pca.explained_variance = pca.basis[:k], pca.explained_variance[:k]
-            pca_info = {"source": str(pca_path), "sha256": sha256_file(pca_path), "k": k}
-        else:
-            if env.is_main:  # the others wait at the broadcast below
-                try:
-                    pca = pca_from_videos(train_videos, cfg.components or 2500, cfg.pca_frames)
-                except Exception as exc:  # tell the waiting ranks first, then raise it here
-                    failure = exc
-            pca_info = {"source": "dataset (train split)"}
-            if pca is not None:
-                pca_info.update(k=pca.k, frames=pca.n_samples)
-        # rank 0's k reaches every rank (-1: it failed), then its basis
-        k_t = torch.tensor([pca.k if pca is not None else -1], dtype=torch.int64, device=device)
-        k = int(_broadcast(k_t, env).item())
-        if k < 0:
-            if failure is not None:
-                raise failure
-            raise UserError("rank 0 could not compute the PCA (its error says why)")
-        mean_t = torch.zeros(latent_dim, device=device)
-        basis_t = torch.zeros(k, latent_dim, device=device)
-        if pca is not None:
-            mean_t.copy_(torch.from_numpy(pca.mean))
-            basis_t.copy_(torch.from_numpy(pca.basis))
-        _broadcast(mean_t, env)
-        _broadcast(basis_t, env)
-        torch.manual_seed(cfg.seed)
-        model = Audio2Latent(k, ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps)
-        model.set_pca(mean_t.cpu(), basis_t.cpu())
-        model.set_mfcc_stats(*mfcc_statistics(train_videos))
-        if pca is not None and np.isfinite(pca.explained_ratio).all():
-            pca_info["explained"] = float(pca.explained_ratio.sum())
-    model.to(device)
-    ddp = model
-    if env.distributed:
+def _train_state(
+    run: FitRun,
+    model: Audio2Latent,
+    pca_info: dict[str, Any],
+    renderer: Renderer | None,
+    saved: dict[str, Any] | None,
+) -> TrainState:
+    """DDP wrapper (torchrun), Adam, decay on plateau; counters and history from a resumed run."""
+    net: torch.nn.Module = model
+    if run.env.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(
+        net = DistributedDataParallel(
             model,
-            device_ids=[device.index] if device.type == "cuda" else None,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
             broadcast_buffers=False,  # PCA and MFCC buffers never change
         )
+    cfg = run.cfg
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.lr_decay, patience=cfg.lr_patience
     )
-    history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    best_loss, best_epoch = math.inf, -1
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = list(state.get("history", []))
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        best_loss, best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+    lpips_gen = torch.Generator().manual_seed(cfg.seed + run.env.rank)
+    st = TrainState(model, net, opt, sched, renderer, lpips_gen, pca_info)
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        st.history = list(saved.get("history", []))
+        st.start_epoch, st.step = int(saved["epoch"]), int(saved["step"])
+        st.best_loss, st.best_epoch = float(saved["best_loss"]), int(saved["best_epoch"])
+    return st
 
-    sampler = torch.utils.data.DistributedSampler(
-        train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
-    )
-    loader = torch.utils.data.DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        persistent_workers=cfg.workers > 0,
-    )
-    val_idx = list(range(env.rank, len(val_ds), env.world_size))
-    val_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(val_ds, val_idx), batch_size=cfg.batch_size, shuffle=False
-    )
-    gen_meta = generator_info(G, generator_path)
-    lpips_gen = torch.Generator().manual_seed(cfg.seed + env.rank)
-    per_epoch = len(loader) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(loader))
-    result = FitResult(
-        outputs.best,
-        outputs.last,
-        history,
-        best_epoch,
-        best_loss,
-        skipped_videos=len(train_ds.too_short) + len(val_ds.too_short),
-        train_clips=len(train_ds),
-        val_clips=len(val_ds),
-    )
 
-    def run_epoch(epoch: int) -> dict[str, float]:
-        nonlocal step
-        ddp.train()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, latent * n, lpips * n, n
-        started = time.perf_counter()
-        for i, (windows, target, identity) in enumerate(loader):
-            if i >= per_epoch:
-                break
-            windows, target = (
-                windows.to(device),
-                target.to(device),
-            )  # (B, L, 12, 28), (B, L, n, 512)
-            identity = identity.to(device)  # (B, n, 512)
-            w_pred, _ = ddp(windows, identity)  # (B, L, n, 512)
-            loss, latent, lp = clip_losses(w_pred, target, cfg, renderer, lpips_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            n = float(len(windows))
-            here = [float(x.detach()) * n for x in (loss, latent, lp)] + [n]
-            total = _all_sum(here, env, device)  # every rank sees the same (NaN stops all)
-            check_finite_loss(
-                total[0] / total[3],
-                step,
-                f"train fit, epoch {epoch + 1} (files of earlier epochs are kept)",
-            )
-            opt.step()
-            step += 1
-            sums = [a + b for a, b in zip(sums, total, strict=True)]
-            if on_step and env.is_main:
-                on_step(f"epoch {epoch + 1}", i + 1, per_epoch)
-        seconds = time.perf_counter() - started
-        n = max(sums[3], 1.0)
-        return {
-            "train_loss": sums[0] / n,
-            "train_latent": sums[1] / n,
-            "train_lpips": sums[2] / n,
-            "samples": int(sums[3]),
-            "samples_per_s": sums[3] / max(seconds, 1e-9),
-            "seconds": seconds,
-        }
+# -- one epoch -----------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
-        model.eval()
-        sums = [0.0, 0.0, 0.0, 0.0]
-        for windows, target, identity in val_loader:
-            windows, target, identity = windows.to(device), target.to(device), identity.to(device)
-            w_pred, _ = model(windows, identity)
-            loss, latent, lp = clip_losses(w_pred, target, cfg, renderer, lpips_gen)
-            n = float(len(windows))
-            sums = [
-                a + b
-                for a, b in zip(
-                    sums, [float(loss) * n, float(latent) * n, float(lp) * n, n], strict=True
-                )
-            ]
-        total = _all_sum(sums, env, device)
-        if total[3] == 0:
-            return {}
-        n = total[3]
-        per_frame = n * cfg.seq_len
-        return {
-            "val_loss": total[0] / n,
-            "val_latent": total[1] / n,
-            "val_lpips": total[2] / n,
-            "val_latent_mse": total[1] / per_frame,
-            "val_lpips_per_frame": total[2] / per_frame,
-        }
 
-    training_meta = {
+def _train_epoch(
+    run: FitRun,
+    st: TrainState,
+    data: FitData,
+    loaders: Loaders,
+    epoch: int,
+    on_step: StepFn | None,
+) -> dict[str, float]:
+    """One pass over this rank's clips (at most ``per_epoch`` steps); losses summed over ranks."""
+    device, env = run.device, run.env
+    st.net.train()
+    loaders.sampler.set_epoch(epoch)
+    data.train.set_epoch(epoch)
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, latent * n, lpips * n, n
+    started = time.perf_counter()
+    for i, (windows, target, identity) in enumerate(loaders.train):
+        if i >= loaders.per_epoch:
+            break
+        windows, target = windows.to(device), target.to(device)  # (B, L, 12, 28), (B, L, n, 512)
+        identity = identity.to(device)  # (B, n, 512)
+        w_pred, _ = st.net(windows, identity)  # (B, L, n, 512)
+        loss, latent, lp = clip_losses(w_pred, target, run.cfg, st.renderer, st.lpips_gen)
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        n = float(len(windows))
+        here = [float(x.detach()) * n for x in (loss, latent, lp)] + [n]
+        total = _all_sum(here, env, device)  # every rank sees the same (NaN stops all)
+        check_finite_loss(
+            total[0] / total[3],
+            st.step,
+            f"train fit, epoch {epoch + 1} (files of earlier epochs are kept)",
+        )
+        st.opt.step()
+        st.step += 1
+        sums = [a + b for a, b in zip(sums, total, strict=True)]
+        if on_step and env.is_main:
+            on_step(f"epoch {epoch + 1}", i + 1, loaders.per_epoch)
+    seconds = time.perf_counter() - started
+    n = max(sums[3], 1.0)
+    return {
+        "train_loss": sums[0] / n,
+        "train_latent": sums[1] / n,
+        "train_lpips": sums[2] / n,
+        "samples": int(sums[3]),
+        "samples_per_s": sums[3] / max(seconds, 1e-9),
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def _validate(run: FitRun, st: TrainState, loaders: Loaders) -> dict[str, float]:
+    """Losses on the held-out speakers' fixed clips, summed over ranks ({} without val clips)."""
+    device = run.device
+    st.model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, latent * n, lpips * n, n
+    for windows, target, identity in loaders.val:
+        windows, target, identity = windows.to(device), target.to(device), identity.to(device)
+        w_pred, _ = st.model(windows, identity)  # (B, L, n, 512)
+        loss, latent, lp = clip_losses(w_pred, target, run.cfg, st.renderer, st.lpips_gen)
+        n = float(len(windows))
+        here = [float(loss) * n, float(latent) * n, float(lp) * n, n]
+        sums = [a + b for a, b in zip(sums, here, strict=True)]
+    total = _all_sum(sums, run.env, device)
+    if total[3] == 0:
+        return {}
+    n = total[3]
+    per_frame = n * run.cfg.seq_len
+    return {
+        "val_loss": total[0] / n,
+        "val_latent": total[1] / n,
+        "val_lpips": total[2] / n,
+        "val_latent_mse": total[1] / per_frame,
+        "val_lpips_per_frame": total[2] / per_frame,
+    }
+
+
+def _end_epoch(st: TrainState, epoch: int, row: dict[str, Any]) -> bool:
+    """Step, lr and best flag into ``row``; the scheduler steps on the val (else train) loss.
+
+    Returns whether this epoch is the best so far.
+    """
+    row["step"] = st.step
+    row["lr"] = st.opt.param_groups[0]["lr"]
+    score = row.get("val_loss", row["train_loss"])
+    st.sched.step(score)
+    improved = score < st.best_loss
+    if improved:
+        st.best_loss, st.best_epoch = score, epoch + 1
+    row["best"] = improved
+    st.history.append(row)
+    return improved
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def _training_meta(run: FitRun, data: FitData, pca_info: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint of this run records about its data, options and environment."""
+    ds = data.ds
+    return {
         "dataset": str(ds.root),
         "dataset_index_sha256": sha256_file(ds.root / "index.json"),
         "dataset_fps": ds.fps,
         "encoder_sha256": (ds.settings.get("encoder") or {}).get("sha256"),
-        "train_speakers": sorted({v.speaker for v in train_videos}),
-        "val_speakers": sorted({v.speaker for v in val_videos}),
-        "options": asdict(cfg),
+        "train_speakers": sorted({v.speaker for v in data.train_videos}),
+        "val_speakers": sorted({v.speaker for v in data.val_videos}),
+        "options": asdict(run.cfg),
         "pca": pca_info,
-        "world_size": env.world_size,
-        "device": str(device),
+        "world_size": run.env.world_size,
+        "device": str(run.device),
         "torch": torch.__version__,
         "talkcli": __version__,
     }
-    log_lines: list[str] = []
-    if state is not None and outputs.log.is_file():  # resumed: continue the same log
-        log_lines = [ln for ln in outputs.log.read_text(encoding="utf-8").splitlines() if ln]
-    for epoch in range(start_epoch, cfg.epochs):
-        row = {"epoch": epoch + 1, **run_epoch(epoch), **validate()}
-        row["step"] = step
-        row["lr"] = opt.param_groups[0]["lr"]
-        score = row.get("val_loss", row["train_loss"])
-        sched.step(score)
-        improved = score < best_loss
-        if improved:
-            best_loss, best_epoch = score, epoch + 1
-        row["best"] = improved
-        history.append(row)
-        if env.is_main:
-            meta = {
-                **training_meta,
-                "epochs": epoch + 1,
-                "steps": step,
-                "best_epoch": best_epoch,
-                "best_loss": best_loss,
-                "last": row,
-            }
-            save_audio2latent(outputs.last, model, gen_meta, meta)
-            if improved:
-                save_audio2latent(outputs.best, model, gen_meta, meta)
-            save_state(
-                outputs.state,
-                {
-                    "format": STATE_FORMAT,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "model_config": {**model.config(), "arch_name": _arch_name(model)},
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "best_loss": best_loss,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "pca_info": pca_info,
-                    "generator": gen_meta,
-                    "talkcli": __version__,
-                },
-            )
-            log_lines.append(json.dumps(row))
-            _write_log(outputs.log, log_lines)
-            if on_epoch:
-                on_epoch(row, history)
-    result.best_epoch, result.best_loss = best_epoch, best_loss
-    return result
+
+
+def _save_checkpoint(
+    run: FitRun,
+    st: TrainState,
+    epoch: int,
+    row: dict[str, Any],
+    improved: bool,
+    gen_meta: dict[str, Any],
+    training_meta: dict[str, Any],
+) -> None:
+    """Rank 0, after each epoch: the last model, the best one when it improved, the state."""
+    meta = {
+        **training_meta,
+        "epochs": epoch + 1,
+        "steps": st.step,
+        "best_epoch": st.best_epoch,
+        "best_loss": st.best_loss,
+        "last": row,
+    }
+    save_audio2latent(run.outputs.last, st.model, gen_meta, meta)
+    if improved:
+        save_audio2latent(run.outputs.best, st.model, gen_meta, meta)
+    save_state(run.outputs.state, _state_payload(st, epoch, gen_meta))
+
+
+def _state_payload(st: TrainState, epoch: int, gen_meta: dict[str, Any]) -> dict[str, Any]:
+    """The training-state file's content (what ``--resume`` reads back) after ``epoch``."""
+    model = st.model
+    return {
+        "format": STATE_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": {**model.config(), "arch_name": _arch_name(model)},
+        "optimizer": st.opt.state_dict(),
+        "scheduler": st.sched.state_dict(),
+        "epoch": epoch + 1,
+        "step": st.step,
+        "best_loss": st.best_loss,
+        "best_epoch": st.best_epoch,
+        "history": st.history,
+        "pca_info": st.pca_info,
+        "generator": gen_meta,
+        "talkcli": __version__,
+    }
+
+
+def _resumed_log(path: Path) -> list[str]:
+    """The JSONL log lines of the run being resumed (it goes on in the same file)."""
+    if not path.is_file():
+        return []
+    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln]
 
 
 def _arch_name(model: Audio2Latent) -> str:

@@ -28,10 +28,16 @@ import numpy as np
 
 from talkcli import __version__
 from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
+from talkcli.constants import AUDIO_EXTS, VIDEO_EXTS
 from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
 from talkcli.guards import check_frame_count, check_number
-from talkcli.io.files import atomic_output, ensure_folder, require_file, sha256_file
-from talkcli.io.images import VIDEO_EXTS
+from talkcli.io.files import (
+    atomic_output,
+    ensure_folder,
+    require_file,
+    sha256_file,
+    write_json_atomic,
+)
 from talkcli.ranges import TRAIN_PREPARE as PREPARE_RANGES
 from talkcli.ranges import option_name
 from talkcli.train.dataset import (
@@ -43,10 +49,8 @@ from talkcli.train.dataset import (
     read_json,
     safe_name,
     shard_paths,
-    write_json,
 )
 
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 ALIGNED_DIR = "aligned"
 WORK_DIR = ".work"
 
@@ -434,7 +438,7 @@ def prepare_video(
             f"video ({expected_frames} frames) and audio ({audio_frames}) differ by over 1 s; "
             "the shorter one is used"
         )
-    write_json(files.record, record)
+    write_json_atomic(files.record, record)
     return record
 
 
@@ -545,7 +549,7 @@ def prepare_dataset(
     check_compatible(data, settings)
     holdout = {"spec": cfg.holdout, "seed": cfg.seed}
     planned = [it.plan() for it in items]
-    write_json(data / INDEX, build_index(data, settings, speakers, planned, holdout))
+    write_json_atomic(data / INDEX, build_index(data, settings, speakers, planned, holdout))
 
     detectors = None
     if not cfg.aligned:
@@ -567,12 +571,12 @@ def prepare_dataset(
                 if isinstance(exc, ModelFileError | OutputError) or exc.exit_code != 2:
                     raise  # would fail every video: stop now
                 rec = failed_record(item, str(exc).splitlines()[0])
-                write_json(shard_paths(data, item.id).record, rec)
+                write_json_atomic(shard_paths(data, item.id).record, rec)
         result.records.append(rec)
         if on_item:
             on_item(rec)
     result.index = build_index(data, settings, speakers, planned, holdout)
-    write_json(data / INDEX, result.index)
+    write_json_atomic(data / INDEX, result.index)
     if shard[1] == 1:  # alone: nobody else is aligning into the work folder
         shutil.rmtree(data / WORK_DIR, ignore_errors=True)
     return result
