@@ -155,11 +155,11 @@ def _request(
 ) -> PTIRequest:
     """The run's frames and model files (inputs named before model files), outputs checked."""
     from talkcli.device import resolve_device
-    from talkcli.weights.outputs import guard_outputs
     from talkcli.inversion.invert import load_frames
     from talkcli.inversion.pti import PTIRequest, pivots_path_for
     from talkcli.runtime import lpips_files
     from talkcli.weights import registry
+    from talkcli.weights.outputs import guard_outputs
 
     out = out.expanduser()
     if out.suffix != ".pt":
