@@ -389,7 +389,7 @@ def _fit_model_files(
     generator: Path | None, with_lpips: bool, wd: Path
 ) -> tuple[Path, tuple[Path, Path] | None]:
     """(generator file, LPIPS-vgg backbone and heads when the LPIPS term is on) for ``fit``."""
-    from talkcli.commands._common import generator_file
+    from talkcli.runtime import generator_file
     from talkcli.weights import registry
 
     generator_path = generator_file(
