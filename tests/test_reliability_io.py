@@ -1,0 +1,210 @@
+"""Issue 20's io findings: non-finite and absurd audio, hours-long audio, untrusted model sizes,
+huge job lists, over-long output names, concurrent writers and a full disk.
+
+Each bad input ends in one line and exit 2, before any work, with nothing under the output name.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from talkcli import cli
+from talkcli.errors import InputFileError
+from talkcli.io.audio import MAX_PEAK, DecodedAudio, load_audio
+from tests.conftest import run_cli_inprocess
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A fresh folder with its own cache and no other weights on the path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TALKCLI_WEIGHTS", "")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("face") / "face.png"
+    photo = Image.fromarray(data.astronaut())
+    photo.crop((150, 20, 310, 180)).resize((64, 64), Image.LANCZOS).save(path)
+    return path
+
+
+def _tone(seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def _errors(err: str) -> list[str]:
+    return [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+
+
+def one_error_line(code: int, err: str, *needles: str) -> None:
+    """Exit 2, exactly one non-empty stderr line, an 'error:' line holding every needle."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+# -- #2 non-finite or absurd audio ------------------------------------------------------------
+
+BAD_AUDIO = {
+    "one NaN": (lambda x: np.where(np.arange(x.size) == 5000, np.nan, x), "NaN/infinite"),
+    "all NaN": (lambda x: np.full_like(x, np.nan), "NaN/infinite"),
+    "one +inf": (lambda x: np.where(np.arange(x.size) == 9000, np.inf, x), "NaN/infinite"),
+    "amplitude 1e30": (lambda x: x / 0.3 * 1e30, "peak amplitude 1e+30 is not audio"),
+    "int16 scale": (lambda x: x / 0.3 * 32767, "peak amplitude 3.28e+04 is not audio"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_audio(tmp_path_factory) -> dict[str, Path]:
+    """Float32 WAVs (16 kHz and 44.1 kHz: the soundfile and the ffmpeg paths) per bad case."""
+    folder = tmp_path_factory.mktemp("bad_audio")
+    files = {}
+    for case, (make, _) in BAD_AUDIO.items():
+        for rate in (16000, 44100):
+            path = folder / f"{case.replace(' ', '_')}_{rate}.wav"
+            sf.write(path, make(_tone(1.0, rate)).astype(np.float32), rate, subtype="FLOAT")
+            files[f"{case} {rate}"] = path
+    return files
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+@pytest.mark.parametrize("case", list(BAD_AUDIO))
+def test_bad_samples_are_refused_by_every_decoder(bad_audio, case, rate):
+    path = bad_audio[f"{case} {rate}"]
+    needle = BAD_AUDIO[case][1]
+    if rate != 16000 and case == "int16 scale":
+        needle = "peak amplitude"  # resampling moves the peak a little
+    for decode in (lambda: load_audio(path), lambda: DecodedAudio(path).close()):
+        with pytest.raises(InputFileError) as info:
+            decode()
+        assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_float_overs_within_the_bound_are_clipped_not_refused(tmp_path):
+    path = tmp_path / "hot.wav"
+    sf.write(path, _tone() / 0.3 * 1.8, 16000, subtype="FLOAT")  # +5 dB over full scale
+    samples = load_audio(path)
+    assert samples.max() == 1.0 and samples.min() == -1.0
+    with DecodedAudio(path) as audio:
+        assert np.abs(audio.read(0, audio.n_samples)).max() == 1.0
+    assert MAX_PEAK == 1e3
+
+
+def test_a_nan_late_in_a_long_file_is_found_before_rendering(tmp_path, monkeypatch):
+    """DecodedAudio scans its whole temporary file in blocks; the NaN in the last block stops it."""
+    from talkcli.io import audio as audio_mod
+
+    monkeypatch.setattr(audio_mod, "_SCAN_BLOCK", 4096)  # many blocks for a short file
+    x = _tone(3.0)
+    x[-10] = np.nan
+    path = tmp_path / "late.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    with pytest.raises(InputFileError, match=r"the first at 2\.999 s"):
+        DecodedAudio(path, tmp_dir=tmp_path)
+    assert list(tmp_path.glob("talkcli-audio.*")) == []  # the temporary file is gone
+
+
+@pytest.mark.parametrize("case", ["one NaN", "amplitude 1e30"])
+def test_animate_refuses_bad_audio_before_any_work(case, capsys, work, tiny_pack, face, bad_audio):
+    (work / "out").mkdir()
+    args = ["--weights-dir", str(tiny_pack), "animate", "-i", str(face), "--aligned"]
+    code = cli.main([*args, "-a", str(bad_audio[f"{case} 44100"]), "-o", "out/v.mp4"])
+    err = capsys.readouterr().err
+    one_error_line(code, err, bad_audio[f"{case} 44100"].name, BAD_AUDIO[case][1])
+    assert list((work / "out").iterdir()) == []
+
+
+def test_animate_batch_reports_bad_audio(capsys, work, tiny_pack, face, bad_audio):
+    sf.write(work / "good.wav", _tone(0.4), 16000, subtype="PCM_16")
+    (work / "jobs.csv").write_text(
+        f"image,audio,out\n{face},good.wav,good.mp4\n{face},{bad_audio['all NaN 16000']},bad.mp4\n"
+    )
+    args = ["--weights-dir", str(tiny_pack), "animate", "--jobs", "jobs.csv", "--aligned"]
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(_errors(err)) == 1 and "1 of 2" in err, err
+    report = json.loads((work / "animate-report.json").read_text())
+    assert any("NaN/infinite" in (i["message"] or "") for i in report["items"])
+    assert (work / "good.mp4").is_file() and not (work / "bad.mp4").exists()
+
+
+def test_media_to_wav_refuses_bad_audio(work, bad_audio):
+    result = run_cli_inprocess("media", "to-wav", str(bad_audio["one +inf 16000"]), "-o", "x.wav")
+    one_error_line(result.code, result.stderr, "NaN/infinite")
+    assert not (work / "x.wav").exists()
+
+
+# -- #3 hours-long audio ----------------------------------------------------------------------
+
+
+def _sparse_wav(path: Path, hours: float, rate: int = 8000) -> Path:
+    """A WAV (8-bit mono) whose header claims ``hours`` of audio; the data are a sparse hole."""
+    n = int(hours * 3600 * rate)
+    header = b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate, 1, 8)
+    header += b"data" + struct.pack("<I", n)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + n)
+    return path
+
+
+@pytest.mark.parametrize("hours", [5, 10])
+def test_hours_of_audio_are_one_line_exit_2(hours, capsys, work, tiny_pack, face):
+    wav = _sparse_wav(work / f"long{hours}.wav", hours)
+    (work / "out").mkdir()
+    args = ["--weights-dir", str(tiny_pack), "animate", "-i", str(face), "--aligned"]
+    code = cli.main([*args, "-a", str(wav), "-o", "out/v.mp4"])
+    err = capsys.readouterr().err
+    one_error_line(code, err, wav.name, f"{hours:.1f} h of audio", "over talkcli's limit")
+    assert "AttributeError" not in err and list((work / "out").iterdir()) == []
+
+
+def test_decoded_audio_closes_cleanly_after_a_refused_header(work):
+    wav = _sparse_wav(work / "long.wav", 10)
+    with pytest.raises(InputFileError, match="10.0 h of audio"):
+        DecodedAudio(wav)
+    half = DecodedAudio.__new__(DecodedAudio)  # as __del__ sees an object whose __init__ failed
+    half.close()
+
+
+def test_a_decode_without_a_stated_length_stops_at_the_limit(work, monkeypatch):
+    """A stream whose header does not say its length is cut at the limit and refused."""
+    from talkcli import guards
+    from talkcli.io import audio as audio_mod
+
+    monkeypatch.setattr(guards, "LIMITS", guards.Limits(audio_samples=16000))  # 1 s
+    monkeypatch.setattr(audio_mod, "_check_header", lambda p, rate: None)  # as if unknown
+    path = work / "three.wav"
+    sf.write(path, _tone(3.0), 16000, subtype="PCM_16")
+    with pytest.raises(InputFileError, match="over talkcli's limit"):
+        DecodedAudio(path, tmp_dir=work)
+    with pytest.raises(InputFileError, match="over talkcli's limit"):
+        load_audio(path)
+    assert list(work.glob("talkcli-audio.*")) == []
