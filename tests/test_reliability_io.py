@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from talkcli import cli
-from talkcli.errors import InputFileError
+from talkcli.errors import InputFileError, OutputError
 from talkcli.io.audio import MAX_PEAK, DecodedAudio, load_audio
 from tests.conftest import run_cli_inprocess
 
@@ -208,3 +208,32 @@ def test_a_decode_without_a_stated_length_stops_at_the_limit(work, monkeypatch):
     with pytest.raises(InputFileError, match="over talkcli's limit"):
         load_audio(path)
     assert list(work.glob("talkcli-audio.*")) == []
+
+
+# -- #10 an output name longer than the file system allows --------------------------------------
+
+
+def test_check_output_path_names_the_length_and_the_limit(tmp_path):
+    from talkcli.io.files import check_output_path
+
+    with pytest.raises(OutputError, match="file name is 304 bytes, over the file system's limit"):
+        check_output_path(tmp_path / ("a" * 300 + ".mp4"))
+    with pytest.raises(OutputError, match="folder name a{40}... is 300 bytes"):
+        check_output_path(tmp_path / ("a" * 300) / "x.mp4")
+    with pytest.raises(OutputError, match="the path is .* bytes, over"):
+        check_output_path(tmp_path / "/".join(["b" * 200] * 25) / "x.mp4")
+    assert check_output_path(tmp_path / ("a" * 251 + ".mp4")).name.endswith(".mp4")
+
+
+def test_long_output_names_are_one_line_for_every_command(work, tiny_pack, face):
+    sf.write(work / "s.wav", _tone(0.4), 16000, subtype="PCM_16")
+    long = "n" * 300
+    runs = [
+        ("media", "to-wav", "s.wav", "-o", f"{long}.wav"),
+        ("--weights-dir", str(tiny_pack), "animate", "-i", str(face), "-a", "s.wav", "--aligned",
+         "-o", f"{long}.mp4"),
+    ]  # fmt: skip
+    for args in runs:
+        result = run_cli_inprocess(*args)
+        one_error_line(result.code, result.stderr, "bytes, over the file system's limit of 255")
+    assert not [p for p in work.iterdir() if p.name.startswith(("n", ".n"))]  # nothing written

@@ -19,6 +19,9 @@ from typing import Any
 
 from talkcli.errors import InputFileError, OutputError
 
+_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+_PATH_MAX = 4096  # bytes in a whole path on Linux (with its terminating NUL)
+
 
 def _a(what: str) -> str:
     """``what`` with its indefinite article: "an image", "a model file"."""
@@ -52,10 +55,45 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
+def _fs_limit(folder: Path, name: str, default: int) -> int:
+    """The file system's ``pathconf`` limit ``name`` for ``folder``, or ``default``."""
+    try:
+        value = os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # unknown, or no pathconf (Windows)
+        return default
+    return value if value and value > 0 else default
+
+
+def _check_name_length(p: Path, parent: Path) -> None:
+    """Refuse a name the file system cannot hold (``File name too long``) before any work."""
+    limit = _fs_limit(parent, "PC_NAME_MAX", _NAME_MAX)  # _NAME_MAX if parent is missing
+    for part in reversed(p.parts):
+        n = len(os.fsencode(part))
+        if n > limit:
+            what = "file name" if part == p.name else f"folder name {part[:40]}..."
+            raise OutputError(
+                f"{p}: the {what} is {n} bytes, over the file system's limit of {limit} bytes "
+                "(choose a shorter name)"
+            )
+    limit = _fs_limit(parent, "PC_PATH_MAX", _PATH_MAX)
+    n = len(os.fsencode(str(p.absolute())))
+    if n >= limit:
+        raise OutputError(
+            f"{p}: the path is {n} bytes, over the file system's limit of {limit - 1} bytes "
+            "(choose a shorter name or folder)"
+        )
+
+
 def check_output_path(path: str | Path) -> Path:
-    """Check that ``path`` can be created: its folder exists and is writable, it is not a folder."""
+    """Check that ``path`` can be created: its folder exists and is writable, it is not a folder,
+    its name fits the file system (255 bytes a name on Linux and macOS)."""
     p = Path(path).expanduser()
     parent = p.parent if str(p.parent) else Path(".")
+    _check_name_length(p, parent)
+    try:
+        p.is_dir()
+    except OSError as exc:  # a folder name in the path that is too long, a loop
+        raise OutputError(f"{p}: cannot use this output path ({exc.strerror})") from None
     if p.is_dir():
         raise OutputError(f"{p}: is a directory, expected an output file name")
     if not parent.exists():
@@ -65,9 +103,6 @@ def check_output_path(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{p}: output folder {parent} is not writable (choose another location)")
     return p
-
-
-_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
 def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
