@@ -7,6 +7,7 @@ Each bad input ends in one line and exit 2, before any work, with nothing under 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -237,3 +238,105 @@ def test_long_output_names_are_one_line_for_every_command(work, tiny_pack, face)
         result = run_cli_inprocess(*args)
         one_error_line(result.code, result.stderr, "bytes, over the file system's limit of 255")
     assert not [p for p in work.iterdir() if p.name.startswith(("n", ".n"))]  # nothing written
+
+
+# -- #4 model files' sizes are untrusted input -------------------------------------------------
+
+
+def _find_audio_model(pack: Path) -> Path:
+    from safetensors import safe_open
+
+    from talkcli.models.audio2latent import FORMAT
+
+    for path in pack.rglob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") == FORMAT:
+                return path
+    raise AssertionError("no audio model in the tiny pack")
+
+
+AUDIO_MODEL_SIZES = {
+    "n_components": (1e12, "n_components 1e+12 is outside talkcli's bound [1, 40960]"),
+    "n_latent": (10**9, "n_latent 1000000000 is outside talkcli's bound [1, 20]"),
+    "style_dim": (-3, "style_dim -3 is outside"),
+    "arch.lstm_layers": (10**6, "lstm_layers 1000000 is outside talkcli's bound [1, 8]"),
+    "arch.decoder_hidden": (10**7, "arch width 7 10000000 is outside"),
+    "arch.linear": ([2**40, 64], "arch width 5 1099511627776 is outside"),
+}
+
+
+@pytest.mark.parametrize("field", list(AUDIO_MODEL_SIZES))
+def test_absurd_audio_model_sizes_are_refused_before_allocating(field, tmp_path, tiny_pack):
+    from talkcli.errors import ModelFileError
+    from talkcli.models.audio2latent import load_audio2latent
+
+    value, needle = AUDIO_MODEL_SIZES[field]
+    src = _find_audio_model(tiny_pack)
+    bad = _audio_model_with(src, tmp_path / "bad.safetensors", **{field: value})
+    with pytest.raises(ModelFileError) as info:
+        load_audio2latent(bad)
+    assert needle in str(info.value) and "bad.safetensors" in str(info.value)
+
+
+def test_sizes_inside_the_bounds_but_beyond_the_file_are_refused(tmp_path, tiny_pack):
+    """n_components 9000 (< 20 * 512) on an 8-layer generator model: the config describes far
+    more numbers than the small file holds; refused from the file's size, nothing allocated."""
+    from talkcli.errors import ModelFileError
+    from talkcli.models.audio2latent import load_audio2latent
+
+    src = _find_audio_model(tiny_pack)
+    bad = _audio_model_with(
+        src,
+        tmp_path / "big.safetensors",
+        n_latent=20,
+        style_dim=2048,
+        **{"arch.linear": [8192, 8192]},
+    )
+    with pytest.raises(ModelFileError, match="its config describes an audio model of"):
+        load_audio2latent(bad)
+
+
+def test_animate_with_a_huge_model_config_is_one_line(capsys, work, tiny_pack, face):
+    sf.write(work / "s.wav", _tone(0.4), 16000, subtype="PCM_16")
+    bad = _audio_model_with(_find_audio_model(tiny_pack), work / "m.safetensors", n_components=1e12)
+    args = ["--weights-dir", str(tiny_pack), "animate", "-i", str(face), "-a", "s.wav"]
+    code = cli.main([*args, "--aligned", "--model", str(bad), "-o", "v.mp4"])
+    err = capsys.readouterr().err
+    one_error_line(code, err, "m.safetensors", "n_components 1e+12")
+    assert not (work / "v.mp4").exists()
+
+
+def _audio_model_with(src: Path, dest: Path, **changes) -> Path:
+    """``src`` (an audio model) with its config's fields changed, tensors unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    config = json.loads(meta["config"])
+    for key, value in changes.items():
+        if key.startswith("arch."):
+            config["arch"][key[5:]] = value
+        else:
+            config[key] = value
+    meta["config"] = json.dumps(config)
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+GENERATOR_KEYS = {
+    "convs.2000000000.conv.weight": "upsampling blocks 1000000001 is outside",
+    "style.99.weight": "n_mlp 99 is outside talkcli's bound [0, 16]",
+    "noises.noise_400": "upsampling blocks 200 is outside",
+}
+
+
+@pytest.mark.parametrize("key", list(GENERATOR_KEYS))
+def test_generator_counts_from_key_names_are_bounded(key):
+    from talkcli.errors import ModelFileError
+    from talkcli.models.stylegan2 import generator_from_state_dict
+
+    sd = {"conv1.conv.weight": torch.zeros(1, 8, 8, 3, 3), key: torch.zeros(1)}
+    with pytest.raises(ModelFileError, match=re.escape(GENERATOR_KEYS[key])):
+        generator_from_state_dict(sd, "g.pt")
