@@ -340,3 +340,63 @@ def test_generator_counts_from_key_names_are_bounded(key):
     sd = {"conv1.conv.weight": torch.zeros(1, 8, 8, 3, 3), key: torch.zeros(1)}
     with pytest.raises(ModelFileError, match=re.escape(GENERATOR_KEYS[key])):
         generator_from_state_dict(sd, "g.pt")
+
+
+# -- #5 long job lists -------------------------------------------------------------------------
+
+
+def _jobs_csv(folder: Path, rows: int, extra: str = "") -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(folder / "face.png")
+    sf.write(folder / "speech.wav", _tone(0.2), 16000)
+    head = "image,audio,out" + (",motion_scale" if extra else "")
+    cells = f",{extra}" if extra else ""
+    body = "".join(f"face.png,speech.wav,out/v{i}.mp4{cells}\n" for i in range(rows))
+    path = folder / "jobs.csv"
+    path.write_text(f"{head}\n{body}")
+    return path
+
+
+def test_a_100k_row_job_list_is_planned_with_shared_options(tmp_path):
+    """Planning is linear (timings are in benchmarks/bench_planning.py): 100,000 rows that
+    repeat one option cell share one AnimateOptions and one Path per input file."""
+    from talkcli.animate.batch import check_unique_outputs, read_jobs_csv
+    from talkcli.animate.options import AnimateOptions
+
+    planned = read_jobs_csv(_jobs_csv(tmp_path, 100_000, "0.5"), tmp_path, AnimateOptions())
+    check_unique_outputs(planned)
+    assert len(planned) == 100_000 and all(p.error is None for p in planned)
+    assert len({id(p.job.options) for p in planned}) == 1
+    assert len({id(p.job.image) for p in planned}) == 1
+    assert planned[0].job.options.motion_scale == 0.5
+    assert planned[-1].out == tmp_path / "out" / "v99999.mp4"
+
+
+def test_the_report_of_a_long_batch_is_not_rewritten_per_item(tmp_path, monkeypatch):
+    from talkcli.animate import batch
+
+    writes = []
+    monkeypatch.setattr(batch, "write_report", lambda path, report: writes.append(1))
+    failing = [batch.Planned(i, f"item {i}", error="bad") for i in range(20_000)]
+    result = batch.run_batch(failing, None, None, report=tmp_path / "r.json")
+    assert result.count("failed") == 20_000
+    assert len(writes) < 20  # once at the start, every few seconds, and at the end
+
+
+def test_job_lists_over_the_limit_are_refused_with_the_number(capsys, work, tiny_pack, monkeypatch):
+    from talkcli import guards
+
+    monkeypatch.setattr(guards, "LIMITS", guards.Limits(batch_jobs=10))
+    _jobs_csv(work, 25)
+    args = ["--weights-dir", str(tiny_pack), "animate", "--aligned"]
+    code = cli.main([*args, "--jobs", "jobs.csv"])
+    one_error_line(code, capsys.readouterr().err, "lists 25 jobs", "limit of 10 per list")
+    for name in ("a", "b", "c", "d"):
+        (work / "img").mkdir(exist_ok=True)
+        (work / "aud").mkdir(exist_ok=True)
+        (work / "img" / f"{name}.png").write_bytes((work / "face.png").read_bytes())
+        (work / "aud" / f"{name}.wav").write_bytes((work / "speech.wav").read_bytes())
+    code = cli.main([*args, "--image-dir", "img", "--audio-dir", "aud", "--all-pairs"])
+    one_error_line(code, capsys.readouterr().err, "lists 16 jobs (4 photos x 4 recordings)")
+    assert not (work / "out").exists() and not (work / "animate-report.json").exists()
