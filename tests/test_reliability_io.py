@@ -6,6 +6,7 @@ Each bad input ends in one line and exit 2, before any work, with nothing under 
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import struct
@@ -400,3 +401,63 @@ def test_job_lists_over_the_limit_are_refused_with_the_number(capsys, work, tiny
     code = cli.main([*args, "--image-dir", "img", "--audio-dir", "aud", "--all-pairs"])
     one_error_line(code, capsys.readouterr().err, "lists 16 jobs (4 photos x 4 recordings)")
     assert not (work / "out").exists() and not (work / "animate-report.json").exists()
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_a_full_disk_during_a_render_keeps_the_previous_video(
+    capsys, work, tiny_pack, face, monkeypatch
+):
+    """The encoder reads the frames, then fails as ffmpeg does on a full disk: exit 2 naming the
+    folder, nothing partial, the previous video of that name untouched."""
+    from talkcli.io import video
+
+    real = video.ffmpeg_command
+    encoder = "cat >/dev/null; echo 'av_interleaved_write_frame(): No space left on device' >&2"
+
+    def full_disk(args, **kw):
+        if "pipe:0" in args:  # the encoder (probing and muxing run as usual)
+            return ["sh", "-c", f"{encoder}; exit 1"]
+        return real(args, **kw)
+
+    monkeypatch.setattr(video, "ffmpeg_command", full_disk)
+    sf.write(work / "s.wav", _tone(0.4), 16000, subtype="PCM_16")
+    (work / "out").mkdir()
+    (work / "out" / "v.mp4").write_bytes(b"the previous video")
+    args = ["--weights-dir", str(tiny_pack), "animate", "-i", str(face), "-a", "s.wav"]
+    code = cli.main([*args, "--aligned", "-o", "out/v.mp4"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(_errors(err)) == 1 and "Traceback" not in err, err
+    assert "disk full while trying to encode video" in err and "free some space in out" in err
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["v.mp4"]
+    assert (work / "out" / "v.mp4").read_bytes() == b"the previous video"
+
+
+def test_a_full_disk_in_a_python_write_names_the_folder_and_the_size(tmp_path):
+    from talkcli.io.files import atomic_output
+
+    final = tmp_path / "report.json"
+    final.write_text("previous")
+    with pytest.raises(OutputError) as info, atomic_output(final) as tmp:
+        tmp.write_bytes(b"x" * (3 << 20))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert f"free some space in {tmp_path}" in str(info.value)
+    assert "more than the 3.0 MiB written" in str(info.value)
+    assert final.read_text() == "previous" and sorted(tmp_path.iterdir()) == [final]
+
+
+def test_a_full_disk_while_decoding_audio_names_the_temporary_folder(tmp_path, monkeypatch):
+    from talkcli.io import audio as audio_mod
+
+    def full(args, **kw):
+        import subprocess
+
+        return subprocess.CompletedProcess(args, 1, b"", b"x.f32: No space left on device\n")
+
+    monkeypatch.setattr(audio_mod, "run_ffmpeg", full)
+    path = tmp_path / "s.wav"
+    sf.write(path, _tone(0.4), 16000)
+    with pytest.raises(OutputError, match=f"free some space in {tmp_path}"):
+        DecodedAudio(path, tmp_dir=tmp_path)
+    assert sorted(tmp_path.iterdir()) == [path]

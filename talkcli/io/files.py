@@ -152,6 +152,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         tmp = temporary_sibling(final)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(final, "write it") from None
         raise OutputError(f"{final}: cannot write in {final.parent} ({exc.strerror})") from exc
     try:
         try:
@@ -162,7 +164,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise OutputError(f"{final}: disk full while writing (free some space)") from None
+                raise disk_full(final, "write it", _size(tmp)) from None
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
                 raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
             raise
@@ -170,6 +172,25 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def disk_full(path: str | Path | None, what: str, written: int | None = None) -> OutputError:
+    """The one message for a full disk (ENOSPC from Python or "No space left on device" from
+    ffmpeg): names the output, the folder to free space in and, when known, how much was
+    already written (the space needed is at least that)."""
+    if path is None:
+        return OutputError(f"disk full while trying to {what} (free some space)")
+    p = Path(path)
+    folder = p if p.is_dir() else (p.parent if str(p.parent) else Path("."))
+    need = f"; it needs more than the {written / 2**20:.1f} MiB written" if written else ""
+    return OutputError(f"{p}: disk full while trying to {what} (free some space in {folder}{need})")
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
