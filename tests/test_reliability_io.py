@@ -461,3 +461,72 @@ def test_a_full_disk_while_decoding_audio_names_the_temporary_folder(tmp_path, m
     with pytest.raises(OutputError, match=f"free some space in {tmp_path}"):
         DecodedAudio(path, tmp_dir=tmp_path)
     assert sorted(tmp_path.iterdir()) == [path]
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+_WRITER = r"""
+import hashlib, sys
+from pathlib import Path
+from talkcli.animate.cache import Cache
+from talkcli.io.files import atomic_output
+from talkcli.io.hashing import FileHashes
+
+root, out, subject, tag = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+body = (tag * (1 << 18))[: 1 << 18].encode()  # 256 KiB, different in each process
+payload = body + hashlib.sha256(body).digest()  # complete only with its checksum at the end
+cache = Cache(root)
+hashes = FileHashes(root / "hashes2")
+for _ in range(150):
+    cache.store("identity", "ab" * 32, ".bin", lambda tmp: tmp.write_bytes(payload))
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(payload)
+    assert hashes.sha256(subject) == hashlib.sha256(subject.read_bytes()).hexdigest()
+    hashes._memory.clear()  # go to the shared folder every time
+"""
+
+
+def _complete(data: bytes) -> bool:
+    import hashlib
+
+    return len(data) == (1 << 18) + 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+
+
+def test_two_processes_writing_one_cache_entry_and_one_output_never_corrupt_them(tmp_path):
+    """Every read, while two processes rewrite the same cache entry, the same output and the
+    same file-hash entry, finds a whole file (one writer's) or none; never a mix or a part."""
+    import os
+    import subprocess
+    import sys
+
+    from talkcli.animate.cache import Cache
+
+    subject = tmp_path / "subject.bin"
+    subject.write_bytes(os.urandom(1 << 16))
+    root, out = tmp_path / "cache", tmp_path / "out.bin"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(root), str(out), str(subject), tag],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for tag in ("A", "B")
+    ]
+    entry = Cache(root).path("identity", "ab" * 32, ".bin")
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        for path in (entry, out):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            assert _complete(data), f"{path.name}: a partial or mixed file"
+            reads += 1
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read().decode()
+    assert _complete(entry.read_bytes()) and _complete(out.read_bytes()) and reads > 0
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    assert leftovers == []  # no temporary file of either writer is left behind
+    hash_entries = list((root / "hashes2").rglob("*.sha256"))
+    assert len(hash_entries) == 1 and len(hash_entries[0].read_text().strip()) == 64
