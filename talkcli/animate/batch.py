@@ -12,14 +12,21 @@ Job lists:
 ``run_batch`` runs this process's shard of the list (``--shard K/N``, else torchrun's or Slurm's
 variables through ``talkcli.distributed``), skips finished items with ``resume`` (the video and
 its manifest exist and the manifest records the same options), records every item's status, and
-writes a JSON report after each item (``animate-report.json``, or ``animate-report-K-of-N.json``
-per shard, so shards never write the same file).
+keeps a JSON report up to date (``animate-report.json``, or ``animate-report-K-of-N.json`` per
+shard, so shards never write the same file): rewritten after an item when a few seconds have
+passed since the last write, and at the end, so a list of skipped or failing items costs linear
+time, not one whole report per item.
+
+Long lists: planning is linear in the number of rows (rows with the same option cells share one
+``AnimateOptions``; output folders are resolved once each) and a list over
+``guards.LIMITS.batch_jobs`` jobs is refused before anything is planned, with the count.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -33,6 +40,7 @@ from talkcli.constants import AUDIO_EXTS, IMAGE_EXTS
 from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
 
 REPORT_NAME = "animate-report.json"
+REPORT_EVERY_S = 2.0  # the report is rewritten at most this often (and at the end)
 
 # Per-row option columns of a jobs CSV -> (AnimateOptions field, parser).
 _BOOL = {"1": True, "true": True, "yes": True, "y": True, "0": False, "false": False, "no": False}
@@ -167,6 +175,11 @@ def pair_jobs(
     images = _files(image_dir, IMAGE_EXTS, "images")
     audios = _files(audio_dir, AUDIO_EXTS, "audio files")
     if all_pairs:
+        check_job_count(
+            f"{image_dir} x {audio_dir}",
+            len(images) * len(audios),
+            f"{len(images)} photos x {len(audios)} recordings",
+        )
         pairs = [(i, a) for i in images for a in audios]
     else:
         by_stem = {a.stem: a for a in audios}
@@ -189,6 +202,43 @@ def pair_jobs(
         job = Job(out=out, image=img, audio=aud, options=options)
         planned.append(Planned(n, f"{img.name} + {aud.name}", job=job, out=out))
     return planned
+
+
+def check_job_count(source: str | Path, n: int, what: str = "") -> None:
+    """Refuse a job list longer than ``LIMITS.batch_jobs`` (before planning it)."""
+    from talkcli.guards import LIMITS
+
+    if n > LIMITS.batch_jobs:
+        detail = f" ({what})" if what else ""
+        raise InputFileError(
+            source,
+            f"lists {n:,} jobs{detail}, over talkcli's limit of {LIMITS.batch_jobs:,} per list",
+            "split it into several lists (or use --shard)",
+        )
+
+
+class _RowOptions:
+    """Per-row options, parsed once per distinct set of option cells: a 100,000-row list whose
+    rows repeat a few settings builds (and holds) a few ``AnimateOptions``, not one per row."""
+
+    def __init__(self, base: AnimateOptions, folder: Path) -> None:
+        self.base, self.folder = base, folder
+        self._seen: dict[tuple[tuple[str, str], ...], AnimateOptions | UserError] = {}
+
+    def __call__(self, row: dict[str, str]) -> AnimateOptions:
+        cells = tuple((c, t) for c in ROW_OPTIONS if (t := (row.get(c) or "").strip()))
+        if not cells:
+            return self.base
+        got = self._seen.get(cells)
+        if got is None:
+            try:
+                got = _row_options(dict(cells), self.base, self.folder)
+            except UserError as exc:
+                got = exc
+            self._seen[cells] = got
+        if isinstance(got, UserError):
+            raise got
+        return got
 
 
 def _row_options(row: dict[str, str], base: AnimateOptions, folder: Path) -> AnimateOptions:
@@ -214,25 +264,61 @@ def _row_options(row: dict[str, str], base: AnimateOptions, folder: Path) -> Ani
     return replace(base, **changes).check()
 
 
+def _relative_text(text: str, folder: Path) -> Path:
+    """``_relative`` for a cell's text, with one Path built (planning 100,000 rows)."""
+    text = os.path.expanduser(text)
+    return Path(text if os.path.isabs(text) else os.path.join(folder, text))
+
+
+class _InputPaths:
+    """Input cells -> paths (None for an empty cell), built once per distinct text: job lists
+    repeat the same photos and recordings."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._seen: dict[str, Path] = {}
+
+    def __call__(self, text: str) -> Path | None:
+        text = text.strip()
+        if not text:
+            return None
+        path = self._seen.get(text)
+        if path is None:
+            path = self._seen[text] = _relative_text(text, self.folder)
+        return path
+
+
 def _relative(path: Path, folder: Path) -> Path:
     path = Path(path).expanduser()
     return path if path.is_absolute() else folder / path
 
 
-def read_jobs_csv(path: Path, out_dir: Path, options: AnimateOptions) -> list[Planned]:
-    """Jobs from a CSV (see the module docstring); unknown columns are refused up front."""
-    from talkcli.animate.pipeline import Job, default_out
-    from talkcli.io.files import require_file
+def _csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows (lists of cells) of a jobs CSV; refused over the job limit
+    while reading, so an enormous file is not held in memory first."""
+    from talkcli.guards import LIMITS
 
-    p = require_file(path, "jobs file")
-    folder = p.parent
+    rows: list[list[str]] = []
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [(h or "").strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            for cells in reader:
+                if cells:  # csv.DictReader's rule: only empty lines are skipped
+                    rows.append(cells)
+                    if len(rows) > LIMITS.batch_jobs:
+                        check_job_count(p, _count_rows(f, len(rows)))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(p, f"is not a readable CSV ({exc})", "save it as UTF-8 CSV") from None
+    return header, rows
+
+
+def _count_rows(f: Any, so_far: int) -> int:
+    """Rows already read plus the lines left in ``f`` (for the refusal's number)."""
+    return so_far + sum(1 for line in f if line not in ("\n", "\r\n"))
+
+
+def _check_header(p: Path, header: list[str], rows: list[list[str]]) -> None:
     if "image" not in header or "audio" not in header:
         raise InputFileError(
             p, "needs the columns image and audio (and out)", "the first line names the columns"
@@ -246,32 +332,52 @@ def read_jobs_csv(path: Path, out_dir: Path, options: AnimateOptions) -> list[Pl
         )
     if not rows:
         raise InputFileError(p, "lists no jobs", "one line per video after the header")
+
+
+def read_jobs_csv(path: Path, out_dir: Path, options: AnimateOptions) -> list[Planned]:
+    """Jobs from a CSV (see the module docstring); unknown columns are refused up front.
+    Linear in the number of rows; over ``LIMITS.batch_jobs`` rows is refused with the count."""
+    from talkcli.animate.pipeline import Job, default_out
+    from talkcli.io.files import require_file
+
+    p = require_file(path, "jobs file")
+    folder = p.parent
+    header, rows = _csv_rows(p)
+    _check_header(p, header, rows)
+    row_options = _RowOptions(options, folder)
+    inputs = _InputPaths(folder)
     planned = []
-    for n, raw in enumerate(rows):
-        row = {(k or "").strip(): (v or "") for k, v in raw.items()}
-        line = n + 2  # the header is line 1
-        image = _relative(Path(row["image"].strip()), folder) if row["image"].strip() else None
-        audio = _relative(Path(row["audio"].strip()), folder) if row["audio"].strip() else None
+    for n, cells in enumerate(rows):
+        row = {k: v for k, v in zip(header, cells, strict=False) if k}
+        line = n + 2  # the header is line 1 (lines of blank rows are not counted)
+        image = inputs(row.get("image") or "")
+        audio = inputs(row.get("audio") or "")
         label = f"line {line}: {image.name if image else '?'} + {audio.name if audio else '?'}"
         out_text = (row.get("out") or "").strip()
-        out = _relative(Path(out_text), folder) if out_text else default_out(image, audio, out_dir)
+        out = _relative_text(out_text, folder) if out_text else default_out(image, audio, out_dir)
         try:
             if image is None or audio is None:
                 raise UserError("image and audio are both needed")
-            opts = _row_options(row, options, folder)
+            opts = row_options(row)
             planned.append(Planned(n, label, job=Job(out, image, audio, options=opts), out=out))
         except UserError as exc:
             planned.append(Planned(n, label, error=f"{p.name} line {line}: {exc}", out=out))
+    rows.clear()
     return planned
 
 
 def check_unique_outputs(planned: list[Planned]) -> None:
     """Two jobs writing the same video is a mistake in the list: refuse it up front."""
-    seen: dict[Path, Planned] = {}
+    seen: dict[str, Planned] = {}
+    folders: dict[str, str] = {}  # each output folder resolved once (links, ..), not each file
     for item in planned:
         if item.out is None:
             continue
-        key = item.out.expanduser().resolve()
+        out = item.out.expanduser()
+        parent = str(out.parent)
+        if parent not in folders:
+            folders[parent] = str(out.parent.resolve())
+        key = os.path.join(folders[parent], out.name)
         if key in seen:
             raise UserError(
                 f"{item.out}: both {seen[key].label} and {item.label} would write it "
@@ -335,6 +441,7 @@ def run_batch(
     started = time.perf_counter()
     mine = split_items(planned, *shard)
     result = BatchReport([], shard, len(planned), report, notes=list(notes or []))
+    writer = _ReportWriter(report) if report is not None else None
     for item in mine:
         if on_start is not None:
             on_start(item)
@@ -377,14 +484,33 @@ def run_batch(
         res.seconds = time.perf_counter() - t
         result.items.append(res)
         result.seconds = time.perf_counter() - started
-        if report is not None:
-            write_report(report, result)
+        if writer is not None:
+            writer.maybe_write(result)
         if on_item is not None:
             on_item(res)
     result.seconds = time.perf_counter() - started
     if report is not None:
         write_report(report, result)
     return result
+
+
+class _ReportWriter:
+    """Rewrites the report after an item once ``REPORT_EVERY_S`` (or four times the last
+    write's duration, if longer) has passed: always fresh within seconds while videos render,
+    and linear in total for a list of 100,000 items that are skipped or fail at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = float("-inf")
+        self.cost = 0.0
+
+    def maybe_write(self, report: BatchReport) -> None:
+        now = time.perf_counter()
+        if now - self.last < max(REPORT_EVERY_S, 4 * self.cost):
+            return
+        write_report(self.path, report)
+        self.last = time.perf_counter()
+        self.cost = self.last - now
 
 
 def write_report(path: Path, report: BatchReport) -> None:

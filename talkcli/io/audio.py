@@ -5,7 +5,9 @@ video). ffmpeg resamples and mixes down to the mean of the channels (``f32le`` o
 WAV/FLAC files already at the requested rate take a fast path through soundfile. ``load_audio``
 returns the whole signal; ``DecodedAudio`` decodes to a temporary file and reads it back in
 segments (bounded memory for any length). Every problem with the file (missing, a folder,
-undecodable, no audio stream, no samples) is an ``InputFileError``.
+undecodable, no audio stream, no samples, NaN/infinite samples, amplitudes that are not audio) is
+an ``InputFileError``, raised while decoding, before any work starts: a bad soundtrack must never
+be what fails last (ffmpeg's AAC encoder stops with "Invalid argument" on NaN, inf or 1e30).
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from talkcli.io.ffmpeg import probe_json, raise_for_ffmpeg, run_ffmpeg, stderr_r
 from talkcli.io.files import atomic_output, require_file
 
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
+
+# The largest |sample| accepted from a decoded file. Integer formats decode into [-1, 1]; float
+# WAV/FLAC may legally go a little over full scale (inter-sample overs, a mix not yet limited:
+# a few dB, rarely 10x), and those samples are clipped to [-1, 1]. A peak over 1e3 (60 dB over
+# full scale) is not such an over but a file in the wrong scale (int16 values stored as float:
+# 32767) or garbage (1e30, which also makes the AAC encoder fail); it is refused, naming the peak.
+# ffmpeg's AAC encoder still encodes peaks of 3e4, so nothing accepted can break the soundtrack.
+MAX_PEAK = 1e3
+_SCAN_BLOCK = 1 << 22  # samples checked at a time in DecodedAudio's temporary file (16 MiB)
 
 
 def _soundfile_info(path: Path):
@@ -39,13 +50,56 @@ def _no_samples(path: Path) -> InputFileError:
     return InputFileError(path, "contains no audio samples", "pass a recording that is not empty")
 
 
+def check_sample_values(
+    path: str | Path, samples: np.ndarray, sample_rate: int, start: int = 0
+) -> None:
+    """Refuse decoded samples that hold NaN/inf or a peak over ``MAX_PEAK`` (``InputFileError``
+    naming the file, what is wrong and where); ``start`` is the block's first sample index."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        first = (start + int(np.argmin(finite))) / sample_rate
+        raise InputFileError(
+            path,
+            f"holds NaN/infinite samples (the first at {first:.3f} s)",
+            "re-encode it from a good source",
+        )
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak > MAX_PEAK:
+        raise InputFileError(
+            path,
+            f"peak amplitude {peak:.3g} is not audio; expected samples in [-1, 1]",
+            "re-encode it with its level in range",
+        )
+
+
+def _check_raw_file(path: Path, raw: Path, n_samples: int, sample_rate: int) -> None:
+    """``check_sample_values`` over a decoded raw float32 file, block by block (bounded memory),
+    so a NaN an hour into the recording is found before any rendering starts."""
+    for start in range(0, n_samples, _SCAN_BLOCK):
+        count = min(_SCAN_BLOCK, n_samples - start)
+        block = np.fromfile(raw, dtype="<f4", count=count, offset=4 * start)
+        check_sample_values(path, block, sample_rate, start)
+
+
+def _max_decode_seconds(sample_rate: int) -> float:
+    """How much audio a decode may produce: ``LIMITS.audio_samples`` plus one second, so that a
+    file whose header does not say its length (a truncated ogg, a stream) cannot fill the disk;
+    a decode that reaches it is then refused by ``check_samples``."""
+    from talkcli.guards import LIMITS
+
+    return LIMITS.audio_samples / sample_rate + 1.0
+
+
 def _run_decoder(path: Path, sample_rate: int, output: str) -> bytes:
     """Decode ``path``'s first audio stream to raw mono float32 at ``sample_rate`` into
-    ``output`` (``pipe:1`` returns the bytes; a file name writes there and returns b"")."""
+    ``output`` (``pipe:1`` returns the bytes; a file name writes there and returns b"").
+    At most ``_max_decode_seconds`` are decoded."""
     proc = run_ffmpeg(
         [
             "-i",
             str(path),
+            "-t",
+            f"{_max_decode_seconds(sample_rate):.0f}",
             "-map",
             "0:a:0",
             "-vn",
@@ -84,6 +138,8 @@ def _run_decoder(path: Path, sample_rate: int, output: str) -> bytes:
             err,
             what="decode audio",
             input_path=path,
+            # a full disk under the temporary file names its folder, not the input
+            output_path=Path(output).parent if output != "pipe:1" else None,
             hint="check that it is an audio or video file ffmpeg can read",
         )
     return proc.stdout or b""
@@ -96,7 +152,8 @@ def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def _check_header(p: Path, sample_rate: int) -> None:
-    """Refuse from the header alone audio that would not fit in memory (``LIMITS``)."""
+    """Refuse from the header alone audio that would not fit in memory (``LIMITS``): hours of
+    audio are refused before anything is decoded whenever the container states its length."""
     from talkcli.guards import check_samples
 
     try:
@@ -108,7 +165,8 @@ def _check_header(p: Path, sample_rate: int) -> None:
 
 
 def _clean(samples: np.ndarray) -> np.ndarray:
-    """What every decoded sample goes through: NaN/inf replaced, clipped to [-1, 1], float32."""
+    """What every decoded sample goes through: clipped to [-1, 1], float32 (NaN/inf were refused
+    by ``check_sample_values``; a stray one is still made finite, never passed on)."""
     samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
 
@@ -118,7 +176,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     Accepts anything ffmpeg reads, including a video file (its first audio stream). Raises
     ``InputFileError`` when the file is missing, a folder, empty, undecodable, has no audio
-    stream or decodes to zero samples.
+    stream, decodes to zero samples or to more than ``LIMITS.audio_samples``, or holds NaN/inf
+    samples or a peak over ``MAX_PEAK``.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -134,7 +193,16 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         samples = _decode_ffmpeg(p, sample_rate)
     if samples.size == 0:
         raise _no_samples(p)
+    _check_decoded_length(p, samples.size, sample_rate)
+    check_sample_values(p, samples, sample_rate)
     return _clean(samples)
+
+
+def _check_decoded_length(p: Path, n_samples: int, sample_rate: int) -> None:
+    """The header check again on what was decoded (a header may not say, or may lie)."""
+    from talkcli.guards import check_samples
+
+    check_samples(p, n_samples / sample_rate, sample_rate)
 
 
 class DecodedAudio:
@@ -146,7 +214,10 @@ class DecodedAudio:
     ...     x = audio.read(0, 16000)              # (16000,) float32 in [-1, 1]
 
     Samples equal ``load_audio``'s (same decoder, mix-down, clipping); the same errors are
-    raised for a missing, undecodable, silent-less (empty) file or one without an audio stream.
+    raised for a missing, undecodable, silent-less (empty) file or one without an audio stream,
+    and for NaN/inf samples or absurd peaks anywhere in it: the whole temporary file is scanned
+    right after decoding (block by block), so a NaN in the middle of a long file stops the run
+    before any rendering starts.
     """
 
     def __init__(
@@ -154,6 +225,9 @@ class DecodedAudio:
     ) -> None:
         import tempfile
 
+        # Set before anything can fail: close() (and __del__) run after a refusal too.
+        self._raw: Path | None = None
+        self.n_samples = 0
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self.path = require_file(path, "audio file")
@@ -163,12 +237,14 @@ class DecodedAudio:
         import os
 
         os.close(fd)
-        self._raw: Path | None = Path(name)
+        self._raw = Path(name)
         try:
             _run_decoder(self.path, self.sample_rate, str(self._raw))
             self.n_samples = self._raw.stat().st_size // 4
             if self.n_samples == 0:
                 raise _no_samples(self.path)
+            _check_decoded_length(self.path, self.n_samples, self.sample_rate)
+            _check_raw_file(self.path, self._raw, self.n_samples, self.sample_rate)
         except BaseException:
             self.close()
             raise
@@ -190,8 +266,8 @@ class DecodedAudio:
         return _clean(data)
 
     def close(self) -> None:
-        """Delete the temporary file (safe to call twice)."""
-        raw, self._raw = self._raw, None
+        """Delete the temporary file (safe to call twice, and after a failed ``__init__``)."""
+        raw, self._raw = getattr(self, "_raw", None), None
         if raw is not None:
             raw.unlink(missing_ok=True)
 

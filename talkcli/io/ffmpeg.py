@@ -24,7 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from talkcli.errors import ExternalToolError, InputFileError, OutputError, ToolMissingError
+from talkcli.errors import ExternalToolError, InputFileError, ToolMissingError
+from talkcli.io.files import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,7 @@ def raise_for_ffmpeg(
         return
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     if "No space left on device" in text:
-        where = output_path if output_path is not None else "output"
-        raise OutputError(f"{where}: disk full while trying to {what} (free some space)")
+        raise disk_full(output_path, what)
     reason = stderr_reason(text, input_path)
     if input_path is not None:
         raise InputFileError(

@@ -19,6 +19,9 @@ from typing import Any
 
 from talkcli.errors import InputFileError, OutputError
 
+_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+_PATH_MAX = 4096  # bytes in a whole path on Linux (with its terminating NUL)
+
 
 def _a(what: str) -> str:
     """``what`` with its indefinite article: "an image", "a model file"."""
@@ -52,10 +55,45 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
+def _fs_limit(folder: Path, name: str, default: int) -> int:
+    """The file system's ``pathconf`` limit ``name`` for ``folder``, or ``default``."""
+    try:
+        value = os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # unknown, or no pathconf (Windows)
+        return default
+    return value if value and value > 0 else default
+
+
+def _check_name_length(p: Path, parent: Path) -> None:
+    """Refuse a name the file system cannot hold (``File name too long``) before any work."""
+    limit = _fs_limit(parent, "PC_NAME_MAX", _NAME_MAX)  # _NAME_MAX if parent is missing
+    for part in reversed(p.parts):
+        n = len(os.fsencode(part))
+        if n > limit:
+            what = "file name" if part == p.name else f"folder name {part[:40]}..."
+            raise OutputError(
+                f"{p}: the {what} is {n} bytes, over the file system's limit of {limit} bytes "
+                "(choose a shorter name)"
+            )
+    limit = _fs_limit(parent, "PC_PATH_MAX", _PATH_MAX)
+    n = len(os.fsencode(str(p.absolute())))
+    if n >= limit:
+        raise OutputError(
+            f"{p}: the path is {n} bytes, over the file system's limit of {limit - 1} bytes "
+            "(choose a shorter name or folder)"
+        )
+
+
 def check_output_path(path: str | Path) -> Path:
-    """Check that ``path`` can be created: its folder exists and is writable, it is not a folder."""
+    """Check that ``path`` can be created: its folder exists and is writable, it is not a folder,
+    its name fits the file system (255 bytes a name on Linux and macOS)."""
     p = Path(path).expanduser()
     parent = p.parent if str(p.parent) else Path(".")
+    _check_name_length(p, parent)
+    try:
+        p.is_dir()
+    except OSError as exc:  # a folder name in the path that is too long, a loop
+        raise OutputError(f"{p}: cannot use this output path ({exc.strerror})") from None
     if p.is_dir():
         raise OutputError(f"{p}: is a directory, expected an output file name")
     if not parent.exists():
@@ -65,9 +103,6 @@ def check_output_path(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{p}: output folder {parent} is not writable (choose another location)")
     return p
-
-
-_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
 def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
@@ -117,6 +152,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         tmp = temporary_sibling(final)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(final, "write it") from None
         raise OutputError(f"{final}: cannot write in {final.parent} ({exc.strerror})") from exc
     try:
         try:
@@ -127,7 +164,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise OutputError(f"{final}: disk full while writing (free some space)") from None
+                raise disk_full(final, "write it", _size(tmp)) from None
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
                 raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
             raise
@@ -135,6 +172,25 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def disk_full(path: str | Path | None, what: str, written: int | None = None) -> OutputError:
+    """The one message for a full disk (ENOSPC from Python or "No space left on device" from
+    ffmpeg): names the output, the folder to free space in and, when known, how much was
+    already written (the space needed is at least that)."""
+    if path is None:
+        return OutputError(f"disk full while trying to {what} (free some space)")
+    p = Path(path)
+    folder = p if p.is_dir() else (p.parent if str(p.parent) else Path("."))
+    need = f"; it needs more than the {written / 2**20:.1f} MiB written" if written else ""
+    return OutputError(f"{p}: disk full while trying to {what} (free some space in {folder}{need})")
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

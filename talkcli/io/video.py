@@ -44,7 +44,13 @@ from talkcli.io.ffmpeg import (
     raise_for_ffmpeg,
     run_ffmpeg,
 )
-from talkcli.io.files import FILE_MODE, check_output_path, require_file, temporary_sibling
+from talkcli.io.files import (
+    FILE_MODE,
+    check_output_path,
+    disk_full,
+    require_file,
+    temporary_sibling,
+)
 
 X264_PRESETS = (
     "ultrafast",
@@ -645,7 +651,12 @@ class VideoWriter:
     def _encoder_failed(self) -> None:
         proc = self._proc
         rc = proc.wait() if proc is not None else 1
-        raise_for_ffmpeg(rc or 1, self._stderr_text(), what="encode video", output_path=self.path)
+        text = self._stderr_text()
+        if "No space left on device" in text:  # say how much the video had reached
+            tmp = self._video_tmp
+            written = tmp.stat().st_size if tmp is not None and tmp.exists() else None
+            raise disk_full(self.path, f"encode video at frame {self.frames_written}", written)
+        raise_for_ffmpeg(rc or 1, text, what="encode video", output_path=self.path)
 
     # -- public API ----------------------------------------------------------------------------
     def write(self, frames: np.ndarray) -> None:

@@ -449,19 +449,44 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     )
 
 
+def _checked_sizes(path: Path, config: Mapping[str, Any]) -> tuple[int, int, int, Arch]:
+    """(k, n_latent, style_dim, arch) of a config, each size inside ``models.limits``' bounds
+    (a file is untrusted input for its sizes too: nothing is allocated from them unchecked)."""
+    from talkcli.models.limits import check_dim
+
+    n_latent = check_dim(path, "n_latent", config["n_latent"])
+    style_dim = check_dim(path, "style_dim", config["style_dim"])
+    k = check_dim(path, "n_components", config["n_components"])
+    if k > n_latent * style_dim:
+        raise ModelFileError(
+            path, f"n_components {k} exceeds the W+ dimension {n_latent * style_dim}", _HINT
+        )
+    a = config["arch"]
+    for i, width in enumerate([*a["conv"], *a["linear"], a["decoder_hidden"]]):
+        check_dim(path, f"arch width {i}", width, key="width")
+    check_dim(path, "lstm_layers", a["lstm_layers"])
+    return k, n_latent, style_dim, Arch.from_dict(a)
+
+
 def _model_from_config(path: Path, config: Mapping[str, Any]) -> Audio2Latent:
+    from talkcli.models.limits import check_fits_file
+
     try:
-        k = int(config["n_components"])
-        n_latent = int(config["n_latent"])
-        style_dim = int(config["style_dim"])
-        arch = Arch.from_dict(config["arch"])
+        k, n_latent, style_dim, arch = _checked_sizes(path, config)
         fps = float(config["fps"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(
             path, f"audio model config is incomplete or invalid ({exc})", _HINT
         ) from None
-    if not (math.isfinite(fps) and fps > 0) or k < 1 or n_latent < 1 or style_dim < 1:
+    if not (math.isfinite(fps) and fps > 0):
         raise ModelFileError(path, "audio model config has non-positive sizes or fps", _HINT)
+    try:
+        with torch.device("meta"):  # sizes only: nothing allocated yet
+            shape_only = Audio2Latent(k, n_latent, style_dim, arch=arch, fps=fps)
+    except ValueError as exc:
+        raise ModelFileError(path, f"audio model config is invalid ({exc})", _HINT) from None
+    numbers = sum(t.numel() for t in shape_only.state_dict().values())
+    check_fits_file(path, numbers, "an audio model")
     features = config.get("features", {})
     for key in ("sample_rate", "winlen", "winstep", "numcep", "n_mfcc", "window"):
         if features.get(key) != FEATURE_SETTINGS[key]:

@@ -523,28 +523,33 @@ def looks_like_generator(sd: Mapping[str, Any]) -> bool:
     return any(k in sd for k in ("input.input", "conv1.conv.weight", "to_rgb1.conv.weight"))
 
 
-def infer_config(sd: Mapping[str, Any]) -> GeneratorConfig:
+def infer_config(sd: Mapping[str, Any], source: str | Path = "<state dict>") -> GeneratorConfig:
     """Read size, style_dim, n_mlp and per-resolution widths from a ``g_ema`` state dict.
 
     Tolerant: widths that cannot be read fall back to the previous resolution's, so that a
     damaged file still gets a full expected layout and ``check_state_dict`` names what is wrong.
+    Counts read from key names (``convs.N``, ``style.N``) and the style dimension are checked
+    against ``talkcli.models.limits`` before anything is built from them (ModelFileError).
     """
+    from talkcli.models.limits import check_dim
+
     keys = [k for k in sd if isinstance(k, str)]
     n_mlp = _max_index(keys, r"style\.(\d+)\.")
-    n_mlp = max(n_mlp, 0)
+    n_mlp = check_dim(source, "n_mlp", max(n_mlp, 0))
     n_up = max(
         _max_index(keys, r"to_rgbs\.(\d+)\.") + 1,
         (_max_index(keys, r"convs\.(\d+)\.") + 2) // 2,
         _max_index(keys, r"noises\.noise_(\d+)$") // 2,
     )
-    size = 2 ** (2 + max(n_up, 0))
+    n_up = check_dim(source, "upsampling blocks", max(n_up, 0), key="upsamplings")
+    size = 2 ** (2 + n_up)
     style_dim = _first(
         _dim(sd, "conv1.conv.modulation.weight", 2, 1),
         _dim(sd, "to_rgb1.conv.modulation.weight", 2, 1),
         _dim(sd, "style.1.weight", 2, 1),
         _dim(sd, "convs.0.conv.modulation.weight", 2, 1),
     )
-    style_dim = style_dim or 512
+    style_dim = check_dim(source, "style_dim", style_dim or 512)
     channels: dict[int, int] = {}
     c4 = _first(
         _dim(sd, "input.input", 4, 1),
@@ -563,7 +568,10 @@ def infer_config(sd: Mapping[str, Any]) -> GeneratorConfig:
             _dim(sd, f"convs.{2 * j + 1}.conv.modulation.weight", 2, 0),
             _dim(sd, f"to_rgbs.{j}.conv.weight", 5, 2),
         )
-        channels[res] = width or channels[res // 2]
+        channels[res] = check_dim(
+            source, f"width at {res} px", width or channels[res // 2], "channels"
+        )
+    check_dim(source, "width at 4 px", channels[4], "channels")
     return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
 
 
@@ -618,7 +626,7 @@ def generator_from_state_dict(
     if not isinstance(sd, Mapping) or not looks_like_generator(sd):
         found = _describe(sd)
         raise ModelFileError(source, f"is not a StyleGAN2 generator state dict (found {found})")
-    config = infer_config(sd)
+    config = infer_config(sd, source)
     clean = check_state_dict(sd, config, source)
     with torch.device("meta"):
         g = Generator(config.size, config.style_dim, config.n_mlp, channels=config.channels)
