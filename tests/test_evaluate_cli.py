@@ -228,3 +228,38 @@ def test_help_describes_both_commands():
         assert option in run_help.stdout
     nothing = run_cli_inprocess("evaluate", "--crop", "aligned")
     assert_user_error(nothing, "nothing to evaluate")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            '{"kind": "talkcli-evaluate", "aggregates": {"psnr": '
+            + '{"a": ' * 5000
+            + "1"
+            + "}" * 5000
+            + "}}",
+            "nested too deeply",
+        ),  # fmt: skip
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": {"mean": NaN}}}', "NaN"),
+        ("[1, 2]", "not a talkcli evaluate report"),
+        ('{"kind": "talkcli-evaluate"}', "has no aggregates"),
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": [1]}}', "aggregates.psnr is not"),
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": {"mean": "x"}}}', "not a number"),
+        ('{"kind": "talkcli-evaluate", "config": [], "aggregates": {}}', "config is not"),
+        ('{"kind": "talkcli-evaluate", "name": [], "aggregates": {}}', "name is not"),
+        ('{"kind": "talkcli-evaluate", "config": {"fps": {}}, "aggregates": {}}', "config.fps"),
+    ],
+)
+def test_compare_refuses_malformed_reports_in_one_line(tmp_path, text, needle):
+    """Issue 20 #8: a report is untrusted input (a deeply nested file was a RecursionError)."""
+    good = tmp_path / "good.json"
+    good.write_text(
+        '{"kind": "talkcli-evaluate", "name": "a", "aggregates": {"psnr": {"mean": 1}}}'
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    result = run_cli_inprocess("evaluate", "compare", str(bad), str(good))
+    assert_user_error(result, "bad.json", needle)
+    assert run_cli_inprocess("evaluate", "compare", str(good), str(good)).code == 0
