@@ -20,7 +20,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -324,17 +324,12 @@ def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
             "add it, or pair the files with --pairs",
         )
     gen = require_file(pair.generated, "generated video")
-    g_info = probe_video(gen)
+    g_info = _complete(probe_video(gen))
     r_info = None
     if pair.reference is not None:
         ref = require_file(pair.reference, "reference video")
-        r_info = probe_video(ref)
-    run_lse = "lse" in p.metrics
-    if run_lse and not g_info.has_audio:
-        if cfg.named:
-            raise _no_audio(gen)
-        res.notes.append("LSE skipped: the video has no audio track")
-        run_lse = False
+        r_info = _complete(probe_video(ref))
+    run_lse = "lse" in p.metrics and _lse_can_run(gen, g_info, cfg, res)
     base = r_info or g_info
     if r_info is not None and (g_info.width, g_info.height) != (r_info.width, r_info.height):
         sizes = f"{g_info.width}x{g_info.height} vs the reference's {r_info.width}x{r_info.height}"
@@ -343,7 +338,9 @@ def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
         target = eval_size(base.width, base.height, cfg.resolution)
         res.notes.append(f"sizes differ ({sizes}): both compared at {target[0]}x{target[1]}")
     res.size = eval_size(base.width, base.height, cfg.resolution)
-    _check_size(gen, res.size, p.metrics if pair.reference is not None else ["cpbd"], cfg)
+    frame_metrics = p.metrics if pair.reference is not None else ["cpbd"]
+    _check_size(gen, res.size, frame_metrics, cfg)
+    check_eval_memory(gen, res.size, frame_metrics, cfg)
     n_gen = check_frame_count(gen, _frames_at(g_info, cfg.fps), cfg.fps)
     n = n_gen
     if r_info is not None:
@@ -418,6 +415,93 @@ def evaluate_pair(
     if prep.run_lse:
         res.values.update(_lse(gen, prep.g_info, cfg, models, res))
     return res
+
+
+def _complete(info: Any) -> Any:
+    """A probed video, refused when ffmpeg found it cut short (a truncated download or copy):
+    its metrics would silently cover a part, and its audio may not decode at all."""
+    if info.truncated:
+        raise InputFileError(
+            info.path,
+            f"is truncated (it ends after {info.n_frames} frame(s), before the data its header "
+            "lists)",
+            "re-encode it or pass a complete file",
+        )
+    return info
+
+
+def _lse_can_run(gen: Path, info: Any, cfg: EvalConfig, res: VideoResult) -> bool:
+    """Whether LSE can score this video: an audio track and ``LSE_MIN_FRAMES`` frames at 25 fps
+    (within --max-frames). Otherwise an error when lse was named, else a note and no LSE."""
+    from talkcli.metrics.sync import LSE_MIN_FRAMES, SYNC_FPS
+
+    n = _frames_at(info, SYNC_FPS)
+    if cfg.max_frames is not None:
+        n = min(n, cfg.max_frames)
+    if not info.has_audio:
+        error, note = _no_audio(gen), "LSE skipped: the video has no audio track"
+    elif n < LSE_MIN_FRAMES:
+        limit = " (after --max-frames)" if cfg.max_frames is not None else ""
+        error = InputFileError(
+            gen,
+            f"has {n} frame(s) at {SYNC_FPS} fps{limit}; LSE-C/LSE-D need at least "
+            f"{LSE_MIN_FRAMES} (SyncNet's 5-frame windows and 13-frame face-box smoothing)",
+            "evaluate a longer clip, or leave lse out of --metrics",
+        )
+        note = (
+            f"LSE skipped: {n} frame(s) at {SYNC_FPS} fps, fewer than the {LSE_MIN_FRAMES} it needs"
+        )
+    else:
+        return True
+    if cfg.named:
+        raise error
+    res.notes.append(note)
+    return False
+
+
+# Working memory of the evaluation, bytes per evaluated pixel (estimates from the code paths:
+# float32/float64 copies, feature maps at full width). BATCHED metrics hold every frame of a
+# --batch at once; PER_FRAME ones work frame by frame (SSIM chunks its frames to 256 MiB, but a
+# frame's float64 planes and maps are one chunk at least; S3FD runs VGG16 at full size).
+BATCHED_BYTES_PER_PIXEL = {"frames": 6, "psnr": 24, "lpips-alex": 160, "lpips-vgg": 2600, "fid": 24}
+PER_FRAME_BYTES_PER_PIXEL = {"ssim": 640, "lmd": 2600, "cpbd": 160}
+
+
+def eval_memory(size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> int:
+    """Estimated bytes one batch of the per-frame metrics holds at evaluation size ``size``."""
+    batched = BATCHED_BYTES_PER_PIXEL["frames"]
+    for m in metrics:
+        batched += BATCHED_BYTES_PER_PIXEL.get(f"lpips-{cfg.lpips_net}" if m == "lpips" else m, 0)
+    per_frame = max([PER_FRAME_BYTES_PER_PIXEL.get(m, 0) for m in metrics], default=0)
+    return int(size[0]) * int(size[1]) * (cfg.batch * batched + per_frame)
+
+
+def check_eval_memory(
+    gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalConfig
+) -> None:
+    """Refuse, before decoding, an evaluation size and --batch whose working memory would pass
+    ``LIMITS.eval_bytes``, naming both and what fits (issue 20: --resolution 4096 on small
+    videos tried to allocate tens of GB)."""
+    from talkcli.guards import LIMITS
+
+    need = eval_memory(size, metrics, cfg)
+    if need <= LIMITS.eval_bytes:
+        return
+    one = eval_memory(size, metrics, replace(cfg, batch=1))
+    if one <= LIMITS.eval_bytes:
+        per = (eval_memory(size, metrics, replace(cfg, batch=2)) - one) or 1
+        fit = 1 + (LIMITS.eval_bytes - one) // per
+        hint = f"pass --batch {fit} or fewer, or a smaller --resolution"
+    else:
+        scale = math.sqrt(LIMITS.eval_bytes / one)
+        hint = f"pass --resolution {max(16, int(size[0] * scale))} or less, with --batch 1"
+    raise InputFileError(
+        gen,
+        f"evaluating at {size[0]}x{size[1]} in batches of {cfg.batch} frames needs about "
+        f"{need / 2**30:.1f} GiB of memory ({', '.join(metrics)}), over talkcli's limit of "
+        f"{LIMITS.eval_bytes / 2**30:.0f} GiB",
+        hint,
+    )
 
 
 def _check_size(gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> None:
@@ -495,7 +579,6 @@ def _lse(
     from talkcli.metrics.sync import (
         SYNC_FPS,
         aligned_box,
-        crop_face,
         lip_embeddings,
         lse_from_lip,
         smooth_boxes,
@@ -521,7 +604,7 @@ def _lse(
                 batch = reader.read_batch(min(32, len(xys) - cropped[0]))
                 if len(batch) == 0:
                     return
-                yield np.stack([crop_face(f, *xys[cropped[0] + i]) for i, f in enumerate(batch)])
+                yield np.stack([_crop(gen, f, xys[cropped[0] + i]) for i, f in enumerate(batch)])
                 cropped[0] += len(batch)
 
     lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
@@ -530,6 +613,20 @@ def _lse(
     except ValueError as exc:
         raise InputFileError(gen, f"LSE: {exc}") from None
     return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
+
+
+def _crop(gen: Path, frame: np.ndarray, xys: np.ndarray) -> np.ndarray:
+    """One SyncNet face crop (224, 224, 3); a degenerate smoothed box is the input's problem."""
+    from talkcli.metrics.sync import crop_face
+
+    try:
+        return crop_face(frame, *xys)
+    except ValueError as exc:
+        raise InputFileError(
+            gen,
+            f"LSE: {exc}",
+            "is the face visible? for FFHQ-aligned videos use --face-crop aligned",
+        ) from None
 
 
 def _detect_boxes(gen: Path, detector: Any, n: int, res: VideoResult) -> np.ndarray:
