@@ -350,3 +350,32 @@ def test_eval_memory_estimate_grows_with_size_batch_and_metrics():
         (256, 256), ["lpips"], cfg
     )
     assert eval_memory((1024, 1024), ["psnr", "ssim", "lpips", "fid", "cpbd"], cfg) < 8 << 30
+
+
+def test_lse_protocols_direct_and_syncnet_both_run_and_are_recorded(tiny_pack, tmp_path):
+    """--lse-protocol syncnet reproduces syncnet_python's file round trips: other (finite)
+    values than the direct crops; the protocol is in the report and `compare` flags a mix."""
+    from .metrics_support import clip_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", clip_frames(n=20))
+    reports = {}
+    for protocol in ("direct", "syncnet"):
+        out = tmp_path / f"{protocol}.json"
+        result = _eval(
+            tiny_pack, str(clip), "-m", "lse", "--face-crop", "aligned", "--lse-protocol",
+            protocol, "--out", str(out), inprocess=True,
+        )  # fmt: skip
+        assert result.code == 0, result.stderr
+        reports[protocol] = json.loads(out.read_text())
+        assert reports[protocol]["config"]["lse_protocol"] == protocol
+    direct, syncnet = (reports[p]["videos"][0]["values"] for p in ("direct", "syncnet"))
+    assert np.isfinite([direct["lse_d"], direct["lse_c"], syncnet["lse_d"], syncnet["lse_c"]]).all()
+    assert direct["lse_d"] != syncnet["lse_d"]
+    comp = run_cli_inprocess(
+        "evaluate", "compare", str(tmp_path / "direct.json"), str(tmp_path / "syncnet.json")
+    )
+    assert comp.code == 0 and "differ in lse_protocol" in comp.stderr
+    help_text = run_cli_inprocess("evaluate", "run", "--help").stdout
+    assert "--lse-protocol" in help_text and "syncnet" in help_text
+    bad = _eval(tiny_pack, str(clip), "--lse-protocol", "jpeg", inprocess=True)
+    assert bad.code == 2 and "--lse-protocol" in bad.stderr

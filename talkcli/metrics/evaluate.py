@@ -58,6 +58,7 @@ HIGHER_IS_BETTER = {
 CROPS = ("full", "aligned")
 FACE_CROPS = ("auto", "detect", "aligned")
 LPIPS_NETS = ("alex", "vgg")
+LSE_PROTOCOLS = ("direct", "syncnet")  # crops of decoded frames / syncnet_python's file round trips
 DEFAULT_THREADS = 4
 
 
@@ -77,6 +78,7 @@ class EvalConfig:
     crop: str = "full"
     face_crop: str = "auto"
     lpips_net: str = "alex"
+    lse_protocol: str = "direct"
     strict: bool = False
     max_frames: int | None = None
     batch: int = 8
@@ -101,6 +103,10 @@ class EvalConfig:
             raise UserError(f"--face-crop {self.face_crop!r}: expected {', '.join(FACE_CROPS)}")
         if self.lpips_net not in LPIPS_NETS:
             raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
+        if self.lse_protocol not in LSE_PROTOCOLS:
+            raise UserError(
+                f"--lse-protocol {self.lse_protocol!r}: expected {', '.join(LSE_PROTOCOLS)}"
+            )
         from talkcli.guards import check_number
         from talkcli.ranges import EVALUATE, option_name
 
@@ -573,28 +579,47 @@ def _no_audio(gen: Path) -> InputFileError:
 def _lse(
     gen: Path, info: Any, cfg: EvalConfig, models: ModelSet, res: VideoResult
 ) -> dict[str, float]:
-    """LSE-D, LSE-C and the offset of the generated video with its own audio track."""
-    from talkcli.io.audio import load_audio
-    from talkcli.io.video import VideoReader
-    from talkcli.metrics.sync import (
-        SYNC_FPS,
-        aligned_box,
-        lip_embeddings,
-        lse_from_lip,
-        smooth_boxes,
-    )
-
+    """LSE-D, LSE-C and the offset of the generated video with its own audio track, by
+    ``cfg.lse_protocol``: ``direct`` (crops of the decoded frames) or ``syncnet``
+    (syncnet_python's ffmpeg/JPEG round trips, ``talkcli.metrics.sync_protocol``)."""
     if not info.has_audio:
         raise _no_audio(gen)
+
+    def boxes(n: int, width: int, height: int, frames: Iterator[np.ndarray]) -> np.ndarray:
+        """Face boxes (n, 4) of the frames LSE crops."""
+        from talkcli.metrics.sync import aligned_box
+
+        if cfg.lse_crop == "aligned":
+            return np.tile(aligned_box(width, height), (n, 1))
+        return _detect_boxes(gen, frames, models.detector(), n, res)
+
+    if cfg.lse_protocol == "syncnet":
+        from talkcli.metrics.sync_protocol import lse_syncnet_protocol
+
+        score = lse_syncnet_protocol(gen, boxes, models.syncnet(), cfg.max_frames)
+    else:
+        score = _lse_direct(gen, info, cfg, models, boxes)
+    return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
+
+
+def _lse_direct(
+    gen: Path, info: Any, cfg: EvalConfig, models: ModelSet, boxes: Callable[..., np.ndarray]
+) -> dict[str, float | int]:
+    """LSE on crops of the frames decoded at 25 fps (``talkcli.metrics.sync``), streamed."""
+    from talkcli.io.audio import load_audio
+    from talkcli.io.video import VideoReader
+    from talkcli.metrics.sync import SYNC_FPS, lip_embeddings, lse_from_lip, smooth_boxes
+
     audio = load_audio(gen)
     n = _frames_at(info, SYNC_FPS)
     if cfg.max_frames is not None:
         n = min(n, cfg.max_frames)
-    if cfg.lse_crop == "aligned":
-        boxes = np.tile(aligned_box(info.width, info.height), (n, 1))
-    else:
-        boxes = _detect_boxes(gen, models.detector(), n, res)
-    xys = smooth_boxes(boxes)  # (T, 3) centre x, centre y, half-size
+
+    def frames() -> Iterator[np.ndarray]:  # decoded only when the boxes need them (detect)
+        with VideoReader(gen, fps=SYNC_FPS) as reader:
+            yield from reader
+
+    xys = smooth_boxes(boxes(n, info.width, info.height, frames()))  # (T, 3) x, y, half-size
 
     cropped = [0]
 
@@ -609,10 +634,9 @@ def _lse(
 
     lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
     try:
-        score = lse_from_lip(lip, cropped[0], audio, models.syncnet())
+        return lse_from_lip(lip, cropped[0], audio, models.syncnet())
     except ValueError as exc:
         raise InputFileError(gen, f"LSE: {exc}") from None
-    return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
 
 
 def _crop(gen: Path, frame: np.ndarray, xys: np.ndarray) -> np.ndarray:
@@ -629,20 +653,19 @@ def _crop(gen: Path, frame: np.ndarray, xys: np.ndarray) -> np.ndarray:
         ) from None
 
 
-def _detect_boxes(gen: Path, detector: Any, n: int, res: VideoResult) -> np.ndarray:
-    """Face boxes (n, 4) of every frame at 25 fps (largest face); gaps interpolated."""
+def _detect_boxes(
+    gen: Path, frames: Iterator[np.ndarray], detector: Any, n: int, res: VideoResult
+) -> np.ndarray:
+    """Face boxes (n, 4) of the first n frames (RGB, 25 fps; largest face); gaps interpolated."""
     from talkcli.face.landmarks import choose_face
-    from talkcli.io.video import VideoReader
-    from talkcli.metrics.sync import SYNC_FPS
 
     boxes = np.full((n, 4), np.nan)
-    with VideoReader(gen, fps=SYNC_FPS) as reader:
-        for i, frame in enumerate(reader):
-            if i >= n:
-                break
-            faces = detector.detect(frame)
-            if faces:
-                boxes[i] = np.asarray(choose_face(faces).box, dtype=np.float64)[:4]
+    for i, frame in enumerate(frames):
+        if i >= n:
+            break
+        faces = detector.detect(frame)
+        if faces:
+            boxes[i] = np.asarray(choose_face(faces).box, dtype=np.float64)[:4]
     found = ~np.isnan(boxes[:, 0])
     if not found.any():
         raise InputFileError(

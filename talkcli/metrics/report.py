@@ -264,7 +264,9 @@ class Comparison:
         )
 
 
-CONFIG_KEYS = ("fps", "resolution", "crop", "lse_crop", "lpips_net", "max_frames")
+CONFIG_KEYS = ("fps", "resolution", "crop", "lse_crop", "lse_protocol", "lpips_net", "max_frames")
+# what a report written before a key existed ran with
+CONFIG_DEFAULTS = {"lse_protocol": "direct"}
 
 
 def compare(
@@ -290,11 +292,15 @@ def compare(
         best[c] = [i for i, v in enumerate(sign * col) if v == top]
     warnings = []
     for key in CONFIG_KEYS:
-        seen = {json.dumps(r.get("config", {}).get(key)) for r in reports}
+        if key == "lse_protocol" and not any("lse_d" in r["aggregates"] for r in reports):
+            continue  # no LSE in these runs: the protocol did not matter
+
+        def value(r: dict[str, Any], key: str = key) -> Any:
+            return r.get("config", {}).get(key, CONFIG_DEFAULTS.get(key))
+
+        seen = {json.dumps(value(r)) for r in reports}
         if len(seen) > 1:
-            got = ", ".join(
-                f"{n}: {r.get('config', {}).get(key)}" for n, r in zip(names, reports, strict=True)
-            )
+            got = ", ".join(f"{n}: {value(r)}" for n, r in zip(names, reports, strict=True))
             warnings.append(f"the runs differ in {key} ({got}); their values are not comparable")
     return Comparison(names, columns, values, best, warnings)
 
