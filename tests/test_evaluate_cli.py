@@ -368,6 +368,7 @@ def test_lse_protocols_direct_and_syncnet_both_run_and_are_recorded(tiny_pack, t
         assert result.code == 0, result.stderr
         reports[protocol] = json.loads(out.read_text())
         assert reports[protocol]["config"]["lse_protocol"] == protocol
+        assert ("ffmpeg" in reports[protocol]["versions"]) == (protocol == "syncnet")
     direct, syncnet = (reports[p]["videos"][0]["values"] for p in ("direct", "syncnet"))
     assert np.isfinite([direct["lse_d"], direct["lse_c"], syncnet["lse_d"], syncnet["lse_c"]]).all()
     assert direct["lse_d"] != syncnet["lse_d"]

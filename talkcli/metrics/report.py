@@ -112,7 +112,8 @@ def build_report(run: EvalRun, name: str) -> dict[str, Any]:
             "columns": columns,
             "skipped": dict(run.plan.skipped),
             "models": model_files(run),
-            "versions": software_versions(),
+            # the syncnet LSE protocol's values depend on the ffmpeg build (its lossy files)
+            "versions": software_versions(ffmpeg=run.cfg.lse_protocol == "syncnet"),
             "videos": [r.to_dict() for r in run.results],
             "aggregates": aggregates(run),
             "fid": run.fid,
