@@ -36,6 +36,7 @@ class Limits:
     audio_samples: int = 4 * 3600 * SAMPLE_RATE  # four hours at 16 kHz (~0.9 GB as float32)
     frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
     batch_jobs: int = 1_000_000  # jobs in one list (animate --jobs, --all-pairs); planned in ~1 min
+    eval_bytes: int = 8 << 30  # estimated working memory of one `evaluate` batch of frames
 
 
 LIMITS = Limits()

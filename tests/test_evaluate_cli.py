@@ -228,3 +228,155 @@ def test_help_describes_both_commands():
         assert option in run_help.stdout
     nothing = run_cli_inprocess("evaluate", "--crop", "aligned")
     assert_user_error(nothing, "nothing to evaluate")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            '{"kind": "talkcli-evaluate", "aggregates": {"psnr": '
+            + '{"a": ' * 5000
+            + "1"
+            + "}" * 5000
+            + "}}",
+            "nested too deeply",
+        ),  # fmt: skip
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": {"mean": NaN}}}', "NaN"),
+        ("[1, 2]", "not a talkcli evaluate report"),
+        ('{"kind": "talkcli-evaluate"}', "has no aggregates"),
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": [1]}}', "aggregates.psnr is not"),
+        ('{"kind": "talkcli-evaluate", "aggregates": {"psnr": {"mean": "x"}}}', "not a number"),
+        ('{"kind": "talkcli-evaluate", "config": [], "aggregates": {}}', "config is not"),
+        ('{"kind": "talkcli-evaluate", "name": [], "aggregates": {}}', "name is not"),
+        ('{"kind": "talkcli-evaluate", "config": {"fps": {}}, "aggregates": {}}', "config.fps"),
+    ],
+)
+def test_compare_refuses_malformed_reports_in_one_line(tmp_path, text, needle):
+    """Issue 20 #8: a report is untrusted input (a deeply nested file was a RecursionError)."""
+    good = tmp_path / "good.json"
+    good.write_text(
+        '{"kind": "talkcli-evaluate", "name": "a", "aggregates": {"psnr": {"mean": 1}}}'
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    result = run_cli_inprocess("evaluate", "compare", str(bad), str(good))
+    assert_user_error(result, "bad.json", needle)
+    assert run_cli_inprocess("evaluate", "compare", str(good), str(good)).code == 0
+
+
+def _truncated_copy(src, dest):
+    """The first 40% of a real talkcli mp4: the header lists frames the file no longer holds."""
+    data = src.read_bytes()
+    dest.write_bytes(data[: int(len(data) * 0.4)])
+    return dest
+
+
+def test_truncated_video_and_too_short_lse_are_one_line_errors(tiny_pack, clips, tmp_path):
+    """Issue 20 #7: both were `internal error: ValueError: empty face crop`, exit 1."""
+    from .metrics_support import clip_frames, write_clip
+
+    long = write_clip(tmp_path / "long.mp4", clip_frames(n=40))
+    cut = _truncated_copy(long, tmp_path / "cut.mp4")
+    for args in ([str(cut)], [str(cut), str(long), "-m", "psnr"], [str(long), str(cut)]):
+        result = _eval(tiny_pack, *args, "--face-crop", "aligned", inprocess=True)
+        assert_user_error(result, "cut.mp4", "is truncated", "re-encode it")
+    one = write_clip(tmp_path / "one.mp4", clip_frames(n=1))
+    named = _eval(tiny_pack, str(one), "-m", "lse", "--face-crop", "aligned", inprocess=True)
+    assert_user_error(named, "one.mp4", "1 frame(s) at 25 fps", "at least 7")
+    short = _eval(
+        tiny_pack, str(clips["gen"]), "-m", "lse", "--max-frames", "4", "--face-crop", "aligned",
+        inprocess=True,
+    )  # fmt: skip
+    assert_user_error(short, "gen.mp4", "4 frame(s) at 25 fps (after --max-frames)")
+    both = _eval(
+        tiny_pack, str(one), str(one), "-m", "psnr,cpbd,lse", "--face-crop", "aligned",
+        inprocess=True,
+    )  # fmt: skip
+    assert_user_error(both, "one.mp4", "at least 7")
+    unnamed = _eval(tiny_pack, str(one), "--face-crop", "aligned", "--json", inprocess=True)
+    assert unnamed.code == 0, unnamed.stderr  # not asked for by name: skipped with a note
+    video = json.loads(unnamed.stdout)["videos"][0]
+    assert "lse_d" not in video["values"] and "LSE skipped" in video["notes"][0]
+
+
+def test_batch_with_a_truncated_and_a_one_frame_video_finishes_the_rest(tiny_pack, clips, tmp_path):
+    from .metrics_support import clip_frames, write_clip
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    shutil.copy(clips["gen"], gen / "a.mp4")
+    _truncated_copy(write_clip(tmp_path / "long.mp4", clip_frames(n=40)), gen / "b.mp4")
+    write_clip(gen / "c.mp4", clip_frames(n=1))
+    out = tmp_path / "r.json"
+    result = _eval(
+        tiny_pack, str(gen), "-m", "lse", "--face-crop", "aligned", "--out", str(out),
+        inprocess=True,
+    )  # fmt: skip
+    assert_user_error(result, "2 of 3 video(s) failed", "b.mp4", "is truncated")
+    videos = {v["name"]: v for v in json.loads(out.read_text())["videos"]}
+    assert videos["a"]["status"] == "ok" and np.isfinite(videos["a"]["values"]["lse_d"])
+    assert "is truncated" in videos["b"]["error"] and "at least 7" in videos["c"]["error"]
+
+
+def test_resolution_whose_working_memory_passes_the_limit_is_refused_up_front(
+    tiny_pack, clips, monkeypatch
+):
+    """Issue 20 #9: --resolution 4096 on 64x64 videos tried to allocate past 10 GB. Refused from
+    the estimate before any frame is decoded (a decode would fail the test)."""
+    from talkcli.io import video
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded frames before refusing")
+
+    monkeypatch.setattr(video.VideoReader, "read_batch", no_decoding)
+    result = _eval(tiny_pack, str(clips["gen"]), str(clips["ref"]), "--resolution", "4096",
+                   inprocess=True)  # fmt: skip
+    assert_user_error(result, "gen.mp4", "4096x4096 in batches of 8", "GiB", "limit of 8 GiB",
+                      "--resolution")  # fmt: skip
+    fewer = _eval(tiny_pack, str(clips["gen"]), str(clips["ref"]), "-m", "psnr",
+                  "--resolution", "4096", "--batch", "256", inprocess=True)  # fmt: skip
+    assert_user_error(fewer, "in batches of 256", "pass --batch")
+
+
+def test_eval_memory_estimate_grows_with_size_batch_and_metrics():
+    from talkcli.metrics.evaluate import EvalConfig, eval_memory
+
+    cfg = EvalConfig(batch=8)
+    small = eval_memory((256, 256), ["psnr", "ssim"], cfg)
+    assert eval_memory((512, 512), ["psnr", "ssim"], cfg) == 4 * small
+    assert eval_memory((256, 256), ["psnr", "ssim", "lpips"], cfg) > small
+    assert eval_memory((256, 256), ["lpips"], EvalConfig(lpips_net="vgg")) > eval_memory(
+        (256, 256), ["lpips"], cfg
+    )
+    assert eval_memory((1024, 1024), ["psnr", "ssim", "lpips", "fid", "cpbd"], cfg) < 8 << 30
+
+
+def test_lse_protocols_direct_and_syncnet_both_run_and_are_recorded(tiny_pack, tmp_path):
+    """--lse-protocol syncnet reproduces syncnet_python's file round trips: other (finite)
+    values than the direct crops; the protocol is in the report and `compare` flags a mix."""
+    from .metrics_support import clip_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", clip_frames(n=20))
+    reports = {}
+    for protocol in ("direct", "syncnet"):
+        out = tmp_path / f"{protocol}.json"
+        result = _eval(
+            tiny_pack, str(clip), "-m", "lse", "--face-crop", "aligned", "--lse-protocol",
+            protocol, "--out", str(out), inprocess=True,
+        )  # fmt: skip
+        assert result.code == 0, result.stderr
+        reports[protocol] = json.loads(out.read_text())
+        assert reports[protocol]["config"]["lse_protocol"] == protocol
+        assert ("ffmpeg" in reports[protocol]["versions"]) == (protocol == "syncnet")
+    direct, syncnet = (reports[p]["videos"][0]["values"] for p in ("direct", "syncnet"))
+    assert np.isfinite([direct["lse_d"], direct["lse_c"], syncnet["lse_d"], syncnet["lse_c"]]).all()
+    assert direct["lse_d"] != syncnet["lse_d"]
+    comp = run_cli_inprocess(
+        "evaluate", "compare", str(tmp_path / "direct.json"), str(tmp_path / "syncnet.json")
+    )
+    assert comp.code == 0 and "differ in lse_protocol" in comp.stderr
+    help_text = run_cli_inprocess("evaluate", "run", "--help").stdout
+    assert "--lse-protocol" in help_text and "syncnet" in help_text
+    bad = _eval(tiny_pack, str(clip), "--lse-protocol", "jpeg", inprocess=True)
+    assert bad.code == 2 and "--lse-protocol" in bad.stderr

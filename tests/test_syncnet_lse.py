@@ -189,3 +189,36 @@ def test_boxes_are_median_filtered_over_13_frames():
     assert xys.shape == (20, 3)
     np.testing.assert_allclose(xys[7], [60.0, 60.0, 30.0])
     np.testing.assert_allclose(aligned_box(256, 256), [61.44, 87.04, 194.56, 235.52])
+
+
+def test_syncnet_protocol_crops_are_the_direct_crops_after_lossy_round_trips(tmp_path):
+    """--lse-protocol syncnet: the same crops as the direct protocol, through syncnet_python's
+    MPEG-4/JPEG/XVID/JPEG files (lossy: a few grey levels, never identical), and its audio."""
+    from talkcli.io.audio import load_audio
+    from talkcli.io.video import read_video
+    from talkcli.metrics.sync import smooth_boxes
+    from talkcli.metrics.sync_protocol import _read_bgr, crop_files, protocol_crops
+
+    from .metrics_support import clip_frames, write_clip
+
+    video = write_clip(tmp_path / "clip.mp4", clip_frames(n=12))
+
+    def boxes(n, width, height, frames):
+        return np.tile(aligned_box(width, height), (n, 1))
+
+    work = tmp_path / "work"
+    work.mkdir()
+    crops, wav = crop_files(protocol_crops(video, boxes, None, work), work)
+    proto = np.stack([_read_bgr(p)[..., ::-1] for p in crops]).astype(np.float64)
+    frames = read_video(video, fps=25)
+    # ffmpeg may repeat leading frames when it writes the JPEGs of its AVI (timestamps), as
+    # syncnet_python's own run would with the same ffmpeg: match each crop to a nearby frame
+    assert len(frames) <= len(proto) <= len(frames) + 3
+    xys = smooth_boxes(np.tile(aligned_box(64, 64), (len(proto), 1)))
+    for i, crop in enumerate(proto):
+        near = range(max(0, i - 3), min(len(frames), i + 1))
+        diffs = [np.abs(crop_face(frames[j], *xys[i]) - crop).mean() for j in near]
+        assert 0.5 < min(diffs) < 8.0, (i, diffs)
+    audio, original = load_audio(wav), load_audio(video)
+    assert abs(len(audio) - len(original)) <= 3 * 640  # through MP3 and cut to the frames
+    assert np.isfinite(audio).all()

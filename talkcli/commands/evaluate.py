@@ -21,6 +21,7 @@ from talkcli.commands.options import (
     Crop,
     FaceCrop,
     LpipsNet,
+    LseProtocol,
     choice_option,
     fps_option,
     int_option,
@@ -65,6 +66,7 @@ _READ: dict[str, Any] = {
     "crop": lambda v: str(v).lower(),
     "face_crop": lambda v: str(v).lower(),
     "lpips_net": lambda v: str(v).lower(),
+    "lse_protocol": lambda v: str(v).lower(),
     "strict": bool,
     "batch": int,
     "threads": int,
@@ -120,6 +122,13 @@ def run_cmd(
         "box) or auto (aligned when --crop aligned) \\[auto].",
     ),
     lpips_net: LpipsNet | None = lpips_option(None, " \\[alex]"),
+    lse_protocol: LseProtocol | None = choice_option(
+        None,
+        "--lse-protocol",
+        help="LSE-C/LSE-D on crops of the decoded frames (direct), or through syncnet_python's "
+        "own ffmpeg/JPEG/XVID round trips (syncnet), to match published numbers \\[direct]. "
+        "Recorded in the report.",
+    ),
     strict: bool | None = typer.Option(
         None, "--strict/--no-strict", help="Refuse videos of different sizes instead of resizing."
     ),
@@ -175,6 +184,7 @@ def run_cmd(
         "crop": crop,
         "face_crop": face_crop,
         "lpips": lpips_net,
+        "lse_protocol": lse_protocol,
         "strict": strict,
         "max_frames": max_frames,
         "batch": batch,

@@ -101,6 +101,13 @@ class FaceCrop(Choice):
     aligned = "aligned"
 
 
+class LseProtocol(Choice):
+    """How LSE's face crops reach SyncNet (``talkcli.metrics.evaluate.LSE_PROTOCOLS``)."""
+
+    direct = "direct"
+    syncnet = "syncnet"
+
+
 def plain_choice(value: Any) -> Any:
     """Option callback: the enum member's plain string (None and lists pass through)."""
     if isinstance(value, list | tuple):

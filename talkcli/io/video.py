@@ -99,6 +99,7 @@ class VideoInfo:
     n_frames: int
     duration: float
     has_audio: bool
+    truncated: bool = False  # ffmpeg found the file cut short (frames listed but missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +280,13 @@ def _probe_with_ffmpeg(p: Path) -> dict:
     )
     facts = _parse_input_dump(stderr)
     facts["n_frames"] = _progress_frames(proc.stdout) or 0
+    facts["truncated"] = bool(_TRUNCATED.search(stderr))
     return facts
+
+
+# what ffmpeg's demuxers say when a file ends before the data its header lists (mp4/mov:
+# "partial file"; Matroska/WebM: "File ended prematurely"; others: "Truncating packet")
+_TRUNCATED = re.compile(r"partial file|ended prematurely|truncating packet", re.IGNORECASE)
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -312,6 +319,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         n_frames=n_frames,
         duration=n_frames / fps,
         has_audio=facts["has_audio"],
+        truncated=facts.get("truncated", False),
     )
 
 

@@ -20,7 +20,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ HIGHER_IS_BETTER = {
 CROPS = ("full", "aligned")
 FACE_CROPS = ("auto", "detect", "aligned")
 LPIPS_NETS = ("alex", "vgg")
+LSE_PROTOCOLS = ("direct", "syncnet")  # crops of decoded frames / syncnet_python's file round trips
 DEFAULT_THREADS = 4
 
 
@@ -77,6 +78,7 @@ class EvalConfig:
     crop: str = "full"
     face_crop: str = "auto"
     lpips_net: str = "alex"
+    lse_protocol: str = "direct"
     strict: bool = False
     max_frames: int | None = None
     batch: int = 8
@@ -101,6 +103,10 @@ class EvalConfig:
             raise UserError(f"--face-crop {self.face_crop!r}: expected {', '.join(FACE_CROPS)}")
         if self.lpips_net not in LPIPS_NETS:
             raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
+        if self.lse_protocol not in LSE_PROTOCOLS:
+            raise UserError(
+                f"--lse-protocol {self.lse_protocol!r}: expected {', '.join(LSE_PROTOCOLS)}"
+            )
         from talkcli.guards import check_number
         from talkcli.ranges import EVALUATE, option_name
 
@@ -324,17 +330,12 @@ def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
             "add it, or pair the files with --pairs",
         )
     gen = require_file(pair.generated, "generated video")
-    g_info = probe_video(gen)
+    g_info = _complete(probe_video(gen))
     r_info = None
     if pair.reference is not None:
         ref = require_file(pair.reference, "reference video")
-        r_info = probe_video(ref)
-    run_lse = "lse" in p.metrics
-    if run_lse and not g_info.has_audio:
-        if cfg.named:
-            raise _no_audio(gen)
-        res.notes.append("LSE skipped: the video has no audio track")
-        run_lse = False
+        r_info = _complete(probe_video(ref))
+    run_lse = "lse" in p.metrics and _lse_can_run(gen, g_info, cfg, res)
     base = r_info or g_info
     if r_info is not None and (g_info.width, g_info.height) != (r_info.width, r_info.height):
         sizes = f"{g_info.width}x{g_info.height} vs the reference's {r_info.width}x{r_info.height}"
@@ -343,7 +344,9 @@ def prepare_pair(pair: Pair, cfg: EvalConfig, p: Plan) -> Prepared:
         target = eval_size(base.width, base.height, cfg.resolution)
         res.notes.append(f"sizes differ ({sizes}): both compared at {target[0]}x{target[1]}")
     res.size = eval_size(base.width, base.height, cfg.resolution)
-    _check_size(gen, res.size, p.metrics if pair.reference is not None else ["cpbd"], cfg)
+    frame_metrics = p.metrics if pair.reference is not None else ["cpbd"]
+    _check_size(gen, res.size, frame_metrics, cfg)
+    check_eval_memory(gen, res.size, frame_metrics, cfg)
     n_gen = check_frame_count(gen, _frames_at(g_info, cfg.fps), cfg.fps)
     n = n_gen
     if r_info is not None:
@@ -420,6 +423,93 @@ def evaluate_pair(
     return res
 
 
+def _complete(info: Any) -> Any:
+    """A probed video, refused when ffmpeg found it cut short (a truncated download or copy):
+    its metrics would silently cover a part, and its audio may not decode at all."""
+    if info.truncated:
+        raise InputFileError(
+            info.path,
+            f"is truncated (it ends after {info.n_frames} frame(s), before the data its header "
+            "lists)",
+            "re-encode it or pass a complete file",
+        )
+    return info
+
+
+def _lse_can_run(gen: Path, info: Any, cfg: EvalConfig, res: VideoResult) -> bool:
+    """Whether LSE can score this video: an audio track and ``LSE_MIN_FRAMES`` frames at 25 fps
+    (within --max-frames). Otherwise an error when lse was named, else a note and no LSE."""
+    from talkcli.metrics.sync import LSE_MIN_FRAMES, SYNC_FPS
+
+    n = _frames_at(info, SYNC_FPS)
+    if cfg.max_frames is not None:
+        n = min(n, cfg.max_frames)
+    if not info.has_audio:
+        error, note = _no_audio(gen), "LSE skipped: the video has no audio track"
+    elif n < LSE_MIN_FRAMES:
+        limit = " (after --max-frames)" if cfg.max_frames is not None else ""
+        error = InputFileError(
+            gen,
+            f"has {n} frame(s) at {SYNC_FPS} fps{limit}; LSE-C/LSE-D need at least "
+            f"{LSE_MIN_FRAMES} (SyncNet's 5-frame windows and 13-frame face-box smoothing)",
+            "evaluate a longer clip, or leave lse out of --metrics",
+        )
+        note = (
+            f"LSE skipped: {n} frame(s) at {SYNC_FPS} fps, fewer than the {LSE_MIN_FRAMES} it needs"
+        )
+    else:
+        return True
+    if cfg.named:
+        raise error
+    res.notes.append(note)
+    return False
+
+
+# Working memory of the evaluation, bytes per evaluated pixel (estimates from the code paths:
+# float32/float64 copies, feature maps at full width). BATCHED metrics hold every frame of a
+# --batch at once; PER_FRAME ones work frame by frame (SSIM chunks its frames to 256 MiB, but a
+# frame's float64 planes and maps are one chunk at least; S3FD runs VGG16 at full size).
+BATCHED_BYTES_PER_PIXEL = {"frames": 6, "psnr": 24, "lpips-alex": 160, "lpips-vgg": 2600, "fid": 24}
+PER_FRAME_BYTES_PER_PIXEL = {"ssim": 640, "lmd": 2600, "cpbd": 160}
+
+
+def eval_memory(size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> int:
+    """Estimated bytes one batch of the per-frame metrics holds at evaluation size ``size``."""
+    batched = BATCHED_BYTES_PER_PIXEL["frames"]
+    for m in metrics:
+        batched += BATCHED_BYTES_PER_PIXEL.get(f"lpips-{cfg.lpips_net}" if m == "lpips" else m, 0)
+    per_frame = max([PER_FRAME_BYTES_PER_PIXEL.get(m, 0) for m in metrics], default=0)
+    return int(size[0]) * int(size[1]) * (cfg.batch * batched + per_frame)
+
+
+def check_eval_memory(
+    gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalConfig
+) -> None:
+    """Refuse, before decoding, an evaluation size and --batch whose working memory would pass
+    ``LIMITS.eval_bytes``, naming both and what fits (issue 20: --resolution 4096 on small
+    videos tried to allocate tens of GB)."""
+    from talkcli.guards import LIMITS
+
+    need = eval_memory(size, metrics, cfg)
+    if need <= LIMITS.eval_bytes:
+        return
+    one = eval_memory(size, metrics, replace(cfg, batch=1))
+    if one <= LIMITS.eval_bytes:
+        per = (eval_memory(size, metrics, replace(cfg, batch=2)) - one) or 1
+        fit = 1 + (LIMITS.eval_bytes - one) // per
+        hint = f"pass --batch {fit} or fewer, or a smaller --resolution"
+    else:
+        scale = math.sqrt(LIMITS.eval_bytes / one)
+        hint = f"pass --resolution {max(16, int(size[0] * scale))} or less, with --batch 1"
+    raise InputFileError(
+        gen,
+        f"evaluating at {size[0]}x{size[1]} in batches of {cfg.batch} frames needs about "
+        f"{need / 2**30:.1f} GiB of memory ({', '.join(metrics)}), over talkcli's limit of "
+        f"{LIMITS.eval_bytes / 2**30:.0f} GiB",
+        hint,
+    )
+
+
 def _check_size(gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> None:
     """Refuse an evaluation size too small for a selected metric (before decoding)."""
     from talkcli.models.perceptual import MIN_SIZE
@@ -489,29 +579,47 @@ def _no_audio(gen: Path) -> InputFileError:
 def _lse(
     gen: Path, info: Any, cfg: EvalConfig, models: ModelSet, res: VideoResult
 ) -> dict[str, float]:
-    """LSE-D, LSE-C and the offset of the generated video with its own audio track."""
-    from talkcli.io.audio import load_audio
-    from talkcli.io.video import VideoReader
-    from talkcli.metrics.sync import (
-        SYNC_FPS,
-        aligned_box,
-        crop_face,
-        lip_embeddings,
-        lse_from_lip,
-        smooth_boxes,
-    )
-
+    """LSE-D, LSE-C and the offset of the generated video with its own audio track, by
+    ``cfg.lse_protocol``: ``direct`` (crops of the decoded frames) or ``syncnet``
+    (syncnet_python's ffmpeg/JPEG round trips, ``talkcli.metrics.sync_protocol``)."""
     if not info.has_audio:
         raise _no_audio(gen)
+
+    def boxes(n: int, width: int, height: int, frames: Iterator[np.ndarray]) -> np.ndarray:
+        """Face boxes (n, 4) of the frames LSE crops."""
+        from talkcli.metrics.sync import aligned_box
+
+        if cfg.lse_crop == "aligned":
+            return np.tile(aligned_box(width, height), (n, 1))
+        return _detect_boxes(gen, frames, models.detector(), n, res)
+
+    if cfg.lse_protocol == "syncnet":
+        from talkcli.metrics.sync_protocol import lse_syncnet_protocol
+
+        score = lse_syncnet_protocol(gen, boxes, models.syncnet(), cfg.max_frames)
+    else:
+        score = _lse_direct(gen, info, cfg, models, boxes)
+    return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
+
+
+def _lse_direct(
+    gen: Path, info: Any, cfg: EvalConfig, models: ModelSet, boxes: Callable[..., np.ndarray]
+) -> dict[str, float | int]:
+    """LSE on crops of the frames decoded at 25 fps (``talkcli.metrics.sync``), streamed."""
+    from talkcli.io.audio import load_audio
+    from talkcli.io.video import VideoReader
+    from talkcli.metrics.sync import SYNC_FPS, lip_embeddings, lse_from_lip, smooth_boxes
+
     audio = load_audio(gen)
     n = _frames_at(info, SYNC_FPS)
     if cfg.max_frames is not None:
         n = min(n, cfg.max_frames)
-    if cfg.lse_crop == "aligned":
-        boxes = np.tile(aligned_box(info.width, info.height), (n, 1))
-    else:
-        boxes = _detect_boxes(gen, models.detector(), n, res)
-    xys = smooth_boxes(boxes)  # (T, 3) centre x, centre y, half-size
+
+    def frames() -> Iterator[np.ndarray]:  # decoded only when the boxes need them (detect)
+        with VideoReader(gen, fps=SYNC_FPS) as reader:
+            yield from reader
+
+    xys = smooth_boxes(boxes(n, info.width, info.height, frames()))  # (T, 3) x, y, half-size
 
     cropped = [0]
 
@@ -521,31 +629,43 @@ def _lse(
                 batch = reader.read_batch(min(32, len(xys) - cropped[0]))
                 if len(batch) == 0:
                     return
-                yield np.stack([crop_face(f, *xys[cropped[0] + i]) for i, f in enumerate(batch)])
+                yield np.stack([_crop(gen, f, xys[cropped[0] + i]) for i, f in enumerate(batch)])
                 cropped[0] += len(batch)
 
     lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
     try:
-        score = lse_from_lip(lip, cropped[0], audio, models.syncnet())
+        return lse_from_lip(lip, cropped[0], audio, models.syncnet())
     except ValueError as exc:
         raise InputFileError(gen, f"LSE: {exc}") from None
-    return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
 
 
-def _detect_boxes(gen: Path, detector: Any, n: int, res: VideoResult) -> np.ndarray:
-    """Face boxes (n, 4) of every frame at 25 fps (largest face); gaps interpolated."""
+def _crop(gen: Path, frame: np.ndarray, xys: np.ndarray) -> np.ndarray:
+    """One SyncNet face crop (224, 224, 3); a degenerate smoothed box is the input's problem."""
+    from talkcli.metrics.sync import crop_face
+
+    try:
+        return crop_face(frame, *xys)
+    except ValueError as exc:
+        raise InputFileError(
+            gen,
+            f"LSE: {exc}",
+            "is the face visible? for FFHQ-aligned videos use --face-crop aligned",
+        ) from None
+
+
+def _detect_boxes(
+    gen: Path, frames: Iterator[np.ndarray], detector: Any, n: int, res: VideoResult
+) -> np.ndarray:
+    """Face boxes (n, 4) of the first n frames (RGB, 25 fps; largest face); gaps interpolated."""
     from talkcli.face.landmarks import choose_face
-    from talkcli.io.video import VideoReader
-    from talkcli.metrics.sync import SYNC_FPS
 
     boxes = np.full((n, 4), np.nan)
-    with VideoReader(gen, fps=SYNC_FPS) as reader:
-        for i, frame in enumerate(reader):
-            if i >= n:
-                break
-            faces = detector.detect(frame)
-            if faces:
-                boxes[i] = np.asarray(choose_face(faces).box, dtype=np.float64)[:4]
+    for i, frame in enumerate(frames):
+        if i >= n:
+            break
+        faces = detector.detect(frame)
+        if faces:
+            boxes[i] = np.asarray(choose_face(faces).box, dtype=np.float64)[:4]
     found = ~np.isnan(boxes[:, 0])
     if not found.any():
         raise InputFileError(

@@ -112,7 +112,8 @@ def build_report(run: EvalRun, name: str) -> dict[str, Any]:
             "columns": columns,
             "skipped": dict(run.plan.skipped),
             "models": model_files(run),
-            "versions": software_versions(),
+            # the syncnet LSE protocol's values depend on the ffmpeg build (its lossy files)
+            "versions": software_versions(ffmpeg=run.cfg.lse_protocol == "syncnet"),
             "videos": [r.to_dict() for r in run.results],
             "aggregates": aggregates(run),
             "fid": run.fid,
@@ -152,20 +153,84 @@ def write_frames_csv(path: str | Path, run: EvalRun) -> Path:
     return final
 
 
+MAX_REPORT_BYTES = 64 << 20  # a report holds a few numbers per video: far below this
+_NUMBER_STRINGS = ("inf", "-inf", "nan")
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
-    """Read an evaluation report written by ``talkcli evaluate``; one-line errors otherwise."""
+    """Read an evaluation report written by ``talkcli evaluate``; one-line errors otherwise.
+
+    Reports are untrusted input: the JSON must parse (strict: no NaN/Infinity literals, not
+    nested past Python's recursion limit), and the parts ``compare`` reads must have the types
+    talkcli writes (``check_report``).
+    """
     from talkcli.io.files import require_file
 
     p = require_file(path, "evaluation report")
+    size = p.stat().st_size
+    if size > MAX_REPORT_BYTES:
+        raise InputFileError(
+            p,
+            f"is {size / 2**20:.0f} MiB, over the {MAX_REPORT_BYTES >> 20} MiB an evaluate "
+            "report can hold",
+            "pass files from `talkcli evaluate --out`",
+        )
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputFileError(p, f"is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("kind") != REPORT_KIND:
-        raise InputFileError(p, "is not a talkcli evaluate report", "pass files from --out")
-    if not isinstance(data.get("aggregates"), dict):
-        raise InputFileError(p, "has no aggregates", "pass a complete report")
+    except ValueError as exc:  # a NaN/Infinity literal (talkcli writes "nan"/"inf" strings)
+        raise InputFileError(p, f"is not a talkcli evaluate report ({exc})") from None
+    except RecursionError:
+        raise InputFileError(
+            p,
+            "is not a talkcli evaluate report (its JSON is nested too deeply)",
+            "pass files from `talkcli evaluate --out`",
+        ) from None
+    check_report(p, data)
     return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"holds the non-standard JSON literal {name}")
+
+
+def check_report(path: str | Path, data: Any) -> None:
+    """Refuse a report whose parts ``compare`` reads are missing or of the wrong type: a dict of
+    kind talkcli-evaluate, a string name, a dict config, aggregates mapping metric names to
+    ``{"mean": number | "inf" | "-inf" | "nan" | null, ...}``."""
+
+    def bad(problem: str) -> InputFileError:
+        return InputFileError(
+            path, f"is not a talkcli evaluate report ({problem})", "pass a complete report"
+        )
+
+    if not isinstance(data, dict) or data.get("kind") != REPORT_KIND:
+        raise InputFileError(path, "is not a talkcli evaluate report", "pass files from --out")
+    if not isinstance(data.get("aggregates"), dict):
+        raise InputFileError(path, "has no aggregates", "pass a complete report")
+    if not isinstance(data.get("name", ""), str | None):
+        raise bad("name is not a string")
+    if not isinstance(data.get("config", {}), dict):
+        raise bad("config is not an object")
+    for column, agg in data["aggregates"].items():
+        if not isinstance(agg, dict):
+            raise bad(f"aggregates.{column} is not an object")
+        mean = agg.get("mean")
+        ok = mean is None or (isinstance(mean, int | float) and not isinstance(mean, bool))
+        if not ok and not (isinstance(mean, str) and mean in _NUMBER_STRINGS):
+            raise bad(f"aggregates.{column}.mean is {_short(mean)}, not a number")
+    for key in CONFIG_KEYS:  # compared as JSON text: any JSON value is fine, but not nested
+        value = data.get("config", {}).get(key)
+        if isinstance(value, dict | list):
+            raise bad(f"config.{key} is {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # -- comparing runs ----------------------------------------------------------------------------
@@ -200,7 +265,9 @@ class Comparison:
         )
 
 
-CONFIG_KEYS = ("fps", "resolution", "crop", "lse_crop", "lpips_net", "max_frames")
+CONFIG_KEYS = ("fps", "resolution", "crop", "lse_crop", "lse_protocol", "lpips_net", "max_frames")
+# what a report written before a key existed ran with
+CONFIG_DEFAULTS = {"lse_protocol": "direct"}
 
 
 def compare(
@@ -226,11 +293,15 @@ def compare(
         best[c] = [i for i, v in enumerate(sign * col) if v == top]
     warnings = []
     for key in CONFIG_KEYS:
-        seen = {json.dumps(r.get("config", {}).get(key)) for r in reports}
+        if key == "lse_protocol" and not any("lse_d" in r["aggregates"] for r in reports):
+            continue  # no LSE in these runs: the protocol did not matter
+
+        def value(r: dict[str, Any], key: str = key) -> Any:
+            return r.get("config", {}).get(key, CONFIG_DEFAULTS.get(key))
+
+        seen = {json.dumps(value(r)) for r in reports}
         if len(seen) > 1:
-            got = ", ".join(
-                f"{n}: {r.get('config', {}).get(key)}" for n, r in zip(names, reports, strict=True)
-            )
+            got = ", ".join(f"{n}: {value(r)}" for n, r in zip(names, reports, strict=True))
             warnings.append(f"the runs differ in {key} ({got}); their values are not comparable")
     return Comparison(names, columns, values, best, warnings)
 

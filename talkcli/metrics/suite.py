@@ -17,10 +17,10 @@ generated = "gen/s1.mp4"
 reference = "ref/s1.mp4"             # optional: no-reference metrics only
 ```
 
-Every option of ``talkcli evaluate`` has a key (``face_crop``, ``lpips``, ``strict``,
-``max_frames``, ``batch``, ``seed``, ``fid_stats``, ``inception``, ``syncnet``); an option given on
-the command line overrides the suite's. Unknown keys are refused, so a typo cannot silently fall
-back to a default.
+Every option of ``talkcli evaluate`` has a key (``face_crop``, ``lpips``, ``lse_protocol``,
+``strict``, ``max_frames``, ``batch``, ``seed``, ``fid_stats``, ``inception``, ``syncnet``); an
+option given on the command line overrides the suite's. Unknown keys are refused, so a typo cannot
+silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ OPTION_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "crop": ((str,), False),
     "face_crop": ((str,), False),
     "lpips": ((str,), False),
+    "lse_protocol": ((str,), False),
     "strict": ((bool,), False),
     "max_frames": ((int,), False),
     "batch": ((int,), False),

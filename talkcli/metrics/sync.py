@@ -46,6 +46,10 @@ BATCH = 20  # syncnet_python's default --batch_size (results do not depend on it
 CROP_SCALE = 0.4
 PAD_VALUE = 110
 MEDIAN_KERNEL = 13
+# The fewest frames LSE can score: one 5-frame window past the first (evaluate()'s
+# ``min_length - 5`` windows), and more than half of the 13-frame median filter's span, else its
+# zero padding wins the median and the smoothed face box collapses to nothing.
+LSE_MIN_FRAMES = max(WINDOW_FRAMES + 1, MEDIAN_KERNEL // 2 + 1)  # 7
 # The face box of an FFHQ-aligned frame, as fractions of its side (x1, y1, x2, y2). In an
 # FFHQ-aligned face the eye centres are 1/4 of the side apart at height ~0.47 and the mouth is at
 # ~0.75 (ffhq.py's quad: half-side 2 |eye_to_eye|, centre eye_avg + 0.1 eye_to_mouth); a face
