@@ -335,7 +335,9 @@ def _encode_file(
     expected: int,
 ) -> tuple[int, np.ndarray | None]:
     """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically)."""
-    with atomic_output(path) as tmp:
+    frames = min(limit, expected)  # what the file will hold: float16 codes
+    needed = NpyAppender.HEADER + frames * encoder.n_styles * encoder.style_dim * 2
+    with atomic_output(path, needed=needed) as tmp:
         appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
         try:
             got, ref = _encode_to(
@@ -406,7 +408,7 @@ def prepare_video(
                 f"decoded only {got} frame(s): shorter than one audio window ({min_frames} frames)",
             )
         for path, array in ((files.ref, ref), (files.mfcc, rows)):
-            with atomic_output(path) as tmp:
+            with atomic_output(path, needed=NpyAppender.HEADER + array.nbytes) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
         if cfg.keep_aligned and not cfg.aligned:  # named by video id: stems may repeat
