@@ -35,6 +35,7 @@ class Limits:
     video_frames: int = 216_000  # 2 hours at 30 fps, after resampling to --fps
     audio_samples: int = 4 * 3600 * SAMPLE_RATE  # four hours at 16 kHz (~0.9 GB as float32)
     frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
+    dataset_videos: int = 1_000_000  # input videos of one `train prepare` (planned in seconds)
 
 
 LIMITS = Limits()
