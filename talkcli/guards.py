@@ -37,6 +37,7 @@ class Limits:
     frames_bytes: int = 4 << 30  # decoded frames a command holds in memory at once (invert, PTI)
     batch_jobs: int = 1_000_000  # jobs in one list (animate --jobs, --all-pairs); planned in ~1 min
     eval_bytes: int = 8 << 30  # estimated working memory of one `evaluate` batch of frames
+    dataset_videos: int = 1_000_000  # input videos of one `train prepare` (planned in seconds)
 
 
 LIMITS = Limits()

@@ -658,6 +658,37 @@ def test_a_full_disk_is_a_one_line_output_error(tmp_path):
     assert not final.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),  # ENOSPC
+        OSError(122, "Disk quota exceeded"),  # EDQUOT (Linux)
+        RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+)
+def test_a_full_disk_names_the_folder_and_the_space_and_keeps_the_old_file(tmp_path, error):
+    from talkcli.io.files import atomic_output
+
+    final = tmp_path / "model.safetensors"
+    final.write_bytes(b"the previous checkpoint")
+    with pytest.raises(OutputError) as info, atomic_output(final, needed=3_400_000) as tmp:
+        tmp.write_bytes(b"partial")
+        raise error
+    message = str(info.value)
+    assert message.startswith(f"{final}: disk full while writing in {tmp_path}: it needs 3.4 MB")
+    assert " free " in message and "\n" not in message
+    assert final.read_bytes() == b"the previous checkpoint" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_other_write_errors_pass_through_atomic_output(tmp_path):
+    from talkcli.io.files import atomic_output
+
+    with pytest.raises(ValueError, match="a bug"), atomic_output(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"partial")
+        raise ValueError("a bug")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_tiny_pack_never_replaces_real_model_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real = tmp_path / "weights" / registry.get("stylegan2-ffhq").relpath

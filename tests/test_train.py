@@ -253,7 +253,9 @@ def bad_folder(basics, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bad") / "spk"
     folder.mkdir()
-    audio = speech(0, folder.parent, seconds=1.5)
+    # 40 frames = 1.6 s; the sound is longer (espeak's sentence, or 2 s of the synthetic
+    # fallback when espeak-ng is absent) and trimmed to the picture, so both give 40 usable frames
+    audio = speech(0, folder.parent, seconds=2.0)
     frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
     with VideoWriter(folder / "good.mp4", 25.0, audio=(audio, 16000), trim_audio=True) as w:
         w.write(frames)
@@ -318,8 +320,13 @@ def test_prepare_writes_codes_mfcc_and_hashes(small_data, basics):
     frames = read_video(rec["source"], fps=25.0)
     with torch.no_grad():
         direct = load_encoder(basics["encoder"]).encode_images(frames).numpy()
+    # the usable frames are those with both picture and sound: min(audio, video)
+    assert rec["video_frames"] == len(frames)
+    assert video.frames == min(rec["audio_frames"], len(frames))
+    assert rec["audio_frames"] >= len(frames), "the fixture's sound should cover its picture"
     codes = video.codes()
-    assert codes.shape == (video.frames, 8, 512) and video.frames == len(frames)
+    assert codes.shape == (video.frames, 8, 512)
+    direct = direct[: video.frames]
     motion = np.abs(direct - direct[:32].mean(0)).max()  # offsets from the first batch's mean
     assert np.abs(codes - direct).max() <= 1e-3 * motion
     # MFCC rows of the soundtrack, as features.mfcc computes them
@@ -430,3 +437,121 @@ def test_prepare_aligns_raw_videos(basics, tmp_path, shared_fixtures):
 
     assert probe_video(aligned).width == 64  # the crop pSp encoded, kept on request
     assert not (data / ".work").exists()
+
+
+# -- a full disk (issue 20 #6): exit 2 naming the folder, the previous files kept -----------------
+
+
+def _to_dev_full(module, monkeypatch) -> None:
+    """Make ``open(...)`` in ``module`` write to /dev/full: every write fails with a real ENOSPC."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        return (
+            real_open("/dev/full", mode, *args, **kwargs)
+            if "w" in mode
+            else real_open(path, mode, *args, **kwargs)
+        )
+
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_fit_on_a_full_disk_exits_2_and_keeps_the_previous_checkpoint(
+    basics, small_data, tmp_path, monkeypatch
+):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    import talkcli.train.fit as fit_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--weights-dir", str(basics["pack"]), "train", "fit", str(small_data[0]),
+            "--out", str(out / "m.safetensors"), *FIT_TINY, "--seq-len", "8"]  # fmt: skip
+    first = cli(*args, "--epochs", "1")
+    assert first.code == 0, first.stderr
+    before = _snapshot(out)
+    assert set(before) == {"m.safetensors", "m.last.safetensors", "m.state.pt", "m.log.jsonl"}
+    resume = [*args, "--epochs", "2", "--resume", str(out / "m.state.pt")]
+
+    # safetensors wraps the OS error in its own exception (as it does on a real full disk)
+    def no_space(*a, **k):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    result = cli(*resume)
+    assert_user_error(result, "m.last.safetensors", f"disk full while writing in {out}", "needs")
+    assert _snapshot(out) == before  # every file as it was, no temporary left
+    monkeypatch.undo()
+
+    # the training state: torch.save hides a failed write in a RuntimeError; the real ENOSPC
+    # of /dev/full comes out as the same one line, and the state file keeps its bytes
+    _to_dev_full(fit_module, monkeypatch)
+    result = cli(*resume)
+    assert_user_error(result, "m.state.pt", f"disk full while writing in {out}", "needs")
+    assert (out / "m.state.pt").read_bytes() == before["m.state.pt"]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    monkeypatch.undo()
+
+    # the file system says the epoch's files do not fit: refused before any is replaced
+    import talkcli.io.files as files_module
+
+    before = _snapshot(out)
+    free = type("Usage", (), {"total": 10**9, "used": 10**9 - 10**6, "free": 10**6})
+    monkeypatch.setattr(files_module.shutil, "disk_usage", lambda folder: free)
+    result = cli(*resume)
+    assert_user_error(
+        result, f"{out}: not enough space for this epoch's checkpoints", "1.0 MB free"
+    )
+    assert _snapshot(out) == before
+    monkeypatch.undo()
+    again = cli(*resume)  # space is back: the run resumes from the kept state
+    assert again.code == 0, again.stderr
+    assert len(read_log(out / "m.log.jsonl")) == 2
+
+
+def test_prepare_and_pca_on_a_full_disk_exit_2_and_keep_the_index(basics, bad_folder, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    import talkcli.train.dataset as dataset_module
+    import talkcli.train.pca as pca_module
+
+    inputs = tmp_path / "in"
+    for speaker in ("a", "b"):
+        (inputs / speaker).mkdir(parents=True)
+        shutil.copy(bad_folder / "good.mp4", inputs / speaker / "good.mp4")
+    data = tmp_path / "data"
+    base = ["--weights-dir", str(basics["pack"]), "train", "prepare", "--out", str(data),
+            "--aligned", "--holdout-speakers", "0",
+            "--encoder", str(basics["encoder"])]  # fmt: skip
+    assert cli(*base, str(inputs / "a")).code == 0
+    index_before = json.loads((data / "index.json").read_text())
+    shards_before = _snapshot(data / "shards")
+
+    _to_dev_full(dataset_module, monkeypatch)  # the W+ codes of b/good.mp4 do not fit
+    result = cli(*base, str(inputs), "--resume")
+    assert_user_error(result, f"disk full while writing in {data / 'shards'}", "needs")
+    assert _snapshot(data / "shards") == shards_before  # a's files kept, nothing of b's
+    index = json.loads((data / "index.json").read_text())  # a readable index, a still ok
+    ok = [v["id"] for v in index["videos"] if v["status"] == "ok"]
+    assert ok == [v["id"] for v in index_before["videos"] if v["status"] == "ok"] == ["a__good"]
+    monkeypatch.undo()
+    assert cli(*base, str(inputs), "--resume").code == 0  # space is back: b is prepared
+    assert len(load_dataset(data).videos) == 2
+
+    # train pca: the previous basis is kept
+    pca = tmp_path / "pca.npz"
+    pca_args = ["train", "pca", str(data), "--components", "4", "--out", str(pca)]
+    assert cli(*pca_args).code == 0
+    pca_before = pca.read_bytes()
+    _to_dev_full(pca_module, monkeypatch)
+    result = cli(*pca_args)
+    assert_user_error(result, f"{pca}: disk full while writing in {tmp_path}", "needs")
+    assert pca.read_bytes() == pca_before

@@ -383,3 +383,45 @@ def test_clip_losses_lpips_frames_renders_k_random_frames_scaled_to_the_clip():
     assert float(again) == float(lp)
     _, _, lp_all = clip_losses(w_pred, w_true, FitConfig(lpips_frames=50), _FakeRenderer())
     assert float(lp_all) == pytest.approx(per_frame.sum(1).mean(), rel=1e-5)
+
+
+def test_planning_100k_videos(tmp_path):
+    """100,000 inputs (issue 20): ids, speakers, the split, this shard's share and the index
+    plan without touching the files (planning lists; probing happens per video, in the work)."""
+    from talkcli.distributed import split_items
+    from talkcli.train.dataset import build_index
+
+    videos = [Path(f"/corpus/spk{i // 100:04d}/v{i % 100:03d}.mp4") for i in range(100_000)]
+    items = plan_items(videos)
+    assert len({it.id for it in items}) == 100_000
+    assert items[12_345].speaker == "spk0123" and items[12_345].id == "spk0123__v045"
+    speakers = choose_holdout([it.speaker for it in items], "10%", seed=0)
+    assert sum(s == "val" for s in speakers.values()) == 100  # of 1000 speakers
+    mine = split_items(items, 3, 8)
+    assert len(mine) == 12_500 and mine[0] is items[3]
+    index = build_index(tmp_path, {"fps": 25.0}, speakers, [it.plan() for it in items])
+    assert index["summary"]["pending"] == 100_000
+
+
+def test_collect_videos_lists_folders_and_globs_in_path_order(tmp_path, monkeypatch):
+    from talkcli.guards import Limits
+    from talkcli.train import prepare
+
+    names = ["a/x.mp4", "a-b/y.MP4", "a/sub/z.mkv", "a/notes.txt", "b/w.mov"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()  # empty: listing never opens a file
+    (tmp_path / "b" / "link.mp4").symlink_to(tmp_path / "a" / "x.mp4")  # the same video twice
+    (tmp_path / "linked").symlink_to(tmp_path / "a", target_is_directory=True)  # not followed
+    expected = sorted(
+        p.resolve() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".txt"
+    )
+    got = prepare.collect_videos([tmp_path])
+    assert got == list(dict.fromkeys(expected)) and len(got) == 4
+    assert prepare.collect_videos([str(tmp_path / "a*" / "*.mp4")]) == [
+        tmp_path.resolve() / "a" / "x.mp4"
+    ]
+    # over the limit: refused with the number, before any work
+    monkeypatch.setattr(prepare, "LIMITS", Limits(dataset_videos=3))
+    with pytest.raises(UserError, match="over 3 videos"):
+        prepare.collect_videos([tmp_path])

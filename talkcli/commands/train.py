@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,9 +113,9 @@ def prepare_cmd(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out must be a folder")
     wd = weights_dir(wdir)
-    inside = out.resolve()
+    inside = str(out.resolve()) + os.sep
     # inputs first: a mistyped folder is named as such, not as missing model files
-    paths = [p for p in collect_videos(videos) if inside not in p.parents]  # not DATA/aligned/
+    paths = [p for p in collect_videos(videos) if not str(p).startswith(inside)]  # DATA/aligned/
     if not paths:
         raise UserError(f"no input videos outside the dataset folder {out}")
     items = plan_items(paths, audio_dir, speaker_level, speaker_regex)

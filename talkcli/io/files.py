@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from talkcli.errors import InputFileError, OutputError
+from talkcli.errors import InputFileError, OutputError, UserError
 
 _NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 _PATH_MAX = 4096  # bytes in a whole path on Linux (with its terminating NUL)
@@ -141,9 +143,103 @@ def temporary_sibling(path: Path) -> Path:
     return Path(tmp)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how libraries that wrap the OS error in their own say it (safetensors: "... No space left on
+# device (os error 28)"); strerror of ENOSPC and EDQUOT on Linux and macOS
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the file system (or the user's quota) is full: an OSError ENOSPC/EDQUOT, or
+    a library's own error wrapping one (safetensors' ``SafetensorError``)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(text in str(exc) for text in _DISK_FULL_TEXT)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: "512 B", "3.4 MB", "1.2 GB" (powers of 1000, like ``df -H``)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def disk_full_error(
+    path: str | Path | None,
+    needed: int | None = None,
+    *,
+    what: str = "writing",
+    written: int | None = None,
+) -> OutputError:
+    """The one message for a full disk (ENOSPC/EDQUOT from Python, a library's wrapped error,
+    or "No space left on device" from ffmpeg): names the output, the folder to free space in,
+    the space needed (``needed`` bytes, or at least the ``written`` ones) and what is free now."""
+    if path is None:
+        return OutputError(f"disk full while {what} (free some space)")
+    final = Path(path)
+    folder = final if final.is_dir() else (final.parent if str(final.parent) else Path("."))
+    facts = []
+    if needed:
+        facts.append(f"it needs {format_bytes(needed)}")
+    elif written:
+        facts.append(f"it needs more than the {format_bytes(written)} written")
+    with contextlib.suppress(OSError):
+        facts.append(f"{format_bytes(shutil.disk_usage(folder).free)} free")
+    detail = f": {', '.join(facts)}" if facts else ""
+    return OutputError(
+        f"{final}: disk full while {what} in {folder}{detail} "
+        f"(free some space in {folder} or choose another folder)"
+    )
+
+
+def disk_full(path: str | Path | None, what: str, written: int | None = None) -> OutputError:
+    """``disk_full_error`` for a step named by a verb phrase ("encode video at frame 12")."""
+    return disk_full_error(path, what=f"trying to {what}", written=written)
+
+
+class WriteErrors(io.RawIOBase):
+    """A writable file that remembers the OSError of its first failed write, for libraries that
+    report one as their own bare error (torch.save: "RuntimeError: ... unexpected pos")."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self._f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def require_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse, before writing anything, a set of files that cannot fit in ``folder``'s free
+    space (as the file system reports it), so that none of the previous ones is replaced."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # no answer: the writes themselves will tell
+    if free < needed:
+        raise OutputError(
+            f"{folder}: not enough space for {what}: it needs {format_bytes(needed)}, "
+            f"{format_bytes(free)} free (free some space or choose another folder)"
+        )
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to ``path`` on success, delete it on failure.
+
+    A full disk (ENOSPC, EDQUOT, or a library error wrapping one) while writing or renaming
+    becomes a one-line ``OutputError`` naming the folder and ``needed``, the file's size in
+    bytes when the caller knows it; the file under ``path``, if any, is left as it was.
 
     >>> with atomic_output("out.npz") as tmp:
     ...     np.savez(tmp, w=w)
@@ -152,8 +248,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         tmp = temporary_sibling(final)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise disk_full(final, "write it") from None
+        if is_disk_full(exc):
+            raise disk_full_error(final, needed) from None
         raise OutputError(f"{final}: cannot write in {final.parent} ({exc.strerror})") from exc
     try:
         try:
@@ -163,27 +259,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
             os.replace(tmp, final)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise disk_full(final, "write it", _size(tmp)) from None
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
             raise
-    except BaseException:
+    except BaseException as exc:
+        written = _size(tmp)
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            tmp.unlink()  # first, so the message tells the space free without it
+        if isinstance(exc, Exception) and not isinstance(exc, UserError) and is_disk_full(exc):
+            raise disk_full_error(final, needed, written=written) from None
         raise
-
-
-def disk_full(path: str | Path | None, what: str, written: int | None = None) -> OutputError:
-    """The one message for a full disk (ENOSPC from Python or "No space left on device" from
-    ffmpeg): names the output, the folder to free space in and, when known, how much was
-    already written (the space needed is at least that)."""
-    if path is None:
-        return OutputError(f"disk full while trying to {what} (free some space)")
-    p = Path(path)
-    folder = p if p.is_dir() else (p.parent if str(p.parent) else Path("."))
-    need = f"; it needs more than the {written / 2**20:.1f} MiB written" if written else ""
-    return OutputError(f"{p}: disk full while trying to {what} (free some space in {folder}{need})")
 
 
 def _size(path: Path) -> int | None:
@@ -216,6 +301,7 @@ def write_json_atomic(
     not know (paths, numpy scalars) are written with ``str``; ``allow_nan=False`` refuses NaN.
     """
     text = json.dumps(data, indent=indent, allow_nan=allow_nan, sort_keys=sort_keys, default=str)
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(text + "\n", encoding="utf-8")
+    raw = (text + "\n").encode("utf-8")
+    with atomic_output(path, needed=len(raw)) as tmp:
+        Path(tmp).write_bytes(raw)
     return Path(path)

@@ -388,7 +388,10 @@ def save_audio2latent(
         "training": json.dumps(train),
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _state(model)}
-    with atomic_output(path) as tmp:
+    needed = (
+        sum(t.numel() * t.element_size() for t in tensors.values()) + 8 + len(json.dumps(metadata))
+    )  # data + header length + (at least) the metadata of the JSON header
+    with atomic_output(path, needed=needed) as tmp:  # disk full: one line, old file kept
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
 

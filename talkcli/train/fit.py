@@ -42,7 +42,7 @@ from talkcli.audio.features import windows_from_mfcc
 from talkcli.distributed import DistEnv
 from talkcli.errors import InputFileError, UserError
 from talkcli.guards import check_finite_array, check_finite_loss, check_number
-from talkcli.io.files import atomic_output, sha256_file
+from talkcli.io.files import WriteErrors, atomic_output, require_space, sha256_file
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
 from talkcli.ranges import TRAIN_FIT as TRAIN_FIT_RANGES
 from talkcli.train.dataset import Dataset, VideoEntry, load_dataset
@@ -379,8 +379,31 @@ def generator_info(G, path: Path) -> dict[str, Any]:
 
 
 def save_state(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    """The training-state file, atomically; a full disk is a one-line ``OutputError``.
+
+    torch.save reports a failed write as a bare ``RuntimeError`` ("unexpected pos ..."), so the
+    file's own write errors are recorded and raised in its place.
+    """
+    with atomic_output(path, needed=_tensor_bytes(payload)) as tmp:
+        with open(tmp, "wb") as f:
+            sink = WriteErrors(f)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested payload (what torch.save writes, less its small index)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -882,10 +905,16 @@ def _save_checkpoint(
         "best_loss": st.best_loss,
         "last": row,
     }
+    state = _state_payload(st, epoch, gen_meta)
+    # every file of the epoch must fit before any is replaced (the old ones are freed only when
+    # the new ones are renamed over them): a full disk keeps the previous set whole
+    model_bytes = sum(t.numel() * 4 for t in st.model.state_dict().values())  # float32
+    needed = model_bytes * (2 if improved else 1) + _tensor_bytes(state)
+    require_space(run.outputs.state.parent, needed, "this epoch's checkpoints")
     save_audio2latent(run.outputs.last, st.model, gen_meta, meta)
     if improved:
         save_audio2latent(run.outputs.best, st.model, gen_meta, meta)
-    save_state(run.outputs.state, _state_payload(st, epoch, gen_meta))
+    save_state(run.outputs.state, state)
 
 
 def _state_payload(st: TrainState, epoch: int, gen_meta: dict[str, Any]) -> dict[str, Any]:
@@ -924,8 +953,9 @@ def _arch_name(model: Audio2Latent) -> str:
 
 def _write_log(path: Path, lines: list[str]) -> None:
     """The JSONL log, one line per epoch, rewritten atomically (it stays small)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw = ("\n".join(lines) + "\n").encode("utf-8")
+    with atomic_output(path, needed=len(raw)) as tmp:
+        tmp.write_bytes(raw)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -203,7 +203,8 @@ def fit_pca(
 
 def save_pca(path: str | Path, pca: PCAResult) -> Path:
     """Write a PCA ``.npz`` atomically (arrays only: loads without pickle)."""
-    with atomic_output(path) as tmp:
+    needed = pca.mean.nbytes + pca.basis.nbytes + pca.explained_variance.nbytes + 4096  # + zip
+    with atomic_output(path, needed=needed) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
                 f,

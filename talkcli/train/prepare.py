@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
+import os
 import re
 import shutil
 import time
@@ -30,7 +31,7 @@ from talkcli import __version__
 from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
 from talkcli.constants import AUDIO_EXTS, VIDEO_EXTS
 from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
-from talkcli.guards import check_frame_count, check_number
+from talkcli.guards import LIMITS, check_frame_count, check_number
 from talkcli.io.files import (
     atomic_output,
     ensure_folder,
@@ -118,36 +119,89 @@ class PrepareResult:
 
 
 def collect_videos(items: list[str] | list[Path]) -> list[Path]:
-    """Video files from files, folders (searched recursively) and globs, sorted and unique."""
+    """Video files from files, folders (searched recursively) and globs, resolved and unique,
+    in the order of their given paths (sorted per folder and per glob).
+
+    Planning only lists: nothing is opened or probed here (that happens per video, during the
+    work), and a file costs one directory entry, not a stat and a ``resolve`` of its own, so
+    100,000 videos are listed in seconds. Over ``LIMITS.dataset_videos`` is refused.
+    """
     out: list[Path] = []
     for item in items:
         text = str(item)
         p = Path(text).expanduser()
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS
-            )
+            found = _walk_videos(p, LIMITS.dataset_videos - len(out))
             if not found:
                 raise InputFileError(
                     p, "folder holds no video files", f"expected {', '.join(VIDEO_EXTS)}"
                 )
             out.extend(found)
         elif p.exists():
-            out.append(require_file(p, "video file"))
+            out.append(require_file(p, "video file").resolve())
         elif any(ch in text for ch in "*?["):
-            matches = sorted(
-                Path(m)
-                for m in glob.glob(text, recursive=True)
-                if Path(m).is_file() and Path(m).suffix.lower() in VIDEO_EXTS
-            )
+            matches = _glob_videos(text)
             if not matches:
                 raise InputFileError(text, "pattern matches no video files", "check the glob")
             out.extend(matches)
         else:
             require_file(p, "video file")  # the standard "not found"
+        _check_video_count(len(out))
     if not out:
         raise UserError("no input videos given")
-    return list(dict.fromkeys(p.resolve() for p in out))
+    return list(dict.fromkeys(out))
+
+
+def _check_video_count(n: int) -> None:
+    if n > LIMITS.dataset_videos:
+        raise UserError(
+            f"the inputs hold over {LIMITS.dataset_videos:,} videos, talkcli's limit for one "
+            "`train prepare` (prepare the corpus in parts into one --out with --resume)"
+        )
+
+
+def _path_order(path: str) -> list[str]:
+    """Sort key giving pathlib's order (component by component) without making Path objects."""
+    return path.split(os.sep)
+
+
+def _walk_videos(folder: Path, room: int) -> list[Path]:
+    """Video files under ``folder`` (recursively, not into linked folders, as ``rglob``), as
+    resolved paths: the folder is resolved once, a linked file on its own. Stops past ``room``."""
+    found: list[tuple[str, str]] = []  # (the path as listed, the resolved path)
+    stack = [str(folder.resolve())]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in VIDEO_EXTS:
+                    if not entry.is_symlink():
+                        if entry.is_file(follow_symlinks=False):
+                            found.append((entry.path, entry.path))
+                    elif os.path.isfile(entry.path):
+                        found.append((entry.path, os.path.realpath(entry.path)))
+        if len(found) > room:
+            _check_video_count(len(found) + LIMITS.dataset_videos - room)
+    found.sort(key=lambda pair: _path_order(pair[0]))
+    return [Path(resolved) for _, resolved in found]
+
+
+def _glob_videos(pattern: str) -> list[Path]:
+    """Video files a glob matches, resolved (each match's folder resolved once)."""
+    folders: dict[str, str] = {}
+    out: list[Path] = []
+    for match in sorted(glob.iglob(pattern, recursive=True), key=_path_order):
+        if os.path.splitext(match)[1].lower() not in VIDEO_EXTS or not os.path.isfile(match):
+            continue
+        if os.path.islink(match):
+            out.append(Path(match).resolve())
+            continue
+        head, name = os.path.split(os.path.abspath(match))
+        if head not in folders:
+            folders[head] = os.path.realpath(head)
+        out.append(Path(folders[head], name))
+    return out
 
 
 def speaker_of(path: Path, level: int = 1, regex: str | None = None) -> str:
@@ -160,10 +214,10 @@ def speaker_of(path: Path, level: int = 1, regex: str | None = None) -> str:
         return m.group(1) if m.groups() else m.group(0)
     if level == 0:
         return path.stem
-    parents = path.parents
-    if level > len(parents) - 1:
+    parts = path.parts  # ([root,] folders..., name): the folder ``level`` up is parts[-1 - level]
+    if level > len(parts) - 1 - bool(path.anchor):
         raise InputFileError(path, f"--speaker-level {level}: the path has no folder that high")
-    return parents[level - 1].name
+    return parts[-1 - level]
 
 
 def _audio_index(audio_dir: Path) -> dict[str, list[Path]]:
@@ -335,7 +389,9 @@ def _encode_file(
     expected: int,
 ) -> tuple[int, np.ndarray | None]:
     """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically)."""
-    with atomic_output(path) as tmp:
+    frames = min(limit, expected)  # what the file will hold: float16 codes
+    needed = NpyAppender.HEADER + frames * encoder.n_styles * encoder.style_dim * 2
+    with atomic_output(path, needed=needed) as tmp:
         appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
         try:
             got, ref = _encode_to(
@@ -406,7 +462,7 @@ def prepare_video(
                 f"decoded only {got} frame(s): shorter than one audio window ({min_frames} frames)",
             )
         for path, array in ((files.ref, ref), (files.mfcc, rows)):
-            with atomic_output(path) as tmp:
+            with atomic_output(path, needed=NpyAppender.HEADER + array.nbytes) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
         if cfg.keep_aligned and not cfg.aligned:  # named by video id: stems may repeat
@@ -486,6 +542,19 @@ def check_compatible(data: Path, settings: dict[str, Any]) -> None:
         )
 
 
+def existing_records(data: Path, items: list[VideoItem]) -> dict[str, dict[str, Any] | None]:
+    """The records ``data`` already holds for ``items`` (None where it has none): one listing of
+    ``DATA/shards``, then only the records present are read (the resume check of 100,000 videos
+    costs what the folder holds, not a stat per video)."""
+    try:
+        present = set(os.listdir(Path(data) / SHARDS))
+    except OSError:  # no dataset yet
+        present = set()
+    return {
+        it.id: _existing_record(data, it) if f"{it.id}.json" in present else None for it in items
+    }
+
+
 def _existing_record(data: Path, item: VideoItem) -> dict[str, Any] | None:
     rec_path = shard_paths(data, item.id).record
     if not rec_path.is_file():
@@ -534,7 +603,7 @@ def prepare_dataset(
     data = Path(data)
     speakers = choose_holdout([it.speaker for it in items], cfg.holdout, cfg.seed)
     mine = split_items(items, *shard)
-    existing = {it.id: _existing_record(data, it) for it in mine}
+    existing = existing_records(data, mine)
     if not cfg.resume:
         present = [i for i, rec in existing.items() if rec is not None]
         if present:
