@@ -448,13 +448,14 @@ class PTIOutcome:
 def load_pti_models(req: PTIRequest) -> PTIModels:
     """Seed torch with the run's seed, then load G and LPIPS and turn the frames into targets."""
     from talkcli.inversion.invert import frames_to_tensor
-    from talkcli.models.perceptual import load_lpips
-    from talkcli.models.stylegan2 import load_generator
+    from talkcli.runtime import ModelPaths, ModelSet
 
     torch.manual_seed(req.config.seed)
-    G = load_generator(req.generator_path, device=req.device)
-    backbone, heads = req.lpips_paths
-    lpips = load_lpips(req.lpips_net, device=req.device, backbone_path=backbone, heads_path=heads)
+    paths = ModelPaths(
+        generator=req.generator_path, lpips=tuple(req.lpips_paths), lpips_net=req.lpips_net
+    )
+    models = ModelSet(device=req.device, paths=paths, lpips_net=req.lpips_net)
+    G, lpips = models.generator(), models.lpips()
     targets = frames_to_tensor(req.frames.images, G.size, req.device)  # (N, 3, S, S)
     return PTIModels(G, lpips, targets)
 

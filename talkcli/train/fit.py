@@ -558,9 +558,12 @@ def _load_splits(run: FitRun) -> tuple[Dataset, list[VideoEntry], list[VideoEntr
 
 def _load_renderer(run: FitRun, ds: Dataset) -> tuple[Any, Renderer | None]:
     """G (checked against the dataset's codes) and, when the LPIPS term is on, its renderer."""
-    from talkcli.models.stylegan2 import load_generator
+    from talkcli.runtime import ModelPaths, ModelSet
 
-    G = load_generator(run.generator_path, run.device)
+    lpips_paths = tuple(run.lpips_paths) if run.lpips_paths is not None else None
+    paths = ModelPaths(generator=run.generator_path, lpips=lpips_paths, lpips_net="vgg")
+    models = ModelSet(device=run.device, paths=paths, lpips_net="vgg")
+    G = models.generator()
     if G.n_latent != ds.n_latent or G.style_dim != ds.style_dim:
         raise UserError(
             f"{run.generator_path}: a {G.size}x{G.size} generator ({G.n_latent} W+ layers) does "
@@ -568,13 +571,9 @@ def _load_renderer(run: FitRun, ds: Dataset) -> tuple[Any, Renderer | None]:
         )
     if run.cfg.lpips_weight <= 0:
         return G, None
-    from talkcli.models.perceptual import load_lpips
-
     if run.lpips_paths is None:
         raise ValueError("lpips_paths are needed when lpips_weight > 0")
-    backbone, heads = run.lpips_paths
-    lpips = load_lpips("vgg", device=run.device, backbone_path=backbone, heads_path=heads)
-    return G, Renderer(G, lpips, run.cfg.lpips_size)
+    return G, Renderer(G, models.lpips(), run.cfg.lpips_size)
 
 
 def _clip_datasets(
