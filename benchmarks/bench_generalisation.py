@@ -116,7 +116,8 @@ def make_corpus(tmp: Path, case: Case, pack: Path, generator: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     encoder = write_sensitive_encoder(root / "psp.pt", generator, gain=case.gain)
     make_clips(root / "clips", generator, n_speakers=case.speakers, clips_per_speaker=case.clips,
-               identity_spread=case.spread, lead_in=0.5, tail=0.3, speech_seconds=case.seconds)  # fmt: skip
+               identity_spread=case.spread, lead_in=0.5, tail=0.3,
+               speech_seconds=case.seconds)  # fmt: skip
     _cli("--weights-dir", str(pack), "train", "prepare", str(root / "clips"), "--out", str(data),
          "--aligned", "--holdout-speakers", str(case.holdout), "--encoder", str(encoder),
          "--batch-size", "32", "--json")  # fmt: skip
@@ -171,8 +172,9 @@ def fit_case(tmp: Path, case: Case, variant: str, data: Path, pack: Path) -> dic
     started = time.perf_counter()
     result = _cli("--weights-dir", str(pack), "train", "fit", str(data), "--out", str(out),
                   "--arch", "tiny", "--lpips-weight", "0", "--components", str(case.components),
-                  "--batch-size", str(case.batch_size), "--seq-len", str(case.seq_len), "--lr", "1e-3",
-                  "--epochs", str(case.epochs), "--json", *VARIANTS[variant])  # fmt: skip
+                  "--batch-size", str(case.batch_size), "--seq-len", str(case.seq_len),
+                  "--lr", "1e-3", "--epochs", str(case.epochs), "--json",
+                  *VARIANTS[variant])  # fmt: skip
     seconds = time.perf_counter() - started
     history = json.loads(result.stdout)["history"]
     best = min(history, key=lambda row: row.get("val_loss", np.inf))
@@ -210,8 +212,9 @@ def run(quick: bool = False, only: list[str] | None = None,
             stats = corpus_stats(data)
             prep = time.perf_counter() - t0
             for variant in variants or ["today"]:
+                fitted = fit_case(tmp, case, variant, data, pack)
                 row = {"case": asdict(case), "variant": variant, **stats,
-                       "prepare_seconds": prep, **fit_case(tmp, case, variant, data, pack)}  # fmt: skip
+                       "prepare_seconds": prep, **fitted}  # fmt: skip
                 print(_line(row), flush=True)
                 rows.append(row)
     return {"rows": rows, "quick": quick, "seconds": time.perf_counter() - started,
