@@ -90,8 +90,14 @@ def cases(quick: bool) -> list[Case]:
     return unique
 
 
-# variant name -> extra `train fit` options (phase 2 adds the generalisation options here)
-VARIANTS: dict[str, list[str]] = {"today": []}
+# variant name -> extra `train fit` options (issue 19's generalisation options)
+VARIANTS: dict[str, list[str]] = {
+    "thesis": ["--identity-dropout", "0"],  # the model before issue 19
+    "default": [],  # identity dropout 0.5
+    "no-identity": ["--identity", "none"],
+    "normalised": ["--normalise"],
+    "augment": ["--identity-augment", "0.5"],
+}
 
 
 def _cli(*args: str):
@@ -163,12 +169,6 @@ def held_out_r(model_path: Path, data: Path, seed: int = 0) -> dict[str, float]:
 def fit_case(tmp: Path, case: Case, variant: str, data: Path, pack: Path) -> dict[str, Any]:
     out = tmp / f"{case.name}-{variant}" / "a2l.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("PROTO19"):  # phase-1 prototypes (not shipped)
-        from benchmarks import _proto19
-
-        _proto19.set_data(data)
-        _proto19.use(variant)
-        VARIANTS.setdefault(variant, [])
     started = time.perf_counter()
     result = _cli("--weights-dir", str(pack), "train", "fit", str(data), "--out", str(out),
                   "--arch", "tiny", "--lpips-weight", "0", "--components", str(case.components),
@@ -193,8 +193,8 @@ def fit_case(tmp: Path, case: Case, variant: str, data: Path, pack: Path) -> dic
 
 def run(quick: bool = False, only: list[str] | None = None,
         variants: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    from talkcli.tiny.pack import write_tiny_pack
     from talkcli.weights import registry
-    from talkcli.weights.tiny import write_tiny_pack
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -211,7 +211,7 @@ def run(quick: bool = False, only: list[str] | None = None,
             data = make_corpus(tmp, case, pack, generator)
             stats = corpus_stats(data)
             prep = time.perf_counter() - t0
-            for variant in variants or ["today"]:
+            for variant in variants or ["thesis", "default"]:
                 fitted = fit_case(tmp, case, variant, data, pack)
                 row = {"case": asdict(case), "variant": variant, **stats,
                        "prepare_seconds": prep, **fitted}  # fmt: skip
@@ -269,7 +269,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generalisation")
     parser.add_argument("--quick", action="store_true", help="the two named corpora only")
     parser.add_argument("--only", default="", help="comma-separated case names")
-    parser.add_argument("--variant", default="today", help="comma-separated: " + ",".join(VARIANTS))
+    parser.add_argument(
+        "--variant", default="thesis,default", help="comma-separated: " + ",".join(VARIANTS)
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "generalisation.json")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
