@@ -577,8 +577,8 @@ def three_speakers(tmp_path_factory, basics):
 @pytest.mark.parametrize(
     "options, config, recorded",
     [
-        ([], {}, {"identity": "pca", "identity_dropout": 0.5, "normalise": False}),
-        (["--identity-dropout", "0"], {}, {"identity_dropout": 0.0}),
+        ([], {}, {"identity": "pca", "identity_dropout": 0.0, "normalise": False}),
+        (["--identity-dropout", "0.5"], {}, {"identity_dropout": 0.5}),
         (["--identity", "none"], {"identity_input": False}, {"identity": "none"}),
         (["--identity-augment", "1"], {}, {"identity_augment": 1.0}),
         (["--normalise"], {"normalised": True}, {"normalise": True}),

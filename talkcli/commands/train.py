@@ -311,10 +311,10 @@ def fit_cmd(
         help="Decoder input: the identity's PCA coordinates (thesis) or none (small datasets).",
     ),
     identity_dropout: float = float_option(
-        0.5,
+        0.0,
         "--identity-dropout",
         range=TRAIN_FIT["identity_dropout"],
-        help="Chance a training clip sees no identity (generalises to unseen faces; 0: thesis).",
+        help="Chance a training clip sees no identity (few speakers: try 0.5; 0: thesis).",
     ),
     identity_augment: float = float_option(
         0.0,

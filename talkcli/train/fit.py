@@ -91,7 +91,7 @@ class FitConfig:
     steps_per_epoch: int = 0  # 0 = every clip once per epoch
     # generalisation to unseen identities (issue 19; talkcli.train.identity, docs/train.md)
     identity: str = "pca"  # "pca": the identity's PCA coordinates (thesis), "none"
-    identity_dropout: float = 0.5  # chance a clip is conditioned on no identity
+    identity_dropout: float = 0.0  # chance a clip is conditioned on no identity
     identity_augment: float = 0.0  # chance a clip is conditioned on another clip's identity
     normalise: bool = False  # identity coordinates and h_t in units of the data's spreads
 
