@@ -97,13 +97,19 @@ def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
 
 def plot_training_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> Path:
     """``train fit --plot``: training and validation loss per epoch (log scale when positive),
-    the learning rate on a second axis, the best epoch marked."""
+    the learning rate on a second axis, the best epoch marked; below them, when the log has it,
+    the held-out-identity correlation per epoch (and with time-shuffled audio)."""
     epochs = np.array([row["epoch"] for row in history], dtype=float)
     train = np.array([row.get("train_loss", np.nan) for row in history], dtype=float)
     val = np.array([row.get("val_loss", np.nan) for row in history], dtype=float)
     lr = np.array([row.get("lr", np.nan) for row in history], dtype=float)
-    with figure(7.2, 4.8) as fig:
-        ax = fig.add_subplot()
+    r = np.array([row.get("val_r", np.nan) for row in history], dtype=float)
+    with figure(7.2, 7.2 if np.isfinite(r).any() else 4.8) as fig:
+        if np.isfinite(r).any():
+            ax, ax_r = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+            _plot_held_out_r(ax_r, epochs, r, history)
+        else:
+            ax = fig.add_subplot()
         ax.plot(epochs, train, marker="o", markersize=3, label="train loss")
         if np.isfinite(val).any():
             ax.plot(epochs, val, marker="s", markersize=3, label="validation loss")
@@ -135,6 +141,21 @@ def plot_training_curves(path: str | Path, history: list[dict[str, Any]], title:
             ax.legend(loc="upper right")
         ax.set_title(title or f"training, {len(history)} epoch(s)")
         return save_figure(fig, path)
+
+
+def _plot_held_out_r(ax: Any, epochs: np.ndarray, r: np.ndarray, history: list[dict]) -> None:
+    """Held-out-identity r per epoch (``val_r``, ``val_r_shuffled``) on its own axes."""
+    shuffled = np.array([row.get("val_r_shuffled", np.nan) for row in history], dtype=float)
+    ax.plot(epochs, r, marker="o", markersize=3, label="held-out identity r")
+    if np.isfinite(shuffled).any():
+        ax.plot(epochs, shuffled, marker="x", markersize=3, linestyle=":",
+                label="same, time-shuffled audio")  # fmt: skip
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_ylim(-1.0, 1.0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("r (predicted vs true motion)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def plot_pca_variance(path: str | Path, explained_ratio: np.ndarray, title: str = "") -> Path:

@@ -113,6 +113,8 @@ TRAIN_FIT: dict[str, Range] = {
     "seed": SEED,
     "workers": Range(0, 64),
     "steps_per_epoch": Range(0, 1_000_000_000),
+    "identity_dropout": Range(0.0, 1.0),
+    "identity_augment": Range(0.0, 1.0),
 }
 
 MEDIA_TO_WAV: dict[str, Range] = {"rate": Range(8000, 192_000)}

@@ -54,11 +54,13 @@ def make_clips(
     lead_in: float = 0.3,
     tail: float = 0.0,
     seed: int = 0,
+    speech_seconds: float = 2.5,
 ) -> SyntheticSet:
     """Write the clips (see the module docstring) and return what they are made of.
 
     ``identity_spread`` scales how far the speakers' codes lie from their mean (1: independent
-    mapped codes); ``lead_in`` / ``tail`` seconds of silence frame each sentence.
+    mapped codes); ``lead_in`` / ``tail`` seconds of silence frame each sentence;
+    ``speech_seconds``: length of the synthetic speech when espeak-ng is not installed.
     """
     from talkcli.io.video import VideoWriter
     from talkcli.models.stylegan2 import load_generator
@@ -89,7 +91,7 @@ def make_clips(
                     text, wav_dir, f"s{index}", SPEEDS[index % 2], VOICES[index % len(VOICES)]
                 )
             else:
-                samples = synth_speech(2.5, seed=100 + index)
+                samples = synth_speech(speech_seconds, seed=100 + index)
             samples = np.concatenate(
                 [
                     np.zeros(int(lead_in * SAMPLE_RATE), np.float32),

@@ -86,6 +86,13 @@ class Arch(Choice):
     tiny = "tiny"
 
 
+class IdentityInput(Choice):
+    """What the audio model's decoder is conditioned on (``train fit --identity``)."""
+
+    pca = "pca"
+    none = "none"
+
+
 class Crop(Choice):
     """What evaluated frames are (``talkcli.metrics.evaluate.CROPS``)."""
 

@@ -17,6 +17,7 @@ from talkcli.commands.options import (
     WEIGHTS_DIR_OPTION,
     Arch,
     Detector,
+    IdentityInput,
     choice_option,
     float_option,
     fps_option,
@@ -304,6 +305,28 @@ def fit_cmd(
     arch: Arch = choice_option(
         Arch.thesis, "--arch", help="thesis (tables 4.3/4.4) or tiny (tests)."
     ),
+    identity: IdentityInput = choice_option(
+        IdentityInput.pca,
+        "--identity",
+        help="Decoder input: the identity's PCA coordinates (thesis) or none (small datasets).",
+    ),
+    identity_dropout: float = float_option(
+        0.0,
+        "--identity-dropout",
+        range=TRAIN_FIT["identity_dropout"],
+        help="Chance a training clip sees no identity (few speakers: try 0.5; 0: thesis).",
+    ),
+    identity_augment: float = float_option(
+        0.0,
+        "--identity-augment",
+        range=TRAIN_FIT["identity_augment"],
+        help="Chance a training clip is conditioned on another clip's (speaker's) identity.",
+    ),
+    normalise: bool = typer.Option(
+        False,
+        "--normalise/--no-normalise",
+        help="Scale identity coordinates and the output by the data's spreads.",
+    ),
     generator: Path | None = GENERATOR_OPTION,
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue from a training state file (NAME.state.pt)."
@@ -348,6 +371,10 @@ def fit_cmd(
         seed=seed,
         workers=workers,
         steps_per_epoch=steps_per_epoch,
+        identity=str(identity),
+        identity_dropout=identity_dropout,
+        identity_augment=identity_augment,
+        normalise=normalise,
     )
     cfg.check()
     read_index(data)  # a missing or foreign dataset folder is named before any model file
@@ -419,6 +446,8 @@ class _FitProgress:
 
     def epoch(self, row: dict, history: list[dict]) -> None:
         val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""
+        if "val_r" in row:
+            val += f", held-out r {row['val_r']:.2f} (shuffled {row['val_r_shuffled']:.2f})"
         mark = " (best)" if row.get("best") else ""
         info(
             f"epoch {row['epoch']}: train {row['train_loss']:.4g}{val}, lr {row['lr']:.2g}, "

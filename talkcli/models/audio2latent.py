@@ -161,6 +161,14 @@ class Audio2Latent(nn.Module):
     ``pca_basis`` (k, n_latent*512), ``mfcc_mean`` (12,), ``mfcc_std`` (12,). Attributes set by
     training and kept in checkpoints: ``fps``, ``generator`` (dict: sha256, size, ...),
     ``training`` (dict).
+
+    ``normalised`` (issue 19) adds three (k,) buffers: ``identity_mean`` / ``identity_scale``
+    centre and scale the identity's PCA coordinates (the training codes' spread), and
+    ``output_scale`` scales h_t (the spread of the training motion per component), so the
+    decoder works in units of the data's own spread whatever the absolute size of the motion.
+    ``identity_input`` False conditions on no identity at all (the embedding is zero): for small
+    datasets, where the identity input lets the decoder fit each training speaker. Both are in
+    the config only when they differ from the thesis' model, so older checkpoints load as before.
     """
 
     def __init__(
@@ -171,6 +179,8 @@ class Audio2Latent(nn.Module):
         *,
         arch: Arch | None = None,
         fps: float = 25.0,
+        normalised: bool = False,
+        identity_input: bool = True,
     ) -> None:
         super().__init__()
         if n_components < 1 or n_latent < 1 or style_dim < 1:
@@ -180,6 +190,8 @@ class Audio2Latent(nn.Module):
         self.n_latent = int(n_latent)
         self.style_dim = int(style_dim)
         self.fps = float(fps)
+        self.normalised = bool(normalised)
+        self.identity_input = bool(identity_input)
         self.generator: dict[str, Any] = {}
         self.training_info: dict[str, Any] = {}
         dim = self.n_latent * self.style_dim
@@ -205,6 +217,10 @@ class Audio2Latent(nn.Module):
         self.register_buffer("pca_basis", torch.eye(k, dim))  # placeholder until set_pca
         self.register_buffer("mfcc_mean", torch.zeros(N_MFCC))
         self.register_buffer("mfcc_std", torch.ones(N_MFCC))
+        if self.normalised:
+            self.register_buffer("identity_mean", torch.zeros(k))
+            self.register_buffer("identity_scale", torch.ones(k))
+            self.register_buffer("output_scale", torch.ones(k))
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -225,6 +241,8 @@ class Audio2Latent(nn.Module):
             "arch": self.arch.as_dict(),
             "fps": self.fps,
             "features": dict(FEATURE_SETTINGS),
+            **({"normalised": True} if self.normalised else {}),
+            **({} if self.identity_input else {"identity_input": False}),
         }
 
     def set_pca(self, mean: Tensor | np.ndarray, basis: Tensor | np.ndarray) -> None:
@@ -252,12 +270,35 @@ class Audio2Latent(nn.Module):
         self.mfcc_mean.copy_(mean_t)
         self.mfcc_std.copy_(std_t)
 
+    def set_normalisation(
+        self, identity_mean: np.ndarray, identity_scale: np.ndarray, output_scale: np.ndarray
+    ) -> None:
+        """Install the spreads of a ``normalised`` model: (k,) each, scales > 0."""
+        if not self.normalised:
+            raise ValueError("set_normalisation needs a model built with normalised=True")
+        values = [torch.as_tensor(np.asarray(v), dtype=torch.float32).reshape(-1)
+                  for v in (identity_mean, identity_scale, output_scale)]  # fmt: skip
+        if any(v.numel() != self.n_components for v in values):
+            raise ValueError(f"normalisation vectors must have {self.n_components} values")
+        if not all(torch.all(v > 0) for v in values[1:]):
+            raise ValueError("normalisation scales must be > 0")
+        for name, v in zip(
+            ("identity_mean", "identity_scale", "output_scale"), values, strict=True
+        ):
+            getattr(self, name).copy_(v)
+
     # -- the network -----------------------------------------------------------------------------
 
     def identity_embedding(self, w_identity: Tensor) -> Tensor:
-        """(B, n_latent, 512) -> (B, k): PCA coordinates of the identity code."""
+        """(B, n_latent, 512) -> (B, k): PCA coordinates of the identity code (centred and
+        scaled when ``normalised``; zeros without ``identity_input``)."""
         flat = w_identity.reshape(w_identity.shape[0], -1)  # (B, D)
-        return (flat - self.pca_mean) @ self.pca_basis.T  # (B, k)
+        coords = (flat - self.pca_mean) @ self.pca_basis.T  # (B, k)
+        if not self.identity_input:
+            return torch.zeros_like(coords)
+        if self.normalised:
+            coords = (coords - self.identity_mean) / self.identity_scale
+        return coords
 
     def encode_audio(
         self, windows: Tensor, state: LSTMState | None = None
@@ -272,10 +313,15 @@ class Audio2Latent(nn.Module):
     def decode(self, embedding: Tensor, e: Tensor) -> Tensor:
         """Identity embedding (B, k) and audio features (B, T, 256) -> h (B, T, k)."""
         emb = embedding[:, None, :].expand(-1, e.shape[1], -1)  # (B, T, k)
-        return self.decoder(torch.cat([emb, e], dim=-1))
+        h = self.decoder(torch.cat([emb, e], dim=-1))  # (B, T, k)
+        return h * self.output_scale if self.normalised else h
 
     def displacements(
-        self, windows: Tensor, w_identity: Tensor, state: LSTMState | None = None
+        self,
+        windows: Tensor,
+        w_identity: Tensor,
+        state: LSTMState | None = None,
+        embedding: Tensor | None = None,
     ) -> tuple[Tensor, LSTMState]:
         """The streaming step: windows (B, T, 12, 28) raw MFCCs and w_identity (B, n_latent,
         512) -> (displacements d (B, T, n_latent, 512), LSTM state after them).
@@ -287,16 +333,24 @@ class Audio2Latent(nn.Module):
         """
         self._check_inputs(windows, w_identity, state)
         e, state = self.encode_audio(windows, state)  # (B, T, 256)
-        h = self.decode(self.identity_embedding(w_identity), e)  # (B, T, k)
+        if embedding is None:
+            embedding = self.identity_embedding(w_identity)  # (B, k)
+        h = self.decode(embedding, e)  # (B, T, k)
         d = h @ self.pca_basis  # (B, T, D)
         return d.reshape(*d.shape[:2], self.n_latent, self.style_dim), state
 
     def forward(
-        self, windows: Tensor, w_identity: Tensor, state: LSTMState | None = None
+        self,
+        windows: Tensor,
+        w_identity: Tensor,
+        state: LSTMState | None = None,
+        embedding: Tensor | None = None,
     ) -> tuple[Tensor, LSTMState]:
         """windows (B, T, 12, 28), w_identity (B, n_latent, 512) -> (w (B, T, n_latent, 512),
-        LSTM state). Pass the returned state to the next call to continue the same audio."""
-        d, state = self.displacements(windows, w_identity, state)  # (B, T, n_latent, 512)
+        LSTM state). Pass the returned state to the next call to continue the same audio.
+        ``embedding`` (B, k) conditions the decoder instead of ``w_identity``'s own (training:
+        identity augmentation and dropout); the displacement is still added to ``w_identity``."""
+        d, state = self.displacements(windows, w_identity, state, embedding)
         return w_identity[:, None] + d, state
 
     def _check_inputs(self, windows: Tensor, w_identity: Tensor, state: LSTMState | None) -> None:
@@ -477,6 +531,8 @@ def _model_from_config(path: Path, config: Mapping[str, Any]) -> Audio2Latent:
     try:
         k, n_latent, style_dim, arch = _checked_sizes(path, config)
         fps = float(config["fps"])
+        normalised = bool(config.get("normalised", False))
+        identity_input = bool(config.get("identity_input", True))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(
             path, f"audio model config is incomplete or invalid ({exc})", _HINT
@@ -500,7 +556,10 @@ def _model_from_config(path: Path, config: Mapping[str, Any]) -> Audio2Latent:
                 "retrain the model with this version",
             )
     try:
-        model = Audio2Latent(k, n_latent, style_dim, arch=arch, fps=fps)
+        model = Audio2Latent(
+            k, n_latent, style_dim, arch=arch, fps=fps, normalised=normalised,
+            identity_input=identity_input,
+        )  # fmt: skip
     except ValueError as exc:
         raise ModelFileError(path, f"audio model config is invalid ({exc})", _HINT) from None
     return model
@@ -538,6 +597,9 @@ def load_audio2latent(path: str | Path, device: str | torch.device = "cpu") -> A
             raise ModelFileError(p, f"tensor {name!r} holds NaN or infinite values", _HINT)
     if not torch.all(tensors["mfcc_std"] > 0):
         raise ModelFileError(p, "mfcc_std has values <= 0", _HINT)
+    for name in ("identity_scale", "output_scale"):
+        if name in tensors and not torch.all(tensors[name] > 0):
+            raise ModelFileError(p, f"{name} has values <= 0", _HINT)
     model.load_state_dict(
         {k: v.to(torch.float32) for k, v in tensors.items()}, strict=True, assign=True
     )

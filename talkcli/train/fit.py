@@ -25,6 +25,7 @@ writes files.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,12 @@ from talkcli.io.files import WriteErrors, atomic_output, require_space, sha256_f
 from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
 from talkcli.ranges import TRAIN_FIT as TRAIN_FIT_RANGES
 from talkcli.train.dataset import Dataset, VideoEntry, load_dataset
+from talkcli.train.identity import (
+    conditioning,
+    flat_validation_warning,
+    held_out_correlation,
+    normalisation_from_videos,
+)
 from talkcli.train.pca import PCAResult, fit_pca, load_pca
 
 STATE_FORMAT = "talkcli-train-state"
@@ -58,6 +65,8 @@ StepFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 # option -> (min, max): one home with the CLI, talkcli.ranges.TRAIN_FIT
 RANGES = tuple((name, lo, hi) for name, (lo, hi) in TRAIN_FIT_RANGES.items())
+IDENTITY_INPUTS = ("pca", "none")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,11 +89,18 @@ class FitConfig:
     seed: int = 0
     workers: int = 0
     steps_per_epoch: int = 0  # 0 = every clip once per epoch
+    # generalisation to unseen identities (issue 19; talkcli.train.identity, docs/train.md)
+    identity: str = "pca"  # "pca": the identity's PCA coordinates (thesis), "none"
+    identity_dropout: float = 0.0  # chance a clip is conditioned on no identity
+    identity_augment: float = 0.0  # chance a clip is conditioned on another clip's identity
+    normalise: bool = False  # identity coordinates and h_t in units of the data's spreads
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
         if self.arch not in ARCH_PRESETS:
             raise UserError(f"--arch {self.arch!r}: expected one of {', '.join(ARCH_PRESETS)}")
+        if self.identity not in IDENTITY_INPUTS:
+            raise UserError(f"--identity {self.identity!r}: expected one of pca, none")
         for name, lo, hi in RANGES:
             value = getattr(self, name)
             if value is not None:
@@ -126,6 +142,7 @@ class FitResult:
     skipped_videos: int = 0
     train_clips: int = 0
     val_clips: int = 0
+    warnings: list[str] = field(default_factory=list)  # also logged as they happen
 
 
 def fit_input_files(
@@ -160,6 +177,7 @@ def fit_summary(result: FitResult, outputs: FitOutputs) -> dict[str, Any]:
         "best_loss": result.best_loss,
         "train_clips": result.train_clips,
         "val_clips": result.val_clips,
+        "warnings": result.warnings,
         "history": result.history,
     }
 
@@ -464,6 +482,7 @@ class TrainState:
     sched: torch.optim.lr_scheduler.ReduceLROnPlateau
     renderer: Renderer | None  # the LPIPS term; None when lpips_weight is 0
     lpips_gen: torch.Generator  # which frames --lpips-frames renders
+    identity_gen: torch.Generator  # which clips identity augmentation / dropout pick
     pca_info: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
@@ -519,13 +538,16 @@ def _fit(run: FitRun, on_epoch: EpochFn | None, on_step: StepFn | None) -> FitRe
     gen_meta = generator_info(G, run.generator_path)
     training_meta = _training_meta(run, data, pca_info)
     log_lines = _resumed_log(run.outputs.log) if saved is not None else []
+    warnings: list[str] = []
     for epoch in range(st.start_epoch, run.cfg.epochs):
         row = {
             "epoch": epoch + 1,
             **_train_epoch(run, st, data, loaders, epoch, on_step),
             **_validate(run, st, loaders),
+            **_held_out_r(run, st, data),
         }
         improved = _end_epoch(st, epoch, row)
+        _warn_if_flat(run, st, warnings)
         if run.env.is_main:
             _save_checkpoint(run, st, epoch, row, improved, gen_meta, training_meta)
             log_lines.append(json.dumps(row))
@@ -541,7 +563,25 @@ def _fit(run: FitRun, on_epoch: EpochFn | None, on_step: StepFn | None) -> FitRe
         skipped_videos=len(train_ds.too_short) + len(val_ds.too_short),
         train_clips=len(train_ds),
         val_clips=len(val_ds),
+        warnings=warnings,
     )
+
+
+def _held_out_r(run: FitRun, st: TrainState, data: FitData) -> dict[str, float]:
+    """Rank 0: held-out-identity r (and with shuffled audio) of this epoch's model, for the
+    log, the plot and --json ({} without held-out speakers)."""
+    if not run.env.is_main or not data.val_videos:
+        return {}
+    return held_out_correlation(st.model, data.val_videos, data.ds.fps, run.cfg.seed)
+
+
+def _warn_if_flat(run: FitRun, st: TrainState, warnings: list[str]) -> None:
+    """Once per run: the validation loss has not moved while the training loss fell."""
+    text = None if warnings else flat_validation_warning(st.history)
+    if text:
+        warnings.append(text)
+        if run.env.is_main:
+            log.warning(text)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -640,10 +680,16 @@ def _fresh_model(run: FitRun, data: FitData) -> tuple[Audio2Latent, dict[str, An
     mean_t, basis_t = _broadcast_pca(run, pca, failure, latent_dim)  # (D,), (k, D)
     torch.manual_seed(cfg.seed)
     model = Audio2Latent(
-        basis_t.shape[0], ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps
-    )
+        basis_t.shape[0], ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps,
+        normalised=cfg.normalise, identity_input=cfg.identity != "none",
+    )  # fmt: skip
     model.set_pca(mean_t.cpu(), basis_t.cpu())
     model.set_mfcc_stats(*mfcc_statistics(data.train_videos))
+    if cfg.normalise:  # every rank computes the same spreads from the same files
+        spreads = normalisation_from_videos(
+            data.train_videos, mean_t.cpu().double().numpy(), basis_t.cpu().double().numpy()
+        )
+        model.set_normalisation(*spreads)
     if pca is not None and np.isfinite(pca.explained_ratio).all():
         pca_info["explained"] = float(pca.explained_ratio.sum())
     return model, pca_info
@@ -710,6 +756,8 @@ def _resumed_model(
             int(mc["style_dim"]),
             arch=ARCH_PRESETS[str(mc["arch_name"])],
             fps=float(mc["fps"]),
+            normalised=bool(mc.get("normalised", False)),
+            identity_input=bool(mc.get("identity_input", True)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputFileError(resume, f"training state is incomplete ({exc})") from None
@@ -758,7 +806,8 @@ def _train_state(
         opt, mode="min", factor=cfg.lr_decay, patience=cfg.lr_patience
     )
     lpips_gen = torch.Generator().manual_seed(cfg.seed + run.env.rank)
-    st = TrainState(model, net, opt, sched, renderer, lpips_gen, pca_info)
+    identity_gen = torch.Generator().manual_seed(cfg.seed + 7919 * (run.env.rank + 1))
+    st = TrainState(model, net, opt, sched, renderer, lpips_gen, identity_gen, pca_info)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -791,7 +840,10 @@ def _train_epoch(
             break
         windows, target = windows.to(device), target.to(device)  # (B, L, 12, 28), (B, L, n, 512)
         identity = identity.to(device)  # (B, n, 512)
-        w_pred, _ = st.net(windows, identity)  # (B, L, n, 512)
+        cfg = run.cfg  # conditioned on another clip's identity or none (issue 19), or its own
+        emb = conditioning(st.model, identity, cfg.identity_augment, cfg.identity_dropout,
+                           st.identity_gen)  # fmt: skip
+        w_pred, _ = st.net(windows, identity, None, emb)  # (B, L, n, 512)
         loss, latent, lp = clip_losses(w_pred, target, run.cfg, st.renderer, st.lpips_gen)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
