@@ -425,3 +425,15 @@ def test_collect_videos_lists_folders_and_globs_in_path_order(tmp_path, monkeypa
     monkeypatch.setattr(prepare, "LIMITS", Limits(dataset_videos=3))
     with pytest.raises(UserError, match="over 3 videos"):
         prepare.collect_videos([tmp_path])
+
+
+def test_resume_bounds_the_sizes_in_a_state_file_before_building(tmp_path):
+    """Issue 20 #4 for training state files: an absurd size is one line, nothing allocated."""
+    from talkcli.errors import ModelFileError
+    from talkcli.train.fit import _resumed_model
+
+    state = tmp_path / "m.state.pt"
+    state.write_bytes(b"x")
+    config = {"n_components": 1e12, "n_latent": 8, "style_dim": 512, "arch_name": "tiny", "fps": 25}
+    with pytest.raises(ModelFileError, match="n_components 1e\\+12 is outside"):
+        _resumed_model(state, {"model_config": config}, None, tmp_path / "g.pt", None)

@@ -748,12 +748,19 @@ def _resumed_model(
     resume: Path, state: dict[str, Any], G, generator_path: Path, ds
 ) -> Audio2Latent:
     """The model saved in a training state file, checked against this dataset and generator."""
+    from talkcli.models.limits import check_dim
+
     try:
         mc = state["model_config"]
+        n_latent = check_dim(resume, "n_latent", mc["n_latent"])  # sizes bounded before use
+        style_dim = check_dim(resume, "style_dim", mc["style_dim"])
+        k = check_dim(resume, "n_components", mc["n_components"])
+        if k > n_latent * style_dim:
+            raise ValueError(f"n_components {k} exceeds the W+ dimension {n_latent * style_dim}")
         model = Audio2Latent(
-            int(mc["n_components"]),
-            int(mc["n_latent"]),
-            int(mc["style_dim"]),
+            k,
+            n_latent,
+            style_dim,
             arch=ARCH_PRESETS[str(mc["arch_name"])],
             fps=float(mc["fps"]),
             normalised=bool(mc.get("normalised", False)),
