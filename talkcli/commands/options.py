@@ -86,6 +86,14 @@ class Arch(Choice):
     tiny = "tiny"
 
 
+class GeneratorArch(Choice):
+    """Generators a tiny pack can hold (``talkcli.tiny.pack.GENERATOR_ARCHS``)."""
+
+    stylegan2 = "stylegan2"
+    stylegan3 = "stylegan3"
+    stylegan3_r = "stylegan3-r"
+
+
 class Crop(Choice):
     """What evaluated frames are (``talkcli.metrics.evaluate.CROPS``)."""
 

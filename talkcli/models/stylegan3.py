@@ -686,17 +686,20 @@ BUILDERS: dict[str, Callable[[Any], nn.Module]] = {NVIDIA_CLASS: generator_from_
 
 
 def is_stylegan3_file(path: str | Path) -> bool:
-    """True for a safetensors file whose metadata says ``"arch": "stylegan3"`` (header only)."""
-    p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    from safetensors import safe_open
-
+    """True for a safetensors file whose metadata says ``"arch": "stylegan3"``, whatever its
+    name (tune-pti may write one as ``.pt``); reads only the JSON header."""
     try:
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("arch") == ARCH
-    except Exception:  # not a readable safetensors file: the caller's loader says why
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return False
+            head = fh.read(size)
+        if head[:1] != b"{":
+            return False
+        meta = json.loads(head).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
         return False
+    return isinstance(meta, dict) and meta.get("arch") == ARCH
 
 
 def save_stylegan3(

@@ -32,16 +32,18 @@ def tiny_stylegan3_config(
     size: int = 64, radial: bool = False, **overrides: Any
 ) -> StyleGAN3Config:
     """A narrow config at ``size`` px: config T, or R with ``radial`` (1x1 convs, radial
-    filters, as NVIDIA's ``--cfg=stylegan3-r``)."""
+    filters, as NVIDIA's ``--cfg=stylegan3-r``). W is 512-d and there are as many W+ layers
+    as the tiny StyleGAN2 of the same size has (2 log2(size) - 2), so trajectories, pSp codes
+    and audio models made for the tiny pack fit it."""
     kwargs: dict[str, Any] = {
-        "z_dim": 64,
-        "w_dim": 64,
+        "z_dim": 512,
+        "w_dim": 512,
         "img_resolution": size,
         "img_channels": 3,
         "mapping_kwargs": {"num_layers": 2},
         "channel_base": 512 if not radial else 1024,
         "channel_max": 32 if not radial else 64,
-        "num_layers": 6,
+        "num_layers": 2 * (size.bit_length() - 1) - 4,
         "num_critical": 2,
         "margin_size": 4,
         "conv_kernel": 1 if radial else 3,
