@@ -232,3 +232,29 @@ def test_animate_from_trajectory_renders_with_a_stylegan3(sg3_pack, tmp_path):
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_tune_pti_writes_a_stylegan3_that_loads_back(sg3_pack, face_images, tmp_path):
+    from talkcli.models.stylegan2 import load_generator
+
+    folder, generator = sg3_pack
+    out = tmp_path / "tuned.pt"
+    result = run_cli(
+        "--weights-dir", str(folder), "tune-pti", str(face_images[0]), "--generator",
+        str(generator), "--pivot-method", "w-project", "--project-steps", "3", "--steps", "2",
+        "-o", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    tuned, base = load_generator(out), load_generator(generator)
+    assert type(tuned).__name__ == "StyleGAN3Generator" and tuned.metadata["kind"]
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed and not any(k.endswith(("_filter", "freqs", "phases")) for k in changed)
+
+
+def test_tiny_config_r_file_loads(tmp_path):
+    from talkcli.models.stylegan2 import load_generator
+    from talkcli.tiny.stylegan3 import write_tiny_stylegan3
+
+    g = load_generator(write_tiny_stylegan3(tmp_path / "r.safetensors", 32, seed=1, radial=True))
+    assert g.cfg.use_radial_filters and g.cfg.conv_kernel == 1 and g.n_latent == 8
+    assert g.synthesis.L0_24_64.down_filter.ndim == 2  # radial: not separable
