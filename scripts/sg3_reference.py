@@ -5,12 +5,13 @@ Two steps, two processes, so that the comparing process cannot import NVIDIA's m
     python scripts/sg3_reference.py export /path/to/stylegan3-checkout /tmp/sg3ref
     python scripts/sg3_reference.py compare /tmp/sg3ref
 
-``export`` builds small config-T and config-R generators with NVIDIA's
-``training.networks_stylegan3.Generator`` (CPU: its custom ops take their reference paths),
-randomises every parameter and buffer it would learn, and writes, per config, the init kwargs,
-the state dict and (z -> w -> image) pairs (``force_fp32=True``, truncation 1 and 0.7) to
-``OUT/sg3_{T,R}.pt``. ``compare`` builds talkcli's generator from each record and prints the
-max abs differences (filters designed from the kwargs vs NVIDIA's buffers, w, image) as JSON.
+``export`` builds small config-T and config-R generators (and a config T with published
+widths) with NVIDIA's ``training.networks_stylegan3.Generator`` (CPU: its custom ops take their
+reference paths), randomises every parameter and buffer it would learn, and writes, per config,
+the init kwargs, the state dict and (z -> w -> image) pairs (``force_fp32=True``, truncation 1
+and 0.7) to ``OUT/sg3_{T,R,T128}.pt``. ``compare`` builds talkcli's generator from each record
+and prints the max abs differences (filters designed from the kwargs vs NVIDIA's buffers, w,
+image) as JSON.
 NVIDIA's source is read from the given checkout only; nothing of it is copied here.
 """
 
@@ -51,7 +52,22 @@ CONFIGS = {
         "num_fp16_res": 4,
         "conv_clamp": 256,
     },
+    # The widths of NVIDIA's published 256 px FFHQ-U config T (cbase 16384, cmax 512), at 128 px.
+    "T128": {
+        "z_dim": 512,
+        "c_dim": 0,
+        "w_dim": 512,
+        "img_resolution": 128,
+        "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 2},
+        "channel_base": 16384,
+        "channel_max": 512,
+        "magnitude_ema_beta": 0.5 ** (32 / (32 * 1e3)),
+        "num_fp16_res": 4,
+        "conv_clamp": 256,
+    },
 }
+BATCH = {"T": 4, "R": 4, "T128": 1}
 
 
 def export(upstream: Path, out: Path) -> None:
@@ -83,7 +99,7 @@ def export(upstream: Path, out: Path) -> None:
                 if bname.endswith("magnitude_ema"):
                     b.fill_(0.5 + torch.rand([]).item())
             G.mapping.w_avg.copy_(torch.randn(kwargs["w_dim"]) * 0.3)
-            z = torch.randn(4, kwargs["z_dim"])
+            z = torch.randn(BATCH[name], kwargs["z_dim"])
             pairs = []
             for psi in (1.0, 0.7):
                 ws = G.mapping(z, None, truncation_psi=psi)  # (B, num_ws, w_dim)
