@@ -28,7 +28,7 @@ from talkcli.models.stylegan3 import (
     save_stylegan3,
 )
 from talkcli.tiny.stylegan3 import random_stylegan3, tiny_stylegan3_config
-from tests.conftest import run_cli
+from tests.conftest import assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module", params=["T", "R"])
@@ -258,3 +258,12 @@ def test_tiny_config_r_file_loads(tmp_path):
     g = load_generator(write_tiny_stylegan3(tmp_path / "r.safetensors", 32, seed=1, radial=True))
     assert g.cfg.use_radial_filters and g.cfg.conv_kernel == 1 and g.n_latent == 8
     assert g.synthesis.L0_24_64.down_filter.ndim == 2  # radial: not separable
+
+
+def test_encoder_methods_refuse_a_stylegan3_in_one_line(sg3_pack, face_images, tmp_path):
+    folder, generator = sg3_pack
+    result = run_cli(
+        "--weights-dir", str(folder), "invert", str(face_images[0]), "--method", "hybrid",
+        "--generator", str(generator), "--out", str(tmp_path / "w.npz"),
+    )  # fmt: skip
+    assert_user_error(result, "StyleGAN3", "--method optimize")
