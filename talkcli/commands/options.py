@@ -93,6 +93,14 @@ class IdentityInput(Choice):
     none = "none"
 
 
+class GeneratorArch(Choice):
+    """Generators a tiny pack can hold (``talkcli.tiny.pack.GENERATOR_ARCHS``)."""
+
+    stylegan2 = "stylegan2"
+    stylegan3 = "stylegan3"
+    stylegan3_r = "stylegan3-r"
+
+
 class Crop(Choice):
     """What evaluated frames are (``talkcli.metrics.evaluate.CROPS``)."""
 

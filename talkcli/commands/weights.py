@@ -9,7 +9,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from talkcli.commands._common import print_json, weights_dir
-from talkcli.commands.options import JSON_OPTION, WEIGHTS_DIR_OPTION, int_option, seed_option
+from talkcli.commands.options import (
+    JSON_OPTION,
+    WEIGHTS_DIR_OPTION,
+    GeneratorArch,
+    choice_option,
+    int_option,
+    seed_option,
+)
 from talkcli.console import console, info, status
 from talkcli.errors import ModelFileError, UserError
 from talkcli.ranges import WEIGHTS_TINY
@@ -266,11 +273,17 @@ def tiny_cmd(
     force: bool = typer.Option(
         False, "--force", help="Write even into a folder that holds other (real) model files."
     ),
+    arch: GeneratorArch = choice_option(
+        GeneratorArch.stylegan2,
+        "--arch",
+        help="stylegan3 / stylegan3-r: also write a tiny StyleGAN3 (config T / R) generator "
+        "(talkcli's safetensors format) beside the pack, for --generator.",
+    ),
 ) -> None:
     """Write a random-weight model pack in the official formats (tests, demos, first runs)."""
     from talkcli.tiny.pack import write_tiny_pack
 
-    written = write_tiny_pack(folder, size=size, seed=seed, force=force)
+    written = write_tiny_pack(folder, size=size, seed=seed, force=force, arch=str(arch))
     for name, path in written.items():
         info(f"{name}: {path}")
     info(f"random weights; use with --weights-dir {folder} (outputs will not look like faces)")

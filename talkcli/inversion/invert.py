@@ -287,6 +287,11 @@ def invert(
     device = torch.device(device)
     torch.manual_seed(seed)
     G = _frozen_generator(generator_path, device)
+    if method in ("psp", "hybrid") and getattr(G, "arch", "stylegan2") == "stylegan3":
+        raise UserError(
+            f"--method {method}: the pSp and e4e encoders are trained for StyleGAN2; "
+            f"{generator_path} is a StyleGAN3 generator (use --method optimize)"
+        )
     codes: torch.Tensor | None = None  # (N, n_latent, 512)
     if method in ("psp", "hybrid"):
         if encoder_path is None:

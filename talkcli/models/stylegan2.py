@@ -729,6 +729,10 @@ def load_generator(
     stored ``latent_avg`` it is computed as the mean of 10,000 mapped z (seed 0) and
     ``G.latent_avg_computed`` is True.
     """
+    from talkcli.models.stylegan3 import is_stylegan3_file, load_stylegan3
+
+    if is_stylegan3_file(path):  # talkcli's StyleGAN3 safetensors (same generator interface)
+        return load_stylegan3(path, device, trainable)  # type: ignore[return-value]
     obj = load_torch_file(path, "StyleGAN2 generator")
     g = generator_from_checkpoint(obj, path)
     if g.latent_avg_computed:
@@ -781,8 +785,14 @@ def save_generator(
     """Write ``g`` in the rosinality layout (plus ``'talkcli'`` metadata), atomically.
 
     ``metadata`` (plain values only) defaults to ``g.metadata``; the file loads with
-    ``load_generator`` and with rosinality's own code.
+    ``load_generator`` and with rosinality's own code. A StyleGAN3 generator is written in
+    talkcli's StyleGAN3 safetensors format instead (``load_generator`` reads it back).
     """
+    if getattr(g, "arch", None) == "stylegan3":
+        from talkcli.models.stylegan3 import save_stylegan3
+
+        _check_plain(dict(g.metadata if metadata is None else metadata))
+        return save_stylegan3(path, g, metadata)  # type: ignore[arg-type]
     ckpt = generator_checkpoint(g, metadata)
     with atomic_output(path) as tmp:
         torch.save(ckpt, tmp)

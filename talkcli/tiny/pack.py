@@ -19,16 +19,20 @@ from talkcli.weights import registry
 
 PACK_NOTE = "TINY-PACK.json"
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
+GENERATOR_ARCHS = ("stylegan2", "stylegan3", "stylegan3-r")
 
 
 def write_tiny_pack(
-    folder: str | Path, size: int = 64, seed: int = 0, force: bool = False
+    folder: str | Path, size: int = 64, seed: int = 0, force: bool = False, arch: str = "stylegan2"
 ) -> dict[str, Path]:
     """Write generator, pSp and e4e (encoder + decoder), audio model, LPIPS backbones and heads, and
     narrow FID Inception and SyncNet files (``tiny_metrics``); return name -> path.
 
     A folder that already holds model files but is not a tiny pack (no ``TINY-PACK.json``: real
     weights, say) is refused unless ``force``: random weights must never replace real ones.
+    ``arch`` ``stylegan3`` / ``stylegan3-r`` adds a tiny StyleGAN3 (config T / R) generator in
+    talkcli's StyleGAN3 format (``tiny-stylegan3-t.safetensors`` / ``-r``) for ``--generator``;
+    the rest of the pack (pSp, audio model) stays StyleGAN2's.
     """
     from talkcli.models.stylegan2 import generator_from_state_dict
     from talkcli.tiny.audio import write_tiny_audio_model
@@ -41,6 +45,8 @@ def write_tiny_pack(
     )
     from talkcli.tiny.stylegan2 import tiny_generator_state_dict
 
+    if arch not in GENERATOR_ARCHS:
+        raise UserError(f"--arch {arch}: expected one of {', '.join(GENERATOR_ARCHS)}")
     if size not in SIZES:
         raise UserError(f"--size {size}: expected one of {', '.join(map(str, SIZES))}")
     root = ensure_folder(folder, "folder for the tiny pack")
@@ -81,6 +87,12 @@ def write_tiny_pack(
     from talkcli.tiny.metrics import write_metric_model_files  # evaluate: FID, SyncNet
 
     written.update(write_metric_model_files(root, seed=seed))
+
+    if arch != "stylegan2":
+        from talkcli.tiny.stylegan3 import TINY_FILES, write_tiny_stylegan3
+
+        radial = arch == "stylegan3-r"
+        written[arch] = write_tiny_stylegan3(root / TINY_FILES[arch], size, seed, radial=radial)
 
     note = {
         "warning": "random weights for tests and demos; outputs are not faces",
