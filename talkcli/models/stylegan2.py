@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from talkcli.device import resolve_device
 from talkcli.errors import ModelFileError
-from talkcli.io.files import atomic_output
+from talkcli.io.files import atomic_output, require_file
 from talkcli.models.ops import (
     blur_pad_for_upsample,
     fused_leaky_relu,
@@ -720,7 +720,10 @@ def generator_from_checkpoint(obj: Any, source: str | Path = "<checkpoint>") -> 
 
 
 def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", trainable: bool = False
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+    network: str = "G_ema",
 ) -> Generator:
     """Load a StyleGAN2 generator file strictly; ModelFileError (exit 2) when it is not one.
 
@@ -728,9 +731,18 @@ def load_generator(
     The generator is in eval mode with ``requires_grad`` off unless ``trainable``. Without a
     stored ``latent_avg`` it is computed as the mean of 10,000 mapped z (seed 0) and
     ``G.latent_avg_computed`` is True.
+
+    NVIDIA network pickles (``.pkl``: stylegan2-ada-pytorch, stylegan3) are read without running
+    their code (``talkcli.models.nvidia_pickle``) and ``network`` (``G_ema`` or ``G``) is built
+    by talkcli: the result has the same interface, another class.
     """
-    obj = load_torch_file(path, "StyleGAN2 generator")
-    g = generator_from_checkpoint(obj, path)
+    from talkcli.models.nvidia_pickle import load_pickle_generator, looks_like_network_pickle
+
+    if looks_like_network_pickle(require_file(path, "StyleGAN2 generator")):
+        g = load_pickle_generator(path, network)
+    else:
+        obj = load_torch_file(path, "StyleGAN2 generator")
+        g = generator_from_checkpoint(obj, path)
     if g.latent_avg_computed:
         log.info(
             "%s: no latent_avg stored; using the mean of %d mapped z", path, LATENT_AVG_SAMPLES
