@@ -449,10 +449,11 @@ def load_pti_models(req: PTIRequest) -> PTIModels:
     """Seed torch with the run's seed, then load G and LPIPS and turn the frames into targets."""
     from talkcli.inversion.invert import frames_to_tensor
     from talkcli.models.perceptual import load_lpips
-    from talkcli.models.stylegan2 import load_generator
+    from talkcli.models.stylegan2 import check_savable, load_generator
 
     torch.manual_seed(req.config.seed)
     G = load_generator(req.generator_path, device=req.device)
+    check_savable(G, req.generator_path)
     backbone, heads = req.lpips_paths
     lpips = load_lpips(req.lpips_net, device=req.device, backbone_path=backbone, heads_path=heads)
     targets = frames_to_tensor(req.frames.images, G.size, req.device)  # (N, 3, S, S)

@@ -317,13 +317,28 @@ def build_network(record: NetworkRecord, source: str | Path = "<pickle>") -> nn.
         )
     try:
         return builder(record)
-    except ModelFileError:
-        raise
+    except ModelFileError as exc:
+        raise ModelFileError(source, f"network {record.name!r}: {exc.problem}", exc.hint) from None
     except (ValueError, KeyError, TypeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise ModelFileError(
             source, f"network {record.name!r} does not match its {record.class_name}: {first}"
         ) from None
+
+
+def check_buildable(records: Mapping[str, NetworkRecord], source: str | Path) -> list[str]:
+    """Build every network talkcli has a builder for (strict state check); their names.
+
+    ModelFileError (one line naming the keys) for the first that does not match its layout;
+    networks of other classes (D, augment_pipe, unknown) are left alone.
+    """
+    _fill_builders()
+    built = []
+    for name, rec in records.items():
+        if rec.class_name in NETWORK_BUILDERS:
+            build_network(rec, source)
+            built.append(name)
+    return built
 
 
 def load_pickle_generator(path: str | Path, network: str = "G_ema") -> nn.Module:
@@ -357,6 +372,7 @@ __all__ = [
     "NETWORK_BUILDERS",
     "NetworkRecord",
     "build_network",
+    "check_buildable",
     "describe_records",
     "load_pickle_generator",
     "looks_like_network_pickle",

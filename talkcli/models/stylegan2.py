@@ -774,8 +774,24 @@ def _check_plain(value: Any, where: str = "metadata") -> None:
     raise TypeError(f"{where}: {type(value).__name__} cannot be stored (use plain values)")
 
 
+def check_savable(g: nn.Module, source: str | Path, what: str = "tune-pti") -> None:
+    """Refuse, before any work, to tune a generator ``save_generator`` cannot write.
+
+    Generators built from NVIDIA network pickles (StyleGAN2-ADA, StyleGAN3) have another
+    layout than rosinality's; talkcli has no file format for tuned copies of them yet.
+    """
+    if not isinstance(g, Generator):
+        raise ModelFileError(
+            source,
+            f"{what} cannot save a tuned copy of a generator loaded from an NVIDIA network "
+            "pickle (not supported yet)",
+            "use a rosinality-layout StyleGAN2 .pt (e.g. `talkcli weights fetch stylegan2-ffhq`)",
+        )
+
+
 def generator_checkpoint(g: Generator, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The dict ``save_generator`` writes: ``{'g_ema', 'latent_avg'[, 'talkcli']}``."""
+    check_savable(g, "<generator>", "save_generator")
     meta = dict(g.metadata if metadata is None else metadata)
     _check_plain(meta)
     ckpt: dict[str, Any] = {
