@@ -233,3 +233,20 @@ def test_tune_pti_with_an_ada_pickle_says_it_is_not_supported(
     )  # fmt: skip
     assert_user_error(res, "cannot save a tuned copy", path.name)
     assert not (tmp_path / "g.pt").exists()
+
+
+def test_a_poisoned_tensor_storage_is_refused(tmp_path):
+    import io
+
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save(
+        {"x": _Reduce(os.system, f"touch {marker}")}, buf, _use_new_zipfile_serialization=False
+    )
+    path = tmp_path / "storage.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"G_ema": _Reduce(torch.storage._load_from_bytes, buf.getvalue())}, f)
+    with pytest.raises(ModelFileError, match="refused") as info:
+        read_network_pickle(path)
+    assert "\n" not in str(info.value) and "system" in str(info.value)
+    assert not marker.exists()

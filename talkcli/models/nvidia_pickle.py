@@ -25,6 +25,7 @@ import hashlib
 import io
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,8 +90,12 @@ def _load_storage_bytes(data: bytes) -> Any:
         with warnings.catch_warnings():  # "Detected pickle protocol 4": torch's note, not ours
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise pickle.UnpicklingError(f"Unsupported global in a tensor storage: {exc}") from None
+    except pickle.UnpicklingError as exc:  # torch's message is many lines: keep the global
+        found = re.search(r"(?:Unsupported global:|unsupported GLOBAL) (?:GLOBAL )?([\w.]+)", str(exc))
+        wanted = found.group(1) if found else "an object"
+        raise pickle.UnpicklingError(
+            f"Unsupported global: {wanted} (in a tensor storage)"
+        ) from None
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
