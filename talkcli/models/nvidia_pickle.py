@@ -82,6 +82,9 @@ class _PersistentObject:
         raise pickle.UnpicklingError("Unsupported global: state set on a persistence record")
 
 
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global:|unsupported GLOBAL) (?:GLOBAL )?([\w.]+)")
+
+
 def _load_storage_bytes(data: bytes) -> Any:
     """``torch.storage._load_from_bytes`` with ``weights_only=True`` (upstream: a full load)."""
     if not isinstance(data, bytes | bytearray):
@@ -91,7 +94,7 @@ def _load_storage_bytes(data: bytes) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's message is many lines: keep the global
-        found = re.search(r"(?:Unsupported global:|unsupported GLOBAL) (?:GLOBAL )?([\w.]+)", str(exc))
+        found = _REFUSED_GLOBAL.search(str(exc))
         wanted = found.group(1) if found else "an object"
         raise pickle.UnpicklingError(
             f"Unsupported global: {wanted} (in a tensor storage)"
