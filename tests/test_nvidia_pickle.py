@@ -250,3 +250,18 @@ def test_a_poisoned_tensor_storage_is_refused(tmp_path):
         read_network_pickle(path)
     assert "\n" not in str(info.value) and "system" in str(info.value)
     assert not marker.exists()
+
+
+def test_fp16_blocks_run_in_float16_only_when_asked(ada_pickle):
+    path, _g = ada_pickle
+    G = load_generator(path)
+    ws = torch.randn(2, G.n_latent, 32)
+    with torch.no_grad():
+        ref = G.synthesis(ws)  # float32 everywhere (the default, also on CUDA)
+        half = G._modules["synthesis"](ws, "const", None, True)  # NVIDIA's fp16 blocks, forced
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # what `animate --dtype bf16` does
+            bf16 = G.synthesis(ws)
+    assert half.dtype == bf16.dtype == torch.float32
+    scale = float(ref.abs().max())
+    assert 0 < float((half - ref).abs().max()) < 0.02 * scale
+    assert float((bf16 - ref).abs().max()) < 0.05 * scale
