@@ -265,3 +265,33 @@ def test_fp16_blocks_run_in_float16_only_when_asked(ada_pickle):
     scale = float(ref.abs().max())
     assert 0 < float((half - ref).abs().max()) < 0.02 * scale
     assert float((bf16 - ref).abs().max()) < 0.05 * scale
+
+
+def test_module_src_is_never_compiled_or_executed(ada_pickle, monkeypatch):
+    path, _g = ada_pickle
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compile/exec called while reading a network pickle")
+
+    for name in ("compile", "exec", "eval"):
+        monkeypatch.setattr(builtins, name, forbidden)
+    records = read_network_pickle(path)
+    monkeypatch.undo()
+    assert build_network(records["G_ema"], path).size == 16
+
+
+def test_a_stylegan3_record_is_named_and_refused_without_a_builder(
+    tmp_path, ada_pickle, monkeypatch
+):
+    from talkcli.models import nvidia_pickle
+
+    path, g = ada_pickle
+    src = "# stand-in for training/networks_stylegan3.py\nclass SynthesisInput: ...\n"
+    rec = record_of(g, "Generator", {"z_dim": 32}, module_src=src)
+    sg3 = write_network_pickle(tmp_path / "sg3.pkl", {"G_ema": rec})
+    record = read_network_pickle(sg3)["G_ema"]
+    assert record.class_name == "training.networks_stylegan3.Generator"
+    monkeypatch.setattr(nvidia_pickle, "_fill_builders", lambda: None)
+    monkeypatch.setattr(nvidia_pickle, "NETWORK_BUILDERS", {})
+    with pytest.raises(ModelFileError, match="networks_stylegan3.Generator, which talkcli cannot"):
+        load_generator(sg3)
