@@ -264,3 +264,15 @@ def test_truncated_and_non_checkpoint_files(isolated):
     result = run_cli("weights", "inspect", str(png))
     assert_user_error(result, str(png))
     assert torch.equal(load_torch_file(good)["a"], torch.ones(3))
+
+
+def test_nvidia_pickles_and_e4e_are_listed_as_optional():
+    for name, filename in (
+        ("stylegan2-ada-ffhq", "ffhq.pkl"),
+        ("stylegan3-t-ffhq-1024", "stylegan3-t-ffhq-1024x1024.pkl"),
+        ("stylegan3-r-ffhqu-1024", "stylegan3-r-ffhqu-1024x1024.pkl"),
+        ("e4e-ffhq-encode", "e4e_ffhq_encode.pt"),
+    ):
+        entry = registry.get(name)
+        assert entry.filename == filename and entry.optional and entry.url.startswith("https://")
+        assert entry.url.endswith(filename) or "drive.google.com" in entry.url

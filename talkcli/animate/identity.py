@@ -202,7 +202,7 @@ def tuned_generator(
 
     from talkcli.inversion.invert import frames_to_tensor
     from talkcli.inversion.pti import PTIConfig, pti_metadata, pti_summary, tune
-    from talkcli.models.stylegan2 import load_generator, save_generator
+    from talkcli.models.stylegan2 import check_savable, load_generator, save_generator
 
     cfg = PTIConfig(steps=int(opts.tune_steps), seed=int(opts.seed))
     backbone, heads = models.paths.lpips
@@ -222,6 +222,7 @@ def tuned_generator(
         except Exception:
             cache.discard(found)
     base = models.generator()
+    check_savable(base, models.paths.generator, "animate --tune")
     G = copy.deepcopy(base)
     lpips = models.lpips()
     device = models.device

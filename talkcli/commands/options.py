@@ -195,7 +195,10 @@ FACE_INDEX_OPTION: Any = int_option(
 GENERATOR_OPTION: Any = typer.Option(
     None,
     "--generator",
-    help="StyleGAN2 .pt, e.g. a `tune-pti` result (default: registry, else the pSp decoder).",
+    help=(
+        "StyleGAN2 .pt, e.g. a `tune-pti` result, or an NVIDIA network pickle .pkl (G_ema; "
+        "its code is never run) (default: registry, else the pSp decoder)."
+    ),
 )
 
 ENCODER_OPTION: Any = typer.Option(

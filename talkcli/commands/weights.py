@@ -237,6 +237,11 @@ def inspect_cmd(
         from talkcli.io.files import require_file
 
         path = require_file(name_or_path, "model file")
+    from talkcli.models.nvidia_pickle import looks_like_network_pickle
+
+    if path.suffix != ".npy" and looks_like_network_pickle(path):
+        _inspect_network_pickle(path)
+        return
     if path.suffix == ".safetensors":  # talkcli's own models (audio2latent): no pickle at all
         obj = _load_safetensors(path)
     else:
@@ -244,6 +249,25 @@ def inspect_cmd(
     print(path)
     for line in _summarise(obj):
         print(line)
+
+
+def _inspect_network_pickle(path: Path) -> None:
+    """An NVIDIA network pickle: its networks (class, parameters, init kwargs), then the rest."""
+    from talkcli.models.nvidia_pickle import (
+        check_buildable,
+        describe_records,
+        read_network_pickle_all,
+    )
+
+    records, extra = read_network_pickle_all(path)
+    built = check_buildable(records, path)  # strict layout check of the generators talkcli builds
+    print(path)
+    for line in describe_records(records):
+        print(line)
+    for line in _summarise(extra):
+        print(line)
+    if built:
+        print(f"talkcli builds: {', '.join(built)} (embedded module source not run)")
 
 
 def _load_safetensors(path: Path) -> dict:

@@ -448,6 +448,7 @@ class PTIOutcome:
 def load_pti_models(req: PTIRequest) -> PTIModels:
     """Seed torch with the run's seed, then load G and LPIPS and turn the frames into targets."""
     from talkcli.inversion.invert import frames_to_tensor
+    from talkcli.models.stylegan2 import check_savable
     from talkcli.runtime import ModelPaths, ModelSet
 
     torch.manual_seed(req.config.seed)
@@ -455,7 +456,9 @@ def load_pti_models(req: PTIRequest) -> PTIModels:
         generator=req.generator_path, lpips=tuple(req.lpips_paths), lpips_net=req.lpips_net
     )
     models = ModelSet(device=req.device, paths=paths, lpips_net=req.lpips_net)
-    G, lpips = models.generator(), models.lpips()
+    G = models.generator()
+    check_savable(G, req.generator_path)
+    lpips = models.lpips()
     targets = frames_to_tensor(req.frames.images, G.size, req.device)  # (N, 3, S, S)
     return PTIModels(G, lpips, targets)
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from talkcli.device import resolve_device
 from talkcli.errors import ModelFileError
-from talkcli.io.files import atomic_output
+from talkcli.io.files import atomic_output, require_file
 from talkcli.models.ops import (
     blur_pad_for_upsample,
     fused_leaky_relu,
@@ -720,7 +720,10 @@ def generator_from_checkpoint(obj: Any, source: str | Path = "<checkpoint>") -> 
 
 
 def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", trainable: bool = False
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+    network: str = "G_ema",
 ) -> Generator:
     """Load a StyleGAN2 generator file strictly; ModelFileError (exit 2) when it is not one.
 
@@ -728,13 +731,22 @@ def load_generator(
     The generator is in eval mode with ``requires_grad`` off unless ``trainable``. Without a
     stored ``latent_avg`` it is computed as the mean of 10,000 mapped z (seed 0) and
     ``G.latent_avg_computed`` is True.
+
+    NVIDIA network pickles (``.pkl``: stylegan2-ada-pytorch, stylegan3) are read without running
+    their code (``talkcli.models.nvidia_pickle``) and ``network`` (``G_ema`` or ``G``) is built
+    by talkcli: the result has the same interface, another class.
     """
+    from talkcli.models.nvidia_pickle import load_pickle_generator, looks_like_network_pickle
     from talkcli.models.stylegan3 import is_stylegan3_file, load_stylegan3
 
+    path = require_file(path, "StyleGAN2 generator")
     if is_stylegan3_file(path):  # talkcli's StyleGAN3 safetensors (same generator interface)
         return load_stylegan3(path, device, trainable)  # type: ignore[return-value]
-    obj = load_torch_file(path, "StyleGAN2 generator")
-    g = generator_from_checkpoint(obj, path)
+    if looks_like_network_pickle(path):
+        g = load_pickle_generator(path, network)
+    else:
+        obj = load_torch_file(path, "StyleGAN2 generator")
+        g = generator_from_checkpoint(obj, path)
     if g.latent_avg_computed:
         log.info(
             "%s: no latent_avg stored; using the mean of %d mapped z", path, LATENT_AVG_SAMPLES
@@ -766,8 +778,24 @@ def _check_plain(value: Any, where: str = "metadata") -> None:
     raise TypeError(f"{where}: {type(value).__name__} cannot be stored (use plain values)")
 
 
+def check_savable(g: nn.Module, source: str | Path, what: str = "tune-pti") -> None:
+    """Refuse, before any work, to tune a generator ``save_generator`` cannot write.
+
+    Generators built from NVIDIA network pickles (StyleGAN2-ADA, StyleGAN3) have another
+    layout than rosinality's; talkcli has no file format for tuned copies of them yet.
+    """
+    if not isinstance(g, Generator):
+        raise ModelFileError(
+            source,
+            f"{what} cannot save a tuned copy of a generator loaded from an NVIDIA network "
+            "pickle (not supported yet)",
+            "use a rosinality-layout StyleGAN2 .pt (e.g. `talkcli weights fetch stylegan2-ffhq`)",
+        )
+
+
 def generator_checkpoint(g: Generator, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The dict ``save_generator`` writes: ``{'g_ema', 'latent_avg'[, 'talkcli']}``."""
+    check_savable(g, "<generator>", "save_generator")
     meta = dict(g.metadata if metadata is None else metadata)
     _check_plain(meta)
     ckpt: dict[str, Any] = {

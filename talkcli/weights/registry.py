@@ -83,6 +83,51 @@ MANIFEST: tuple[ModelFile, ...] = (
         used_by=("invert", "tune-pti", "animate", "train"),
         license="MIT (pSp); decoder under Nvidia Source Code License-NC",
     ),
+    # NVIDIA network pickles and e4e: optional (not fetched by `weights fetch --all`); their
+    # publishers give no checksum or size, so `weights list --verify` shows the sha256 of the
+    # copy fetched first (see docs/models.md).
+    ModelFile(
+        name="stylegan2-ada-ffhq",
+        filename="ffhq.pkl",
+        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
+        description=(
+            "StyleGAN2-ADA FFHQ 1024 network pickle (stylegan2-ada-pytorch; the PTI code's "
+            "generator), read without running its code; --generator"
+        ),
+        used_by=("invert", "animate"),
+        license="Nvidia Source Code License-NC",
+        optional=True,
+    ),
+    *(
+        ModelFile(
+            name=f"stylegan3-{cfg}-{data}-1024",
+            filename=f"stylegan3-{cfg}-{data}-1024x1024.pkl",
+            url=(
+                "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/"
+                f"files/stylegan3-{cfg}-{data}-1024x1024.pkl"
+            ),
+            description=(
+                f"StyleGAN3-{cfg.upper()} {data.upper()} 1024 network pickle (no texture "
+                "sticking), read without running its code; --generator"
+            ),
+            used_by=("invert", "animate"),
+            license="Nvidia Source Code License-NC",
+            optional=True,
+        )
+        for cfg, data in (("t", "ffhq"), ("r", "ffhqu"))
+    ),
+    ModelFile(
+        name="e4e-ffhq-encode",
+        filename="e4e_ffhq_encode.pt",
+        url="https://drive.google.com/uc?id=1cUv_reLE6k3604or78EranS7XzuVMWeO",
+        description=(
+            "e4e FFHQ encoder (Encoder4Editing: codes that edit better than pSp's; the start "
+            "of PTI and STIT) with its StyleGAN2 decoder; --encoder"
+        ),
+        used_by=("invert", "animate", "train"),
+        license="MIT (e4e); decoder under Nvidia Source Code License-NC",
+        optional=True,
+    ),
     ModelFile(
         name="e4e-ffhq-encode",
         filename="e4e_ffhq_encode.pt",
