@@ -1,0 +1,70 @@
+"""The audio model on self-supervised speech features (issue 17): conv + projection into the
+same LSTM and decoder, its feature model recorded and checked, MFCC checkpoints unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from talkcli.errors import ModelFileError, UserError
+from talkcli.models.audio2latent import (
+    ARCH_PRESETS,
+    Audio2Latent,
+    check_feature_match,
+    load_audio2latent,
+    read_checkpoint_info,
+    save_audio2latent,
+)
+
+SETTINGS = {"kind": "wav2vec2", "layer": 1, "sha256": "ab" * 32, "config": {"hidden_size": 32},
+            "dim": 32, "rate": 50, "window": 14}  # fmt: skip
+
+
+def _model(features=SETTINGS):
+    torch.manual_seed(0)
+    m = Audio2Latent(8, 4, 16, arch=ARCH_PRESETS["tiny"], features=features)
+    torch.nn.init.normal_(m.decoder[-1].weight, std=0.1)
+    return m.eval()
+
+
+def test_ssl_model_round_trips_and_streams(tmp_path):
+    m = _model()
+    m.set_feature_stats(torch.randn(32), torch.rand(32) + 0.5)
+    assert "feature_mean" in dict(m.named_buffers()) and "mfcc_mean" not in dict(m.named_buffers())
+    x, w = torch.randn(1, 10, 32, 14), torch.randn(1, 4, 16)
+    with torch.no_grad():
+        whole, _ = m(x, w)
+        a, st = m(x[:, :4], w)
+        b, _ = m(x[:, 4:], w, st)
+    torch.testing.assert_close(torch.cat([a, b], 1), whole)
+    save_audio2latent(tmp_path / "m.safetensors", m)
+    info = read_checkpoint_info(tmp_path / "m.safetensors")
+    assert info.config["features"]["kind"] == "wav2vec2"
+    assert info.config["features"]["sha256"] == SETTINGS["sha256"]
+    loaded = load_audio2latent(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, w)[0], whole)
+    with pytest.raises(ValueError, match=r"\(B, T, 32, 14\)"):
+        loaded(torch.randn(1, 3, 12, 28), w)
+
+
+def test_lstm_and_decoder_are_the_mfcc_models(tmp_path):
+    ssl, mfcc = _model(), _model(None)
+    for name in ("lstm", "decoder"):
+        shapes = [p.shape for p in getattr(ssl, name).parameters()]
+        assert shapes == [p.shape for p in getattr(mfcc, name).parameters()]
+    assert "features" in mfcc.config() and "kind" not in mfcc.config()["features"]
+
+
+def test_feature_model_must_match():
+    m = _model()
+    check_feature_match(m, dict(SETTINGS), "m", "dir")
+    with pytest.raises(UserError, match="--feature-model"):
+        check_feature_match(m, None, "m")
+    with pytest.raises(ModelFileError, match="sha256"):
+        check_feature_match(m, {**SETTINGS, "sha256": "cd" * 32}, "m", "other")
+    with pytest.raises(ModelFileError, match="layer"):
+        check_feature_match(m, {**SETTINGS, "layer": 2}, "m", "other")
+    with pytest.raises(UserError, match="MFCC"):
+        check_feature_match(_model(None), dict(SETTINGS), "m", "dir")
+    check_feature_match(_model(None), None)
