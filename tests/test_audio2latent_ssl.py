@@ -68,3 +68,29 @@ def test_feature_model_must_match():
     with pytest.raises(UserError, match="MFCC"):
         check_feature_match(_model(None), dict(SETTINGS), "m", "dir")
     check_feature_match(_model(None), None)
+
+
+def test_animate_streams_ssl_windows_and_refuses_a_missing_feature_model(tmp_path):
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from talkcli.animate.motion.audio import attach_speech_features, audio_displacements
+    from talkcli.audio.ssl import load_ssl_model
+    from talkcli.tiny.ssl import write_tiny_wav2vec2
+
+    folder = write_tiny_wav2vec2(tmp_path / "w2v")
+    ssl = load_ssl_model("wav2vec2", folder)
+    m = _model(ssl.settings())
+    with pytest.raises(UserError, match="--feature-model"):
+        attach_speech_features(m, None, "cpu")
+    attach_speech_features(m, str(folder), "cpu")
+    x = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    w = np.zeros((4, 16), np.float32)
+    a = np.concatenate(list(audio_displacements(m, x, w, 25.0, chunk_frames=7)))
+    b = np.concatenate(list(audio_displacements(m, x, w, 25.0, chunk_frames=500)))
+    assert a.shape == (50, 4, 16)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    other = write_tiny_wav2vec2(tmp_path / "other", seed=1)
+    m2 = _model(ssl.settings())
+    with pytest.raises(ModelFileError, match="sha256"):
+        attach_speech_features(m2, str(other), "cpu")
