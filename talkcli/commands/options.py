@@ -218,7 +218,9 @@ GENERATOR_OPTION: Any = typer.Option(
     help="StyleGAN2 .pt, e.g. a `tune-pti` result (default: registry, else the pSp decoder).",
 )
 
-ENCODER_OPTION: Any = typer.Option(None, "--encoder", help="pSp checkpoint (default: registry).")
+ENCODER_OPTION: Any = typer.Option(
+    None, "--encoder", help="pSp or e4e checkpoint (default: registry pSp)."
+)
 
 
 def fps_option(default: float | None, note: str, unset: str = "") -> Any:

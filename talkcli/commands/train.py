@@ -92,7 +92,9 @@ def prepare_cmd(
     batch_size: int = int_option(
         16, "--batch-size", range=TRAIN_PREPARE["batch_size"], help="Frames per pSp batch."
     ),
-    encoder: Path | None = typer.Option(None, "--encoder", help="pSp file (default: registry)."),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="pSp or e4e file (default: registry pSp)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Skip videos already prepared."),
     shard: str | None = typer.Option(
         None, "--shard", help="Do share K of N (K from 0); default from torchrun/Slurm variables."

@@ -41,7 +41,7 @@ def tune_pti_cmd(
         None, "--generator", help="Base StyleGAN2 .pt (default: registry, else the pSp decoder)."
     ),
     encoder: Path | None = typer.Option(
-        None, "--encoder", help="pSp checkpoint for the pivots (default: registry)."
+        None, "--encoder", help="pSp or e4e checkpoint for the pivots (default: registry pSp)."
     ),
     pivots: Path | None = typer.Option(
         None, "--pivots", help="Pivots from `talkcli invert` (.npz), one per frame."

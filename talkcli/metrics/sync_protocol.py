@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talkcli.constants import SAMPLE_RATE
 from talkcli.errors import ExternalToolError, InputFileError
 from talkcli.io.ffmpeg import run_ffmpeg
 from talkcli.metrics.sync import SYNC_FPS, crop_face, lip_embeddings, lse_from_lip, smooth_boxes
@@ -65,7 +66,8 @@ def pipeline_files(video: Path, work: Path) -> tuple[list[Path], Path]:
     run_ffmpeg([*args, str(avi)], what=what, input_path=video)
     jpeg = ["-y", "-i", str(avi), "-qscale:v", "2", "-threads", "1", "-f", "image2"]
     run_ffmpeg([*jpeg, str(frames / "%06d.jpg")], what="write its JPEG frames", input_path=video)
-    audio = ["-y", "-i", str(avi), "-ac", "1", "-vn", "-acodec", "pcm_s16le", "-ar", "16000"]
+    rate = str(SAMPLE_RATE)
+    audio = ["-y", "-i", str(avi), "-ac", "1", "-vn", "-acodec", "pcm_s16le", "-ar", rate]
     run_ffmpeg([*audio, str(wav)], what="extract its audio", input_path=video)
     return _jpegs(frames), wav
 
@@ -109,7 +111,9 @@ def crop_files(crop_video: Path, work: Path) -> tuple[list[Path], Path]:
     )
     audio = ["-y", "-i", str(crop_video), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le"]
     run_ffmpeg(
-        [*audio, "-ar", "16000", str(wav)], what="extract the crop audio", input_path=crop_video
+        [*audio, "-ar", str(SAMPLE_RATE), str(wav)],
+        what="extract the crop audio",
+        input_path=crop_video,
     )
     return _jpegs(frames), wav
 

@@ -1,4 +1,4 @@
-"""pSp encoder: GradualStyleEncoder with an IR-SE body, loading ``psp_ffhq_encode.pt``.
+"""pSp and e4e encoders with an IR-SE body, loading ``psp_ffhq_encode.pt`` / ``e4e_ffhq_encode.pt``.
 
 A re-implementation of pixel2style2pixel's ``GradualStyleEncoder(50, 'ir_se')`` whose state dict
 matches the official one key for key (``../shared/formats/psp_gradual_style_encoder_keys.json``):
@@ -19,8 +19,11 @@ unit per stage, narrow style convs, 512-d output) load through the same code. Th
 may have conv width ``hidden`` different from the output width ``style_dim`` (the official model
 has both 512); the EqualLinear then maps hidden -> style_dim.
 
-``load_encoder(path)`` returns a frozen ``PSPEncoder``; ``encode(x)`` maps (B, 3, 256, 256) RGB in
-[-1, 1] to W+ (B, n_styles, 512) with ``latent_avg`` added, as pSp does with
+e4e's ``Encoder4Editing`` (``opts['encoder_type']``) has the same modules and keys; its forward
+takes one W from ``styles[0]`` and adds per-layer deltas from ``styles[1:]``.
+
+``load_encoder(path)`` returns a frozen ``PSPEncoder`` for either; ``encode(x)`` maps
+(B, 3, 256, 256) RGB in [-1, 1] to W+ (B, n_styles, 512) with ``latent_avg`` added, as pSp does with
 ``start_from_latent_avg``; ``encode_images`` resizes and normalises images first.
 """
 
@@ -48,9 +51,11 @@ COARSE_END = 3  # styles 0..2 read c3 (16x16)
 MIDDLE_END = 7  # styles 3..6 read p2 (32x32); the rest read p1 (64x64)
 # Feature-map sizes at the end of stages 2, 3, 4 for a 256 input (four stride-2 stages).
 _C1_SIZE, _C2_SIZE, _C3_SIZE = 64, 32, 16
-SUPPORTED_ENCODER = "GradualStyleEncoder"
+SUPPORTED_ENCODER = "GradualStyleEncoder"  # pSp's
+E4E_ENCODER = "Encoder4Editing"  # e4e's: same keys, w + per-layer deltas
 
 _HINT = "use the official psp_ffhq_encode.pt (`talkcli weights fetch psp-ffhq-encode`)"
+_E4E_HINT = "use the official e4e_ffhq_encode.pt (`talkcli weights fetch e4e-ffhq-encode`)"
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -311,7 +316,8 @@ class GradualStyleEncoder(nn.Module):
     def _upsample_add(x: Tensor, y: Tensor) -> Tensor:
         return F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=True) + y
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The IR-SE body's c1 (64x64), c2 (32x32), c3 (16x16) maps for a 256x256 input."""
         x = self.input_layer(x)  # (B, 64, 256, 256)
         i1, i2, i3 = self.layout.stage_ends
         feats: dict[int, Tensor] = {}
@@ -319,7 +325,10 @@ class GradualStyleEncoder(nn.Module):
             x = unit(x)
             if i in (i1, i2, i3):
                 feats[i] = x
-        c1, c2, c3 = feats[i1], feats[i2], feats[i3]  # 64x64, 32x32, 16x16
+        return feats[i1], feats[i2], feats[i3]
+
+    def forward(self, x: Tensor) -> Tensor:
+        c1, c2, c3 = self.features(x)  # 64x64, 32x32, 16x16
         n = self.layout.n_styles
         latents = [self.styles[j](c3) for j in range(min(COARSE_END, n))]
         p2 = self._upsample_add(c3, self.latlayer1(c2))  # (B, C3, 32, 32)
@@ -330,10 +339,48 @@ class GradualStyleEncoder(nn.Module):
         return torch.stack(latents, dim=1)  # (B, n_styles, style_dim)
 
 
-def build_encoder(layout: EncoderLayout, device: str | torch.device = "cpu") -> GradualStyleEncoder:
-    """An encoder with freshly initialised weights (``device='meta'`` for shapes only)."""
+class Encoder4Editing(GradualStyleEncoder):
+    """e4e's encoder (Tov et al. 2021): one W code from ``styles[0]`` plus per-layer deltas.
+
+    Same modules (and so the same state dict keys) as the GradualStyleEncoder; only the forward
+    differs: ``w = styles[0](c3)`` is broadcast to every W+ entry and ``styles[i]`` (i >= 1, reading
+    c3, p2 or p1 like pSp's block i) adds a delta to entry i. This is e4e's inference stage
+    (``ProgressiveStage.Inference``: every delta on). The output is the raw code;
+    ``PSPEncoder.encode`` adds ``latent_avg`` as e4e's ``pSp.forward`` does.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        c1, c2, c3 = self.features(x)  # 64x64, 32x32, 16x16
+        n = self.layout.n_styles
+        w = self.styles[0](c3)  # (B, style_dim)
+        deltas = [torch.zeros_like(w)]
+        deltas += [self.styles[j](c3) for j in range(1, min(COARSE_END, n))]
+        p2 = self._upsample_add(c3, self.latlayer1(c2))  # (B, C3, 32, 32)
+        deltas += [self.styles[j](p2) for j in range(COARSE_END, min(MIDDLE_END, n))]
+        if n > MIDDLE_END:
+            p1 = self._upsample_add(p2, self.latlayer2(c1))  # (B, C3, 64, 64)
+            deltas += [self.styles[j](p1) for j in range(MIDDLE_END, n)]
+        return w.unsqueeze(1) + torch.stack(deltas, dim=1)  # (B, n_styles, style_dim)
+
+
+ENCODER_CLASSES: dict[str, type[GradualStyleEncoder]] = {
+    SUPPORTED_ENCODER: GradualStyleEncoder,
+    E4E_ENCODER: Encoder4Editing,
+}
+
+
+def build_encoder(
+    layout: EncoderLayout,
+    device: str | torch.device = "cpu",
+    encoder_type: str = SUPPORTED_ENCODER,
+) -> GradualStyleEncoder:
+    """An encoder with freshly initialised weights (``device='meta'`` for shapes only).
+
+    ``encoder_type`` is the checkpoint's ``opts['encoder_type']``: ``GradualStyleEncoder`` (pSp)
+    or ``Encoder4Editing`` (e4e); both have the same parameters.
+    """
     with torch.device(device):
-        return GradualStyleEncoder(layout)
+        return ENCODER_CLASSES[encoder_type](layout)
 
 
 def encoder_state_dict_shapes(n_styles: int = 18) -> dict[str, tuple[int, ...]]:
@@ -351,13 +398,15 @@ def check_state_dict(
         raise ValueError(problem)
 
 
-def encoder_from_state_dict(sd: Mapping[str, Any], prefix: str = "") -> GradualStyleEncoder:
-    """Build a GradualStyleEncoder holding ``sd``'s tensors (strict; float32; on the CPU).
+def encoder_from_state_dict(
+    sd: Mapping[str, Any], prefix: str = "", encoder_type: str = SUPPORTED_ENCODER
+) -> GradualStyleEncoder:
+    """Build an encoder of ``encoder_type`` holding ``sd``'s tensors (strict; float32; CPU).
 
     Raises ValueError with a one-line message if the keys or shapes do not fit.
     """
     layout = layout_from_state_dict(sd, prefix)
-    module = build_encoder(layout, "meta")
+    module = build_encoder(layout, "meta", encoder_type)
     expected = module.state_dict()
     check_state_dict(expected, sd, prefix)
     tensors = {
@@ -393,6 +442,11 @@ class PSPEncoder(nn.Module):
     @property
     def n_styles(self) -> int:
         return self.encoder.layout.n_styles
+
+    @property
+    def encoder_type(self) -> str:
+        """``GradualStyleEncoder`` (pSp) or ``Encoder4Editing`` (e4e)."""
+        return E4E_ENCODER if isinstance(self.encoder, Encoder4Editing) else SUPPORTED_ENCODER
 
     @property
     def style_dim(self) -> int:
@@ -507,18 +561,28 @@ def _split_checkpoint(
     return enc, dict(opts or {}), latent_avg
 
 
-def _check_opts(path: Path, opts: Mapping[str, Any]) -> None:
-    """Refuse pSp variants this loader does not implement, with the reason."""
+def _hint(encoder_type: object) -> str:
+    return _E4E_HINT if encoder_type == E4E_ENCODER else _HINT
+
+
+def _check_opts(path: Path, opts: Mapping[str, Any]) -> str:
+    """Refuse pSp variants this loader does not implement, with the reason; return the type.
+
+    Accepted: ``GradualStyleEncoder`` (pSp; the default when opts do not say) and
+    ``Encoder4Editing`` (e4e).
+    """
     encoder_type = opts.get("encoder_type", SUPPORTED_ENCODER)
-    if encoder_type != SUPPORTED_ENCODER:
+    if not isinstance(encoder_type, str) or encoder_type not in ENCODER_CLASSES:
         raise ModelFileError(
             path,
-            f"pSp encoder_type {encoder_type!r} is not supported (only {SUPPORTED_ENCODER})",
+            f"pSp encoder_type {encoder_type!r} is not supported "
+            f"(only {SUPPORTED_ENCODER} and {E4E_ENCODER})",
             _HINT,
         )
+    hint = _hint(encoder_type)
     if opts.get("learn_in_w", False):
         raise ModelFileError(
-            path, "this pSp model learns a single W code (learn_in_w) and is not supported", _HINT
+            path, "this pSp model learns a single W code (learn_in_w) and is not supported", hint
         )
     input_nc, label_nc = opts.get("input_nc", 3), opts.get("label_nc", 0)
     if input_nc != 3 or label_nc not in (0, None):
@@ -526,53 +590,70 @@ def _check_opts(path: Path, opts: Mapping[str, Any]) -> None:
             path,
             f"this pSp model takes {input_nc}-channel inputs (label_nc {label_nc}), "
             "not RGB face photos",
-            _HINT,
+            hint,
         )
+    return str(encoder_type)
+
+
+def _check_size(path: Path, opts: Mapping[str, Any], layout: EncoderLayout, hint: str) -> None:
+    """The style count must fit the generator size (pSp: opts.output_size, e4e: stylegan_size)."""
+    for key in ("output_size", "stylegan_size"):
+        size = opts.get(key)
+        if isinstance(size, int) and size >= 8:
+            expected = int(math.log2(size)) * 2 - 2
+            if expected != layout.n_styles:
+                raise ModelFileError(
+                    path,
+                    f"has {layout.n_styles} style blocks but opts.{key} {size} needs {expected}",
+                    hint,
+                )
+
+
+def _checked_latent_avg(
+    path: Path, opts: Mapping[str, Any], latent_avg: Tensor | None, layout: EncoderLayout, hint: str
+) -> Tensor | None:
+    """``latent_avg`` when opts say start_from_latent_avg (checked), else None."""
+    if not opts.get("start_from_latent_avg", True):
+        return None
+    if latent_avg is None:
+        raise ModelFileError(
+            path, "has no 'latent_avg' but its opts say start_from_latent_avg", hint
+        )
+    n, dim = layout.n_styles, layout.style_dim
+    if latent_avg.numel() not in (dim, n * dim) or latent_avg.shape[-1] != dim:
+        raise ModelFileError(
+            path,
+            f"latent_avg has shape {tuple(latent_avg.shape)}, expected ({n}, {dim}) or ({dim},)",
+            hint,
+        )
+    if not torch.isfinite(latent_avg).all():
+        raise ModelFileError(path, "latent_avg holds NaN or infinite values", hint)
+    return latent_avg
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> PSPEncoder:
-    """Load a pSp checkpoint (``psp_ffhq_encode.pt`` or a tiny pack) as a frozen PSPEncoder.
+    """Load a pSp or e4e checkpoint as a frozen PSPEncoder.
 
-    Reads ``state_dict['encoder.*']`` strictly, ``latent_avg`` ((n_styles, 512) or (512,)) and
-    ``opts`` (encoder_type, learn_in_w, input_nc, label_nc, output_size, start_from_latent_avg).
-    ``decoder.*`` keys are ignored. Any problem raises a one-line ModelFileError (exit 2).
+    Accepts ``psp_ffhq_encode.pt`` (GradualStyleEncoder), ``e4e_ffhq_encode.pt``
+    (``opts['encoder_type'] == 'Encoder4Editing'``: w + per-layer deltas) and tiny packs of
+    either. Reads ``state_dict['encoder.*']`` strictly, ``latent_avg`` ((n_styles, 512) or
+    (512,)) and ``opts`` (encoder_type, learn_in_w, input_nc, label_nc, output_size or
+    stylegan_size, start_from_latent_avg). ``decoder.*`` keys are ignored (``load_generator``
+    reads them). Any problem raises a one-line ModelFileError (exit 2).
     """
     p = Path(path)
     ckpt = load_torch_file(p, "pSp checkpoint")
     enc_sd, opts, latent_avg = _split_checkpoint(p, ckpt)
-    _check_opts(p, opts)
+    encoder_type = _check_opts(p, opts)
+    hint = _hint(encoder_type)
     try:
-        encoder = encoder_from_state_dict(enc_sd, prefix="encoder.")
+        encoder = encoder_from_state_dict(enc_sd, prefix="encoder.", encoder_type=encoder_type)
     except ValueError as exc:
-        raise ModelFileError(p, f"is not a usable pSp encoder: {exc}", _HINT) from None
+        kind = "e4e" if encoder_type == E4E_ENCODER else "pSp"
+        raise ModelFileError(p, f"is not a usable {kind} encoder: {exc}", hint) from None
     layout = encoder.layout
     if layout.in_channels != 3:
-        raise ModelFileError(p, f"encoder takes {layout.in_channels} input channels, not 3", _HINT)
-    output_size = opts.get("output_size")
-    if isinstance(output_size, int) and output_size >= 8:
-        expected = int(math.log2(output_size)) * 2 - 2
-        if expected != layout.n_styles:
-            raise ModelFileError(
-                p,
-                f"has {layout.n_styles} style blocks but opts.output_size {output_size} "
-                f"needs {expected}",
-                _HINT,
-            )
-    if opts.get("start_from_latent_avg", True):
-        if latent_avg is None:
-            raise ModelFileError(
-                p, "has no 'latent_avg' but its opts say start_from_latent_avg", _HINT
-            )
-        n, dim = layout.n_styles, layout.style_dim
-        if latent_avg.numel() not in (dim, n * dim) or latent_avg.shape[-1] != dim:
-            raise ModelFileError(
-                p,
-                f"latent_avg has shape {tuple(latent_avg.shape)}, "
-                f"expected ({n}, {dim}) or ({dim},)",
-                _HINT,
-            )
-        if not torch.isfinite(latent_avg).all():
-            raise ModelFileError(p, "latent_avg holds NaN or infinite values", _HINT)
-    else:
-        latent_avg = None
+        raise ModelFileError(p, f"encoder takes {layout.in_channels} input channels, not 3", hint)
+    _check_size(p, opts, layout, hint)
+    latent_avg = _checked_latent_avg(p, opts, latent_avg, layout, hint)
     return PSPEncoder(encoder, latent_avg, opts).to(torch.device(device))

@@ -24,7 +24,7 @@ SIZES = (16, 32, 64, 128, 256, 512, 1024)
 def write_tiny_pack(
     folder: str | Path, size: int = 64, seed: int = 0, force: bool = False
 ) -> dict[str, Path]:
-    """Write generator, pSp (encoder + decoder), audio model, LPIPS backbones and heads, and
+    """Write generator, pSp and e4e (encoder + decoder), audio model, LPIPS backbones and heads, and
     narrow FID Inception and SyncNet files (``tiny_metrics``); return name -> path.
 
     A folder that already holds model files but is not a tiny pack (no ``TINY-PACK.json``: real
@@ -36,6 +36,7 @@ def write_tiny_pack(
     from talkcli.tiny.psp import (
         n_styles_for_size,
         tiny_encoder_state_dict,
+        write_e4e_checkpoint,
         write_psp_checkpoint,
     )
     from talkcli.tiny.stylegan2 import tiny_generator_state_dict
@@ -64,6 +65,10 @@ def write_tiny_pack(
     psp_path = root / registry.get("psp-ffhq-encode").relpath
     write_psp_checkpoint(psp_path, e_sd, g_sd, latent_avg.repeat(n_styles, 1))
     written["psp-ffhq-encode"] = psp_path
+    e4e_sd = tiny_encoder_state_dict(n_styles=n_styles, seed=seed + 1)
+    e4e_path = root / registry.get("e4e-ffhq-encode").relpath
+    write_e4e_checkpoint(e4e_path, e4e_sd, g_sd, latent_avg.repeat(n_styles, 1))
+    written["e4e-ffhq-encode"] = e4e_path
 
     written["audio2latent"] = write_tiny_audio_model(root, g_path, G, seed=seed)
 

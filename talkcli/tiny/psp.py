@@ -1,4 +1,5 @@
-"""Tiny pSp packs: random-weight encoders in the official ``psp_ffhq_encode.pt`` format.
+"""Tiny pSp and e4e packs: random-weight encoders in the official ``psp_ffhq_encode.pt`` /
+``e4e_ffhq_encode.pt`` formats.
 
 No pretrained weights exist on the test machines, so tests (and ``talkcli`` demos) build small
 checkpoints with exactly the official container and key layout: ``{'state_dict': {'encoder.*',
@@ -130,6 +131,60 @@ def default_opts(n_styles: int = 18, **overrides: Any) -> dict[str, Any]:
     }
     opts.update(overrides)
     return opts
+
+
+def e4e_opts(n_styles: int = 18, **overrides: Any) -> dict[str, Any]:
+    """The ``opts`` dict of an e4e FFHQ-encode model (``vars(TrainOptions)`` as e4e saves it).
+
+    e4e names the generator size ``stylegan_size`` (pSp: ``output_size``) and marks the encoder
+    ``Encoder4Editing``; the progressive-training fields do not matter at inference.
+    """
+    opts: dict[str, Any] = {
+        "exp_dir": "experiment",
+        "dataset_type": "ffhq_encode",
+        "encoder_type": "Encoder4Editing",
+        "batch_size": 8,
+        "test_batch_size": 4,
+        "learning_rate": 0.0001,
+        "optim_name": "ranger",
+        "train_decoder": False,
+        "start_from_latent_avg": True,
+        "lpips_type": "alex",
+        "lpips_lambda": 0.8,
+        "id_lambda": 0.5,
+        "l2_lambda": 1.0,
+        "stylegan_weights": "pretrained_models/stylegan2-ffhq-config-f.pt",
+        "stylegan_size": 2 ** ((n_styles + 2) // 2),
+        "checkpoint_path": None,
+        "w_discriminator_lambda": 0.1,
+        "progressive_steps": None,
+        "progressive_start": 20000,
+        "progressive_step_every": 2000,
+        "delta_norm": 2,
+        "delta_norm_lambda": 0.0002,
+        "save_training_data": False,
+        "device": "cuda:0",
+    }
+    opts.update(overrides)
+    return opts
+
+
+def write_e4e_checkpoint(
+    path: str | Path,
+    encoder_sd: Mapping[str, Tensor],
+    decoder_sd: Mapping[str, Tensor] | None = None,
+    latent_avg: Tensor | None = None,
+    opts: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint in e4e's save format (``Coach.__get_save_dict``); return its path.
+
+    The container and keys are pSp's (``encoder.*``, ``decoder.*``, ``opts``, ``latent_avg``);
+    only ``opts`` differ (``e4e_opts`` by default).
+    """
+    n_styles = len({k.split(".")[1] for k in encoder_sd if k.startswith("styles.")})
+    return write_psp_checkpoint(
+        path, encoder_sd, decoder_sd, latent_avg, opts if opts is not None else e4e_opts(n_styles)
+    )
 
 
 def write_psp_checkpoint(

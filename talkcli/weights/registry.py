@@ -84,6 +84,18 @@ MANIFEST: tuple[ModelFile, ...] = (
         license="MIT (pSp); decoder under Nvidia Source Code License-NC",
     ),
     ModelFile(
+        name="e4e-ffhq-encode",
+        filename="e4e_ffhq_encode.pt",
+        url="https://drive.google.com/uc?id=1cUv_reLE6k3604or78EranS7XzuVMWeO",
+        description=(
+            "e4e FFHQ encoder (Encoder4Editing IR-SE50: w + per-layer deltas) with its StyleGAN2 "
+            "decoder; an --encoder alternative to pSp (upstream publishes no size or checksum)"
+        ),
+        used_by=("invert", "tune-pti", "animate", "train"),
+        license="MIT (e4e); decoder under Nvidia Source Code License-NC",
+        optional=True,
+    ),
+    ModelFile(
         name="fan-2d",
         filename="2DFAN4-11f355bf06.pth.tar",
         url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
