@@ -94,3 +94,45 @@ def test_animate_streams_ssl_windows_and_refuses_a_missing_feature_model(tmp_pat
     m2 = _model(ssl.settings())
     with pytest.raises(ModelFileError, match="sha256"):
         attach_speech_features(m2, str(other), "cpu")
+
+
+def test_cli_animate_with_an_ssl_model_and_refusing_another_feature_model(
+    tmp_path, monkeypatch, capsys, tiny_pack
+):
+    pytest.importorskip("transformers")
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+    from skimage import data
+
+    from talkcli import cli
+    from talkcli.tiny.pack import SSL_AUDIO_MODEL
+    from talkcli.tiny.ssl import write_tiny_wav2vec2
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TALKCLI_WEIGHTS", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    photo = Image.fromarray(data.astronaut()).crop((150, 20, 310, 180)).resize((64, 64))
+    photo.save(tmp_path / "face.png")
+    t = np.arange(9600) / 16000  # 0.6 s: 15 frames
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    base = ["--weights-dir", str(tiny_pack), "animate", "--image", "face.png", "--audio", "a.wav"]
+    base += ["--aligned", "--model", str(tiny_pack / SSL_AUDIO_MODEL)]
+
+    code = cli.main([*base, "--feature-model", str(tiny_pack / "wav2vec2-tiny"), "--out", "o.mp4"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    from talkcli.io.video import read_video
+
+    assert read_video(tmp_path / "o.mp4").shape == (15, 32, 32, 3)
+
+    other = write_tiny_wav2vec2(tmp_path / "other", seed=1)
+    code = cli.main([*base, "--feature-model", str(other), "--out", "x.mp4"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "sha256" in errors[0] and "--feature-layer" in errors[0]
+    assert not (tmp_path / "x.mp4").exists()
+    code = cli.main([*base, "--out", "y.mp4"])  # no feature model at all
+    err = capsys.readouterr().err
+    assert code == 2 and "--feature-model" in err and err.count("error:") == 1, err

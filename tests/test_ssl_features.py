@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from talkcli.audio.features import window_starts, window_starts_at, windows_from_rows
-from talkcli.errors import UserError
+from talkcli.errors import ModelFileError, UserError
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -102,3 +102,26 @@ def test_a_hubert_folder_is_not_read_as_wav2vec2(tiny_w2v, tmp_path):
         ssl.load_ssl_model("hubert", tiny_w2v)
     with pytest.raises(ModelFileError, match="config.json"):
         ssl.load_ssl_model("wav2vec2", tmp_path)
+
+
+def test_hubert_folder_loads_and_equals_transformers(tmp_path):
+    from talkcli.tiny.ssl import tiny_wav2vec2_config
+
+    torch.manual_seed(3)
+    base = tiny_wav2vec2_config().to_dict()
+    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    names += ("conv_dim", "conv_stride", "conv_kernel", "num_conv_pos_embeddings")
+    keep = {k: base[k] for k in (*names, "num_conv_pos_embedding_groups")}
+    transformers.HubertModel(transformers.HubertConfig(**keep)).save_pretrained(
+        str(tmp_path / "hubert"), safe_serialization=True
+    )
+    model = ssl.load_ssl_model("hubert", tmp_path / "hubert", layer=1)
+    x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
+    ref = transformers.HubertModel.from_pretrained(
+        str(tmp_path / "hubert"), local_files_only=True, use_kernels=False
+    ).eval()
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)[None], output_hidden_states=True).hidden_states[1][0]
+    np.testing.assert_allclose(ssl.ssl_rows(model, x), want.numpy(), atol=1e-5)
+    with pytest.raises(ModelFileError, match="hubert"):
+        ssl.load_ssl_model("wav2vec2", tmp_path / "hubert")
