@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a range would pull the newest CUDA build (gigabytes).
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[dev]"
+	# ssl = transformers 5 (Wav2Vec2/HuBERT features): it declares no torch, so torch stays as pinned.
+	$(PIP) install -q -e ".[dev,ssl]"
 	# No deps: lpips declares torchvision (see pyproject.toml); face-alignment wants opencv-python.
 	# face-alignment's other imports (scipy, scikit-image, tqdm, numba) are declared in pyproject.toml.
 	$(PIP) install -q --no-deps lpips==0.1.4 face-alignment==1.5.0

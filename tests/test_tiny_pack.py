@@ -47,3 +47,36 @@ def test_tiny_pack_round_trips_through_every_loader(tmp_path, size):
 def test_tiny_pack_rejects_unsupported_sizes(tmp_path):
     result = run_cli("weights", "tiny", str(tmp_path), "--size", "48")
     assert result.code == 2 and "--size 48" in result.stderr
+
+
+def test_tiny_pack_writes_a_wav2vec2_folder_and_an_audio_model_reading_it(tiny_pack):
+    pytest.importorskip("transformers")
+    from talkcli.audio.ssl import load_ssl_model
+    from talkcli.models.audio2latent import load_audio2latent
+    from talkcli.tiny.pack import SSL_AUDIO_MODEL
+
+    folder = tiny_pack / "wav2vec2-tiny"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    ssl = load_ssl_model("wav2vec2", folder)
+    model = load_audio2latent(tiny_pack / SSL_AUDIO_MODEL)
+    assert model.feature_settings["sha256"] == ssl.settings()["sha256"]
+    note = json.loads((tiny_pack / "TINY-PACK.json").read_text())
+    assert note["files"]["wav2vec2-tiny"] == "wav2vec2-tiny"
+
+
+def test_tiny_pack_without_transformers_skips_the_wav2vec2_folder(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    from talkcli.tiny.pack import write_tiny_pack
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    with caplog.at_level(logging.INFO, logger="talkcli"):
+        written = write_tiny_pack(tmp_path, size=16)
+    assert "wav2vec2-tiny" not in written and not (tmp_path / "wav2vec2-tiny").exists()
+    assert "wav2vec2-tiny: skipped" in caplog.text and "talkcli[ssl]" in caplog.text

@@ -74,6 +74,7 @@ class AnimateOptions:
 
     fps: float = 25.0
     motion_scale: float = 1.0
+    feature_model: str | None = None  # Wav2Vec2/HuBERT folder of an SSL audio model (issue 17)
     smooth: float = 0.0  # Gaussian sigma in frames on the displacements; 0 = off
     seed: int = 0
     batch_size: int = 4

@@ -376,6 +376,9 @@ def _motion(
         A = models.audio_model()
         if abs(A.fps - o.fps) > 1e-6:
             info(f"the audio model was trained at {A.fps:g} fps; rendering at {o.fps:g} fps")
+        from talkcli.animate.motion.audio import attach_speech_features
+
+        attach_speech_features(A, o.feature_model, models.device)  # SSL models: checked here
         motion = audio_motion(A, audio, job.audio, w_identity, o, offset)
     check_frame_count(motion.source, motion.total, o.fps)
     return motion

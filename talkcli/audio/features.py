@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
@@ -89,13 +90,68 @@ def window_starts(frames: np.ndarray | range | int, fps: float) -> np.ndarray:
 
     ``frames``: frame indices, or a count T for frames ``0 .. T-1``. Returns int64 (T,).
     """
+    return window_starts_at(frames, fps, MFCC_RATE, WINDOW)
+
+
+def window_starts_at(
+    frames: np.ndarray | range | int, fps: float, rate: int, window: int
+) -> np.ndarray:
+    """First feature row of each frame's window for features at ``rate`` rows per second and
+    windows of ``window`` rows, centred on the frame: ``floor(rate (t + 0.5) / fps - window / 2
+    + 0.5)`` (the MFCC rule; at 50 Hz with 14 rows: ``floor(50 (t + 0.5) / fps - 6.5)``).
+    Returns int64 (T,), computed exactly."""
     idx = range(frames) if isinstance(frames, int) else frames
     f = _fps(fps)
     p, q = f.numerator, f.denominator
-    # floor(100 (2t + 1) q / (2 p) - 27 / 2) = floor((100 (2t + 1) q - 27 p) / (2 p)), exact ints
+    # floor(rate (2t + 1) q / (2 p) - (window - 1) / 2) = floor((rate (2t+1) q - (window-1) p) / 2p)
     return np.array(
-        [(MFCC_RATE * (2 * int(t) + 1) * q - 27 * p) // (2 * p) for t in idx], dtype=np.int64
+        [(rate * (2 * int(t) + 1) * q - (window - 1) * p) // (2 * p) for t in idx], dtype=np.int64
     )
+
+
+def windows_from_rows(
+    rows: np.ndarray, frames: np.ndarray | range | int, fps: float, kind: str
+) -> np.ndarray:
+    """The windows of ``frames`` from feature rows (M, D) of ``kind`` -> float32 (T, D, W):
+    ``windows_from_mfcc`` for ``mfcc``, the same rule at the kind's rate and window otherwise
+    (rows outside ``[0, M)`` repeat the nearest valid row)."""
+    spec = feature_kind(kind)
+    if spec.name == "mfcc":
+        return windows_from_mfcc(rows, frames, fps)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"feature rows must be (M, D) with M >= 1, got {rows.shape}")
+    starts = window_starts_at(frames, fps, spec.rate, spec.window)  # (T,)
+    idx = np.clip(starts[:, None] + np.arange(spec.window)[None, :], 0, rows.shape[0] - 1)
+    return np.ascontiguousarray(rows[idx].transpose(0, 2, 1), dtype=np.float32)  # (T, D, W)
+
+
+@dataclass(frozen=True)
+class FeatureKind:
+    """One kind of speech features: its rows per second and rows per 280 ms window."""
+
+    name: str
+    rate: int  # rows per second
+    window: int  # rows per window (280 ms)
+    ssl: bool  # a self-supervised speech model (talkcli.audio.ssl), else MFCC
+
+
+# The feature registry: ``mfcc`` is the thesis' (the default); the others are read by a
+# Wav2Vec2 / HuBERT model from a local folder (talkcli.audio.ssl, the ``ssl`` extra).
+FEATURE_KINDS: dict[str, FeatureKind] = {
+    "mfcc": FeatureKind("mfcc", MFCC_RATE, WINDOW, ssl=False),
+    "wav2vec2": FeatureKind("wav2vec2", 50, 14, ssl=True),
+    "hubert": FeatureKind("hubert", 50, 14, ssl=True),
+}
+
+
+def feature_kind(name: str) -> FeatureKind:
+    """The registry entry ``name`` (ValueError naming the kinds otherwise)."""
+    try:
+        return FEATURE_KINDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown feature kind {name!r}: expected one of {', '.join(FEATURE_KINDS)}"
+        ) from None
 
 
 def _preemphasised(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -82,6 +82,11 @@ def animate_cmd(
         "--model",
         help="Audio-to-latent model (.safetensors from `talkcli train fit`; default: registry).",
     ),
+    feature_model: Path | None = typer.Option(
+        None,
+        "--feature-model",
+        help="Wav2Vec2/HuBERT folder the --model was trained with (SSL-feature models only).",
+    ),
     tune: bool = typer.Option(
         False, "--tune", help="PTI-tune the generator on the photo first (tune-pti's defaults)."
     ),
@@ -183,6 +188,7 @@ def animate_cmd(
     from talkcli.animate.options import AnimateOptions, parse_edit, parse_layers
 
     options = AnimateOptions(
+        feature_model=str(feature_model) if feature_model is not None else None,
         fps=fps,
         motion_scale=motion_scale,
         smooth=smooth,

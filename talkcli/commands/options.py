@@ -101,6 +101,34 @@ class GeneratorArch(Choice):
     stylegan3_r = "stylegan3-r"
 
 
+class Features(Choice):
+    """Speech features (``talkcli.audio.features.FEATURE_KINDS``; issue 17)."""
+
+    mfcc = "mfcc"
+    wav2vec2 = "wav2vec2"
+    hubert = "hubert"
+
+
+def feature_model_option() -> Any:
+    """``--feature-model DIR``: the local Hugging Face folder of a Wav2Vec2 / HuBERT model."""
+    return typer.Option(
+        None,
+        "--feature-model",
+        help="Wav2Vec2/HuBERT folder (config.json + model.safetensors), read offline "
+        "(needs `pip install talkcli[ssl]`).",
+    )
+
+
+def feature_layer_option() -> Any:
+    """``--feature-layer N``: which hidden state of the SSL model (default: 2/3 of the way up)."""
+    return typer.Option(
+        None,
+        "--feature-layer",
+        min=0,
+        help="Hidden state of the feature model to read (default: 2/3 up, e.g. 8 of 12).",
+    )
+
+
 class Crop(Choice):
     """What evaluated frames are (``talkcli.metrics.evaluate.CROPS``)."""
 

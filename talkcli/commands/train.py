@@ -17,8 +17,11 @@ from talkcli.commands.options import (
     WEIGHTS_DIR_OPTION,
     Arch,
     Detector,
+    Features,
     IdentityInput,
     choice_option,
+    feature_layer_option,
+    feature_model_option,
     float_option,
     fps_option,
     int_option,
@@ -103,6 +106,14 @@ def prepare_cmd(
         False, "--allow-failed", help="Exit 0 when some videos failed (they are still skipped)."
     ),
     seed: int = seed_option(0, "of the speaker split"),
+    features: Features = choice_option(
+        Features.mfcc,
+        "--features",
+        help="Also store Wav2Vec2/HuBERT rows (fp16) beside the MFCCs; with --resume, adds them "
+        "to videos already prepared.",
+    ),
+    feature_model: Path | None = feature_model_option(),
+    feature_layer: int | None = feature_layer_option(),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -136,6 +147,9 @@ def prepare_cmd(
         seed=seed,
         weights_dir=wd,
         device=str(_torch_device(torchrun_env().local_rank)),
+        features=str(features),
+        feature_model=feature_model,
+        feature_layer=feature_layer,
     )
     cfg.check()
     share = f" (shard {k}/{n})" if n > 1 else ""
@@ -307,6 +321,12 @@ def fit_cmd(
     arch: Arch = choice_option(
         Arch.thesis, "--arch", help="thesis (tables 4.3/4.4) or tiny (tests)."
     ),
+    features: Features | None = choice_option(
+        None,
+        "--features",
+        help="Features to train on when the dataset holds several (default: its SSL kind if "
+        "it holds exactly one, else mfcc).",
+    ),
     identity: IdentityInput = choice_option(
         IdentityInput.pca,
         "--identity",
@@ -377,6 +397,7 @@ def fit_cmd(
         identity_dropout=identity_dropout,
         identity_augment=identity_augment,
         normalise=normalise,
+        features=features,
     )
     cfg.check()
     read_index(data)  # a missing or foreign dataset folder is named before any model file

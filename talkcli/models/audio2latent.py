@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from talkcli.audio.features import FEATURE_SETTINGS, N_MFCC, WINDOW
-from talkcli.errors import ModelFileError
+from talkcli.audio.features import FEATURE_KINDS, FEATURE_SETTINGS, N_MFCC, WINDOW
+from talkcli.errors import ModelFileError, UserError
 from talkcli.io.files import atomic_output, require_file
 
 FORMAT = "talkcli-audio2latent"
@@ -153,6 +153,41 @@ class AudioEncoder(nn.Module):
         return self.linears(self.convs(x).flatten(1))
 
 
+class SSLEncoder(nn.Module):
+    """The audio encoder for self-supervised speech features (issue 17): (N, D, 14) windows of
+    Wav2Vec2 / HuBERT rows -> (N, linear[1]). A small temporal convolution over the window's 14
+    rows (conv1d 3 -> conv[2] channels, conv1d 3, maxpool 2 -> 7 steps), then a projection into
+    the LSTM's width: the features already carry the phonetics the MFCC encoder must learn."""
+
+    def __init__(self, dim: int, window: int, arch: Arch) -> None:
+        super().__init__()
+        c = arch.conv[2]
+        self.convs = nn.Sequential(
+            nn.Conv1d(dim, c, 3, padding=1),  # (N, c, 14)
+            nn.ReLU(inplace=True),
+            nn.Conv1d(c, c, 3, padding=1),  # (N, c, 14)
+            nn.ReLU(inplace=True),
+            nn.MaxPool1d(2),  # (N, c, 7)
+        )
+        self.project = nn.Sequential(
+            nn.Linear(c * (window // 2), arch.linear[1]),  # (N, 256)
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.convs(x).flatten(1))
+
+
+def _feature_shape(features: Mapping[str, Any] | None) -> tuple[str, int, int]:
+    """(kind, rows' width D, window length W) of a model's feature settings (None: MFCC)."""
+    if not features or features.get("kind", "mfcc") == "mfcc":
+        return "mfcc", N_MFCC, WINDOW
+    kind = str(features["kind"])
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}")
+    return kind, int(features["dim"]), int(FEATURE_KINDS[kind].window)
+
+
 class Audio2Latent(nn.Module):
     """Speech windows + identity code -> W+ trajectory (thesis 4.3).
 
@@ -181,6 +216,7 @@ class Audio2Latent(nn.Module):
         fps: float = 25.0,
         normalised: bool = False,
         identity_input: bool = True,
+        features: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if n_components < 1 or n_latent < 1 or style_dim < 1:
@@ -197,7 +233,13 @@ class Audio2Latent(nn.Module):
         dim = self.n_latent * self.style_dim
         k, e = self.n_components, self.arch.embed_dim
 
-        self.audio_encoder = AudioEncoder(self.arch)
+        # features: None = the thesis' MFCCs; else talkcli.audio.ssl.SSLModel.settings()
+        self.feature_kind, self.feature_dim, self.feature_window = _feature_shape(features)
+        self.feature_settings = None if self.feature_kind == "mfcc" else dict(features or {})
+        if self.feature_settings is None:
+            self.audio_encoder: nn.Module = AudioEncoder(self.arch)
+        else:
+            self.audio_encoder = SSLEncoder(self.feature_dim, self.feature_window, self.arch)
         self.lstm = nn.LSTM(e, e, num_layers=self.arch.lstm_layers, batch_first=True)
         h = self.arch.decoder_hidden
         self.decoder = nn.Sequential(
@@ -215,8 +257,10 @@ class Audio2Latent(nn.Module):
             raise ValueError(f"n_components {k} exceeds the W+ dimension {dim}")
         self.register_buffer("pca_mean", torch.zeros(dim))
         self.register_buffer("pca_basis", torch.eye(k, dim))  # placeholder until set_pca
-        self.register_buffer("mfcc_mean", torch.zeros(N_MFCC))
-        self.register_buffer("mfcc_std", torch.ones(N_MFCC))
+        stats = "mfcc" if self.feature_settings is None else "feature"
+        self.stats_names = (f"{stats}_mean", f"{stats}_std")  # mfcc_* keep the thesis' names
+        self.register_buffer(self.stats_names[0], torch.zeros(self.feature_dim))
+        self.register_buffer(self.stats_names[1], torch.ones(self.feature_dim))
         if self.normalised:
             self.register_buffer("identity_mean", torch.zeros(k))
             self.register_buffer("identity_scale", torch.ones(k))
@@ -240,7 +284,7 @@ class Audio2Latent(nn.Module):
             "style_dim": self.style_dim,
             "arch": self.arch.as_dict(),
             "fps": self.fps,
-            "features": dict(FEATURE_SETTINGS),
+            "features": dict(self.feature_settings or FEATURE_SETTINGS),
             **({"normalised": True} if self.normalised else {}),
             **({} if self.identity_input else {"identity_input": False}),
         }
@@ -261,14 +305,22 @@ class Audio2Latent(nn.Module):
 
     def set_mfcc_stats(self, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> None:
         """Install the training set's per-coefficient MFCC mean and std (12,) each."""
+        if self.feature_settings is not None:
+            raise ValueError(f"this model reads {self.feature_kind} features: set_feature_stats")
+        self.set_feature_stats(mean, std)
+
+    def set_feature_stats(self, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> None:
+        """Install the training set's per-dimension feature mean and std (D,) each (the MFCC
+        buffers ``mfcc_mean``/``mfcc_std``, or ``feature_mean``/``feature_std`` for SSL)."""
         mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(np.asarray(std), dtype=torch.float32).reshape(-1)
-        if mean_t.numel() != N_MFCC or std_t.numel() != N_MFCC:
-            raise ValueError(f"MFCC statistics must have {N_MFCC} values each")
+        what = "MFCC" if self.feature_settings is None else "feature"
+        if mean_t.numel() != self.feature_dim or std_t.numel() != self.feature_dim:
+            raise ValueError(f"{what} statistics must have {self.feature_dim} values each")
         if not torch.all(std_t > 0):
-            raise ValueError("MFCC standard deviations must be > 0")
-        self.mfcc_mean.copy_(mean_t)
-        self.mfcc_std.copy_(std_t)
+            raise ValueError(f"{what} standard deviations must be > 0")
+        getattr(self, self.stats_names[0]).copy_(mean_t)
+        getattr(self, self.stats_names[1]).copy_(std_t)
 
     def set_normalisation(
         self, identity_mean: np.ndarray, identity_scale: np.ndarray, output_scale: np.ndarray
@@ -303,10 +355,15 @@ class Audio2Latent(nn.Module):
     def encode_audio(
         self, windows: Tensor, state: LSTMState | None = None
     ) -> tuple[Tensor, LSTMState]:
-        """(B, T, 12, 28) raw MFCC windows -> e (B, T, 256) and the LSTM state after them."""
+        """(B, T, 12, 28) raw MFCC windows (or (B, T, D, 14) SSL windows) -> e (B, T, 256) and
+        the LSTM state after them."""
         b, t = windows.shape[:2]
-        x = (windows - self.mfcc_mean[:, None]) / self.mfcc_std[:, None]  # (B, T, 12, 28)
-        feats = self.audio_encoder(x.reshape(b * t, 1, N_MFCC, WINDOW))  # (B*T, 256)
+        mean, std = (getattr(self, n)[:, None] for n in self.stats_names)  # (D, 1) each
+        x = (windows - mean) / std  # (B, T, D, W)
+        if self.feature_settings is None:
+            feats = self.audio_encoder(x.reshape(b * t, 1, N_MFCC, WINDOW))  # (B*T, 256)
+        else:
+            feats = self.audio_encoder(x.reshape(b * t, self.feature_dim, self.feature_window))
         e, (h, c) = self.lstm(feats.reshape(b, t, -1), state)  # (B, T, 256)
         return e, (h, c)
 
@@ -357,14 +414,11 @@ class Audio2Latent(nn.Module):
         if (
             not isinstance(windows, Tensor)
             or windows.ndim != 4
-            or windows.shape[2:]
-            != (
-                N_MFCC,
-                WINDOW,
-            )
+            or windows.shape[2:] != (self.feature_dim, self.feature_window)
         ):
             got = tuple(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__
-            raise ValueError(f"windows must be (B, T, {N_MFCC}, {WINDOW}), got {got}")
+            d, w = self.feature_dim, self.feature_window
+            raise ValueError(f"windows must be (B, T, {d}, {w}), got {got}")
         expected = (windows.shape[0], self.n_latent, self.style_dim)
         if not isinstance(w_identity, Tensor) or tuple(w_identity.shape) != expected:
             got = tuple(w_identity.shape) if isinstance(w_identity, Tensor) else type(w_identity)
@@ -525,6 +579,35 @@ def _checked_sizes(path: Path, config: Mapping[str, Any]) -> tuple[int, int, int
     return k, n_latent, style_dim, Arch.from_dict(a)
 
 
+def _checked_features(path: Path, features: Any) -> dict[str, Any] | None:
+    """The SSL feature settings of a config (None: MFCC, whose settings must be this talkcli's)."""
+    from talkcli.models.limits import check_dim
+
+    if not isinstance(features, dict):
+        raise ModelFileError(path, "audio model config has no feature settings", _HINT)
+    kind = features.get("kind", "mfcc")
+    if kind != "mfcc":
+        spec = FEATURE_KINDS.get(kind) if isinstance(kind, str) else None
+        if spec is None or not spec.ssl:
+            raise ModelFileError(path, f"audio model reads unknown features {kind!r}", _HINT)
+        check_dim(path, "feature dim", features.get("dim"), key="width")
+        if features.get("window") != spec.window or features.get("rate") != spec.rate:
+            raise ModelFileError(
+                path, f"audio model's {kind} windows are not {spec.window} rows at {spec.rate} Hz",
+                "retrain the model with this version",
+            )  # fmt: skip
+        return features
+    for key in ("sample_rate", "winlen", "winstep", "numcep", "n_mfcc", "window"):
+        if features.get(key) != FEATURE_SETTINGS[key]:
+            raise ModelFileError(
+                path,
+                f"audio model uses feature setting {key}={features.get(key)!r}; this talkcli "
+                f"computes {key}={FEATURE_SETTINGS[key]!r}",
+                "retrain the model with this version",
+            )
+    return None
+
+
 def _model_from_config(path: Path, config: Mapping[str, Any]) -> Audio2Latent:
     from talkcli.models.limits import check_fits_file
 
@@ -539,26 +622,18 @@ def _model_from_config(path: Path, config: Mapping[str, Any]) -> Audio2Latent:
         ) from None
     if not (math.isfinite(fps) and fps > 0):
         raise ModelFileError(path, "audio model config has non-positive sizes or fps", _HINT)
+    features = _checked_features(path, config.get("features", {}))
     try:
         with torch.device("meta"):  # sizes only: nothing allocated yet
-            shape_only = Audio2Latent(k, n_latent, style_dim, arch=arch, fps=fps)
+            shape_only = Audio2Latent(k, n_latent, style_dim, arch=arch, fps=fps, features=features)
     except ValueError as exc:
         raise ModelFileError(path, f"audio model config is invalid ({exc})", _HINT) from None
     numbers = sum(t.numel() for t in shape_only.state_dict().values())
     check_fits_file(path, numbers, "an audio model")
-    features = config.get("features", {})
-    for key in ("sample_rate", "winlen", "winstep", "numcep", "n_mfcc", "window"):
-        if features.get(key) != FEATURE_SETTINGS[key]:
-            raise ModelFileError(
-                path,
-                f"audio model uses feature setting {key}={features.get(key)!r}; this talkcli "
-                f"computes {key}={FEATURE_SETTINGS[key]!r}",
-                "retrain the model with this version",
-            )
     try:
         model = Audio2Latent(
             k, n_latent, style_dim, arch=arch, fps=fps, normalised=normalised,
-            identity_input=identity_input,
+            identity_input=identity_input, features=features,
         )  # fmt: skip
     except ValueError as exc:
         raise ModelFileError(path, f"audio model config is invalid ({exc})", _HINT) from None
@@ -595,8 +670,9 @@ def load_audio2latent(path: str | Path, device: str | torch.device = "cpu") -> A
             raise ModelFileError(p, f"tensor {name!r} has dtype {t.dtype}, expected float", _HINT)
         if not torch.isfinite(t).all():
             raise ModelFileError(p, f"tensor {name!r} holds NaN or infinite values", _HINT)
-    if not torch.all(tensors["mfcc_std"] > 0):
-        raise ModelFileError(p, "mfcc_std has values <= 0", _HINT)
+    std_name = model.stats_names[1]  # mfcc_std, or feature_std for SSL features
+    if not torch.all(tensors[std_name] > 0):
+        raise ModelFileError(p, f"{std_name} has values <= 0", _HINT)
     for name in ("identity_scale", "output_scale"):
         if name in tensors and not torch.all(tensors[name] > 0):
             raise ModelFileError(p, f"{name} has values <= 0", _HINT)
@@ -638,3 +714,37 @@ def check_generator_match(
         )
     sha = model.generator.get("sha256")
     return bool(sha) and sha == generator_sha256
+
+
+def check_feature_match(
+    model: Audio2Latent,
+    feature_settings: Mapping[str, Any] | None,
+    model_path: str | Path = "audio model",
+    feature_folder: str | Path | None = None,
+) -> None:
+    """Refuse speech features the model was not trained on (issue 17): an SSL model needs
+    ``--feature-model`` with the very weights (sha256) and layer it was trained with; an MFCC
+    model takes no feature model. ``feature_settings``: ``SSLModel.settings()`` or None."""
+    want = model.feature_settings
+    if want is None:
+        if feature_settings is not None:
+            raise UserError(
+                f"{model_path} reads MFCC features; --feature-model {feature_folder} is not used "
+                "by it (drop --feature-model, or pass a model trained on those features)"
+            )
+        return
+    if feature_settings is None:
+        raise UserError(
+            f"{model_path} was trained on {want['kind']} features (layer {want['layer']}): pass "
+            f"the same feature model with --feature-model DIR (sha256 {want['sha256'][:12]}...)"
+        )
+    for key in ("kind", "sha256", "layer"):
+        if feature_settings.get(key) != want.get(key):
+            got = feature_settings.get(key)
+            shown = {"sha256": lambda v: f"{str(v)[:12]}..."}.get(key, repr)
+            raise ModelFileError(
+                model_path,
+                f"was trained on {want['kind']} features with {key} {shown(want.get(key))}, but "
+                f"{feature_folder} gives {key} {shown(got)}",
+                "pass the feature model (and --feature-layer) it was trained with",
+            )

@@ -52,10 +52,13 @@ def write_tiny_audio_model(
     generator_path: str | Path,
     generator: torch.nn.Module | None = None,
     seed: int = 0,
+    features: dict | None = None,
+    filename: str | None = None,
 ) -> Path:
     """Write ``audio2latent.safetensors`` for the generator file at ``generator_path`` into
     ``folder`` (where the registry looks) and return its path. ``generator``: that file already
-    loaded (saves loading it again)."""
+    loaded (saves loading it again). ``features``: an SSL feature model's ``settings()`` (issue
+    17; unit feature statistics) instead of MFCCs, written as ``filename``."""
     from talkcli.models.audio2latent import ARCH_PRESETS, Audio2Latent, save_audio2latent
     from talkcli.models.stylegan2 import load_generator
     from talkcli.train.pca import fit_pca
@@ -64,12 +67,16 @@ def write_tiny_audio_model(
     codes = generator_wplus_samples(G, PCA_SAMPLES, seed=seed)  # (N, n_latent, D)
     pca = fit_pca(codes.numpy(), TINY_COMPONENTS, n_latent=G.n_latent, style_dim=G.style_dim)
     torch.manual_seed(seed)
-    model = Audio2Latent(pca.k, G.n_latent, G.style_dim, arch=ARCH_PRESETS["tiny"], fps=25.0)
+    arch = ARCH_PRESETS["tiny"]
+    model = Audio2Latent(pca.k, G.n_latent, G.style_dim, arch=arch, fps=25.0, features=features)
     with torch.no_grad():  # a trained model moves; the fresh one starts still: small motions
         last = model.decoder[-1].weight
         last.copy_(torch.randn(last.shape, generator=torch.Generator().manual_seed(seed)) * 0.01)
     model.set_pca(pca.mean, pca.basis)
-    model.set_mfcc_stats(*_synthetic_mfcc_stats(seed=seed))
+    if features is None:
+        model.set_mfcc_stats(*_synthetic_mfcc_stats(seed=seed))
+    else:
+        model.set_feature_stats(np.zeros(features["dim"]), np.ones(features["dim"]))
     gen_meta = {
         "sha256": sha256_file(generator_path),
         "size": G.size,
@@ -78,5 +85,5 @@ def write_tiny_audio_model(
         "file": Path(generator_path).name,
     }
     training = {"tiny_pack": True, "warning": "random weights", "seed": seed}
-    path = Path(folder) / registry.get("audio2latent").relpath
+    path = Path(folder) / (filename or registry.get("audio2latent").relpath)
     return save_audio2latent(path, model, gen_meta, training)

@@ -7,6 +7,8 @@ weights. The files load through exactly the same code as the real ones; only wid
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 
 import torch
@@ -17,7 +19,10 @@ from talkcli.errors import OutputError, UserError
 from talkcli.io.files import atomic_output, ensure_folder, write_json_atomic
 from talkcli.weights import registry
 
+log = logging.getLogger(__name__)
+
 PACK_NOTE = "TINY-PACK.json"
+SSL_AUDIO_MODEL = "audio2latent-wav2vec2-tiny.safetensors"  # reads wav2vec2-tiny/ (issue 17)
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
 GENERATOR_ARCHS = ("stylegan2", "stylegan3", "stylegan3-r")
 
@@ -87,6 +92,7 @@ def write_tiny_pack(
     from talkcli.tiny.metrics import write_metric_model_files  # evaluate: FID, SyncNet
 
     written.update(write_metric_model_files(root, seed=seed))
+    written.update(_write_speech_feature_model(root, g_path, G, seed))
 
     if arch != "stylegan2":
         from talkcli.tiny.stylegan3 import TINY_FILES, write_tiny_stylegan3
@@ -103,3 +109,24 @@ def write_tiny_pack(
     }
     write_json_atomic(root / PACK_NOTE, note, indent=2)
     return written
+
+
+def _write_speech_feature_model(
+    root: Path, g_path: Path, G: torch.nn.Module, seed: int
+) -> dict[str, Path]:
+    """The tiny random Wav2Vec2 folder (``wav2vec2-tiny/``, Hugging Face format) and an audio
+    model that reads it (``animate --model PACK/audio2latent-wav2vec2-tiny.safetensors
+    --feature-model PACK/wav2vec2-tiny``); skipped with a note without ``transformers``."""
+    if importlib.util.find_spec("transformers") is None:
+        log.info("wav2vec2-tiny: skipped (needs transformers: pip install talkcli[ssl])")
+        return {}
+    from talkcli.audio.ssl import load_ssl_model
+    from talkcli.tiny.audio import write_tiny_audio_model
+    from talkcli.tiny.ssl import TINY_SSL_DIR, write_tiny_wav2vec2
+
+    folder = write_tiny_wav2vec2(root / TINY_SSL_DIR, seed=seed)
+    settings = load_ssl_model("wav2vec2", folder).settings()
+    model = write_tiny_audio_model(
+        root, g_path, G, seed=seed, features=settings, filename=SSL_AUDIO_MODEL
+    )
+    return {TINY_SSL_DIR: folder, "audio2latent-wav2vec2": model}

@@ -6,6 +6,8 @@ Layout of ``DATA`` (written by ``talkcli train prepare``, read by ``train pca`` 
     DATA/shards/<id>.w.npy        pSp W+ codes as float16 offsets (frames, n_latent, 512)
     DATA/shards/<id>.ref.npy      the float32 reference they are offsets from (n_latent, 512)
     DATA/shards/<id>.mfcc.npy     MFCC rows of the soundtrack, float32 (M, 12), 100 per second
+    DATA/shards/<id>.<kind>.npy   Wav2Vec2 / HuBERT rows (kind wav2vec2, hubert), float16 (M, D),
+                                  50 per second (``train prepare --features``, issue 17)
     DATA/shards/<id>.json         the video's record (status, counts, hashes), written last
 
 Codes are stored as ``ref + offset``: ``ref`` is the mean code of the video's first frames, so
@@ -171,6 +173,23 @@ class VideoEntry:
         """MFCC rows, memory-mapped float32 (M, 12)."""
         return load_array(self.files.mfcc, "MFCC rows")
 
+    def features(self, kind: str = "mfcc") -> np.ndarray:
+        """Feature rows of ``kind``: ``mfcc()``, or the SSL rows memory-mapped float16 (M, D)."""
+        if kind == "mfcc":
+            return self.mfcc()
+        path = feature_path(self.files.record.parent.parent, self.id, kind)
+        if not path.is_file():
+            raise InputFileError(
+                path, f"video {self.id} has no {kind} features",
+                f"run `train prepare --resume --features {kind} --feature-model DIR` on it",
+            )  # fmt: skip
+        return load_array(path, f"{kind} features")
+
+
+def feature_path(data: Path, video_id: str, kind: str) -> Path:
+    """Where the SSL feature rows of ``kind`` of video ``video_id`` live in ``data``."""
+    return Path(data) / SHARDS / f"{video_id}.{kind}.npy"
+
 
 def load_array(path: Path, what: str) -> np.ndarray:
     """Memory-map an .npy shard file (no pickle), with one-line errors."""
@@ -311,6 +330,11 @@ class Dataset:
 
     def split(self, name: str) -> list[VideoEntry]:
         return [v for v in self.videos if v.split == name]
+
+    @property
+    def feature_kinds(self) -> list[str]:
+        """Feature kinds the dataset holds: ``mfcc`` always, then the SSL kinds prepared."""
+        return ["mfcc", *(self.settings.get("ssl_features") or {})]
 
     def frames(self, name: str | None = None) -> int:
         return sum(v.frames for v in self.videos if name is None or v.split == name)

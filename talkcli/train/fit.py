@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from talkcli import __version__
-from talkcli.audio.features import windows_from_mfcc
+from talkcli.audio.features import FEATURE_KINDS, windows_from_rows
 from talkcli.distributed import DistEnv
 from talkcli.errors import InputFileError, UserError
 from talkcli.guards import check_finite_array, check_finite_loss, check_number
@@ -94,11 +94,16 @@ class FitConfig:
     identity_dropout: float = 0.0  # chance a clip is conditioned on no identity
     identity_augment: float = 0.0  # chance a clip is conditioned on another clip's identity
     normalise: bool = False  # identity coordinates and h_t in units of the data's spreads
+    features: str | None = None  # mfcc, wav2vec2, hubert; None: see resolve_features
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
         if self.arch not in ARCH_PRESETS:
             raise UserError(f"--arch {self.arch!r}: expected one of {', '.join(ARCH_PRESETS)}")
+        if self.features is not None and self.features not in FEATURE_KINDS:
+            raise UserError(
+                f"--features {self.features!r}: expected one of {', '.join(FEATURE_KINDS)}"
+            )
         if self.identity not in IDENTITY_INPUTS:
             raise UserError(f"--identity {self.identity!r}: expected one of pca, none")
         for name, lo, hi in RANGES:
@@ -199,9 +204,16 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, videos: list[VideoEntry], seq_len: int, fps: float, seed: int, train: bool
+        self,
+        videos: list[VideoEntry],
+        seq_len: int,
+        fps: float,
+        seed: int,
+        train: bool,
+        kind: str = "mfcc",
     ) -> None:
         self.videos = videos
+        self.kind = kind  # feature kind: windows (L, 12, 28) for mfcc, (L, D, 14) for SSL
         self.seq_len = seq_len
         self.fps = fps
         self.seed = seed
@@ -242,11 +254,12 @@ class ClipDataset(torch.utils.data.Dataset):
         ident = int(rng.choice(choices))
         target = v.codes(slice(start, start + self.seq_len))  # (L, n_latent, 512)
         identity = v.codes(ident)  # (n_latent, 512)
-        windows = windows_from_mfcc(v.mfcc(), range(start, start + self.seq_len), self.fps)
+        rows = v.mfcc() if self.kind == "mfcc" else v.features(self.kind)  # (M, D)
+        windows = windows_from_rows(rows, range(start, start + self.seq_len), self.fps, self.kind)
         for arr, what, path in (
             (target, "W+ codes", v.files.w),
             (identity, "W+ codes", v.files.w),
-            (windows, "MFCC rows", v.files.mfcc),
+            (windows, f"{self.kind} rows", v.files.mfcc),
         ):
             check_finite_array(arr, path, what)
         return torch.from_numpy(windows), torch.from_numpy(target), torch.from_numpy(identity)
@@ -275,10 +288,16 @@ def pca_from_videos(videos: list[VideoEntry], k: int, max_frames: int) -> PCARes
 
 def mfcc_statistics(videos: list[VideoEntry]) -> tuple[np.ndarray, np.ndarray]:
     """Per-coefficient mean and std of the training videos' MFCC rows (float64 sums)."""
-    n, s, ss = 0, np.zeros(12), np.zeros(12)
+    return feature_statistics(videos, "mfcc")
+
+
+def feature_statistics(videos: list[VideoEntry], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of the training videos' feature rows of ``kind`` (float64
+    sums): the normalisation the model keeps as buffers."""
+    n, s, ss = 0, 0.0, 0.0
     for v in videos:
-        rows = np.asarray(v.mfcc(), dtype=np.float64)
-        check_finite_array(rows, v.files.mfcc, "MFCC rows")
+        rows = np.asarray(v.mfcc() if kind == "mfcc" else v.features(kind), dtype=np.float64)
+        check_finite_array(rows, v.files.mfcc, f"{kind} rows")
         n += len(rows)
         s += rows.sum(0)
         ss += (rows**2).sum(0)
@@ -575,6 +594,23 @@ def _held_out_r(run: FitRun, st: TrainState, data: FitData) -> dict[str, float]:
     return held_out_correlation(st.model, data.val_videos, data.ds.fps, run.cfg.seed)
 
 
+def resolve_features(requested: str | None, ds: Dataset) -> str:
+    """The feature kind to train on: ``requested`` (which the dataset must hold), else the
+    dataset's SSL kind when it holds exactly one, else ``mfcc``."""
+    kinds = ds.feature_kinds
+    if requested is not None:
+        if requested not in kinds:
+            raise UserError(
+                f"{ds.root}: holds no {requested} features (it holds {', '.join(kinds)}); run "
+                f"`train prepare --resume --features {requested} --feature-model DIR` first"
+            )
+        return requested
+    ssl = kinds[1:]
+    if len(ssl) > 1:
+        raise UserError(f"{ds.root}: holds {', '.join(kinds)} features; choose one with --features")
+    return ssl[0] if ssl else "mfcc"
+
+
 def _warn_if_flat(run: FitRun, st: TrainState, warnings: list[str]) -> None:
     """Once per run: the validation loss has not moved while the training loss fell."""
     text = None if warnings else flat_validation_warning(st.history)
@@ -620,8 +656,9 @@ def _clip_datasets(
     cfg: FitConfig, ds: Dataset, train_videos: list[VideoEntry], val_videos: list[VideoEntry]
 ) -> tuple[ClipDataset, ClipDataset]:
     """(training clips, validation clips); refused when no training video holds one clip."""
-    train_ds = ClipDataset(train_videos, cfg.seq_len, ds.fps, cfg.seed, train=True)
-    val_ds = ClipDataset(val_videos, cfg.seq_len, ds.fps, cfg.seed + 1, train=False)
+    kind = resolve_features(cfg.features, ds)
+    train_ds = ClipDataset(train_videos, cfg.seq_len, ds.fps, cfg.seed, train=True, kind=kind)
+    val_ds = ClipDataset(val_videos, cfg.seq_len, ds.fps, cfg.seed + 1, train=False, kind=kind)
     if len(train_ds) == 0:
         raise UserError(
             f"{ds.root}: no training video is long enough for --seq-len {cfg.seq_len} plus an "
@@ -682,9 +719,10 @@ def _fresh_model(run: FitRun, data: FitData) -> tuple[Audio2Latent, dict[str, An
     model = Audio2Latent(
         basis_t.shape[0], ds.n_latent, ds.style_dim, arch=ARCH_PRESETS[cfg.arch], fps=ds.fps,
         normalised=cfg.normalise, identity_input=cfg.identity != "none",
+        features=(ds.settings.get("ssl_features") or {}).get(data.train.kind),
     )  # fmt: skip
     model.set_pca(mean_t.cpu(), basis_t.cpu())
-    model.set_mfcc_stats(*mfcc_statistics(data.train_videos))
+    model.set_feature_stats(*feature_statistics(data.train_videos, data.train.kind))
     if cfg.normalise:  # every rank computes the same spreads from the same files
         spreads = normalisation_from_videos(
             data.train_videos, mean_t.cpu().double().numpy(), basis_t.cpu().double().numpy()
@@ -765,6 +803,7 @@ def _resumed_model(
             fps=float(mc["fps"]),
             normalised=bool(mc.get("normalised", False)),
             identity_input=bool(mc.get("identity_input", True)),
+            features=mc.get("features"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputFileError(resume, f"training state is incomplete ({exc})") from None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talkcli.audio.features import windows_from_mfcc
+from talkcli.audio.features import windows_from_rows
 from talkcli.train.dataset import VideoEntry
 
 SCALE_FLOOR = 1e-8  # a component the training data never moves keeps scale ~0, not 0
@@ -112,7 +112,10 @@ def held_out_correlation(
         for v in videos[:R_MAX_VIDEOS]:
             n = min(v.frames, R_MAX_FRAMES)
             codes = v.codes(slice(0, n))  # (n, n_latent, 512)
-            windows = windows_from_mfcc(v.mfcc(), range(n), fps)  # (n, 12, 28)
+            kind = getattr(model, "feature_kind", "mfcc")
+            windows = windows_from_rows(
+                v.mfcc() if kind == "mfcc" else v.features(kind), range(n), fps, kind
+            )  # (n, D, W)
             w_id = torch.from_numpy(codes[0])[None].to(model.device)
             for out, order in ((pred, None), (shuffled, rng.permutation(n))):
                 x = torch.from_numpy(windows if order is None else windows[order])[None]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from talkcli import __version__
-from talkcli.audio.features import FEATURE_SETTINGS, WINDOW, mfcc, n_frames
+from talkcli.audio.features import FEATURE_KINDS, FEATURE_SETTINGS, WINDOW, mfcc, n_frames
 from talkcli.constants import AUDIO_EXTS, VIDEO_EXTS
 from talkcli.errors import InputFileError, ModelFileError, OutputError, TalkcliError, UserError
 from talkcli.guards import LIMITS, check_frame_count, check_number
@@ -46,6 +46,7 @@ from talkcli.train.dataset import (
     SHARDS,
     NpyAppender,
     build_index,
+    feature_path,
     read_index,
     read_json,
     safe_name,
@@ -93,6 +94,9 @@ class PrepareConfig:
     seed: int = 0
     weights_dir: Path | None = None
     device: str = "cpu"
+    features: str = "mfcc"  # also store wav2vec2 / hubert rows (issue 17); MFCCs always
+    feature_model: Path | None = None  # the Hugging Face folder of the SSL model
+    feature_layer: int | None = None  # None: talkcli.audio.ssl.default_layer
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
@@ -100,6 +104,16 @@ class PrepareConfig:
             check_number(option_name(name), getattr(self, name), *PREPARE_RANGES[name])
         if self.align_size % 2:
             raise UserError(f"--align-size {self.align_size}: expected an even size")
+        if self.features not in FEATURE_KINDS:
+            raise UserError(
+                f"--features {self.features!r}: expected one of {', '.join(FEATURE_KINDS)}"
+            )
+        if FEATURE_KINDS[self.features].ssl and self.feature_model is None:
+            raise UserError(
+                f"--features {self.features} needs --feature-model DIR (a local folder)"
+            )
+        if not FEATURE_KINDS[self.features].ssl and self.feature_model is not None:
+            raise UserError("--feature-model is for --features wav2vec2 or hubert")
 
 
 @dataclass
@@ -417,8 +431,10 @@ def prepare_video(
     encoder_sha256: str,
     detectors=None,
     progress: ProgressFn | None = None,
+    ssl_model=None,
 ) -> dict[str, Any]:
-    """Encode one video into ``DATA/shards``; returns its ``ok`` record (errors propagate)."""
+    """Encode one video into ``DATA/shards``; returns its ``ok`` record (errors propagate).
+    ``ssl_model`` (``talkcli.audio.ssl.SSLModel``): its rows are stored too."""
     from talkcli.io.audio import load_audio
     from talkcli.io.video import probe_video
 
@@ -445,6 +461,7 @@ def prepare_video(
     rows = mfcc(samples).astype(np.float32)  # (M, 12)
     if not np.isfinite(rows).all():
         raise InputFileError(audio_source, "audio gives NaN or infinite MFCCs")
+    ssl_rows = _ssl_features(ssl_model, samples, audio_source)  # (M', D) float16 or None
     del samples
 
     files = shard_paths(data, item.id)
@@ -462,9 +479,9 @@ def prepare_video(
                 f"decoded only {got} frame(s): shorter than one audio window ({min_frames} frames)",
             )
         for path, array in ((files.ref, ref), (files.mfcc, rows)):
-            with atomic_output(path, needed=NpyAppender.HEADER + array.nbytes) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
+            _save_array(path, array)
+        if ssl_rows is not None:
+            _save_array(feature_path(data, item.id, ssl_model.kind), ssl_rows)
         if cfg.keep_aligned and not cfg.aligned:  # named by video id: stems may repeat
             keep = data / ALIGNED_DIR
             keep.mkdir(exist_ok=True)
@@ -481,6 +498,7 @@ def prepare_video(
         "video_frames": got if got < audio_frames else expected_frames,
         "audio_frames": audio_frames,
         "mfcc_rows": int(len(rows)),
+        **({"features": {ssl_model.kind: int(len(ssl_rows))}} if ssl_rows is not None else {}),
         "fps": cfg.fps,
         "source_sha256": sha256_file(item.path),
         "audio_sha256": sha256_file(item.audio) if item.audio else None,
@@ -496,6 +514,46 @@ def prepare_video(
         )
     write_json_atomic(files.record, record)
     return record
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_output(path, needed=NpyAppender.HEADER + array.nbytes) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _ssl_features(ssl_model, samples: np.ndarray, source: Path) -> np.ndarray | None:
+    """The SSL rows of a soundtrack as float16 (M, D), or None without ``ssl_model``."""
+    if ssl_model is None:
+        return None
+    from talkcli.audio.ssl import ssl_rows
+
+    rows = ssl_rows(ssl_model, samples)  # (M, D) float32
+    if not np.isfinite(rows).all() or np.abs(rows).max() >= 65504:
+        raise InputFileError(source, f"audio gives {ssl_model.kind} features beyond float16")
+    return rows.astype(np.float16)
+
+
+def _load_feature_model(cfg: PrepareConfig):
+    """The SSL model of ``--features wav2vec2|hubert`` (None for ``mfcc``)."""
+    if not FEATURE_KINDS[cfg.features].ssl:
+        return None
+    from talkcli.audio.ssl import load_ssl_model
+
+    assert cfg.feature_model is not None  # PrepareConfig.check
+    return load_ssl_model(cfg.features, cfg.feature_model, cfg.feature_layer, cfg.device)
+
+
+def add_features(item: VideoItem, data: Path, rec: dict[str, Any], ssl_model) -> dict[str, Any]:
+    """A prepared video gains ``ssl_model``'s rows (``--resume --features``): the codes stay."""
+    from talkcli.io.audio import load_audio
+
+    source = item.audio or item.path
+    rows = _ssl_features(ssl_model, load_audio(source), source)
+    _save_array(feature_path(data, item.id, ssl_model.kind), rows)
+    rec = {**rec, "features": {**(rec.get("features") or {}), ssl_model.kind: int(len(rows))}}
+    write_json_atomic(shard_paths(data, item.id).record, rec)
+    return rec
 
 
 # -- the dataset ---------------------------------------------------------------------------------
@@ -524,10 +582,24 @@ _MUST_MATCH = ("fps", "aligned", "n_latent", "style_dim")
 
 
 def check_compatible(data: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix videos prepared with other settings (fps, encoder, aligned) in ``DATA``."""
+    """Refuse to mix videos prepared with other settings (fps, encoder, aligned) in ``DATA``;
+    SSL features already there are kept in ``settings`` (one dataset, several kinds), and the
+    same kind from another feature model or layer is refused."""
     if not (data / INDEX).is_file():
         return
     old = read_index(data)["settings"]
+    new_ssl = settings.get("ssl_features") or {}
+    for kind, old_ssl in (old.get("ssl_features") or {}).items():
+        now = new_ssl.get(kind)
+        if now and (now["sha256"], now["layer"]) != (old_ssl["sha256"], old_ssl["layer"]):
+            raise UserError(
+                f"{data}: holds {kind} features of another feature model or layer (layer "
+                f"{old_ssl['layer']}, sha256 {old_ssl['sha256'][:12]}...); use the same "
+                "--feature-model and --feature-layer, or another --out"
+            )
+    merged = {**(old.get("ssl_features") or {}), **new_ssl}
+    if merged:
+        settings["ssl_features"] = merged
     for key in _MUST_MATCH:
         if old.get(key) != settings[key]:
             raise UserError(
@@ -615,6 +687,9 @@ def prepare_dataset(
     encoder = load_encoder(encoder_path, cfg.device)
     encoder_sha256 = sha256_file(encoder_path)
     settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)
+    ssl_model = _load_feature_model(cfg)
+    if ssl_model is not None:
+        settings["ssl_features"] = {ssl_model.kind: ssl_model.settings()}
     check_compatible(data, settings)
     holdout = {"spec": cfg.holdout, "seed": cfg.seed}
     planned = [it.plan() for it in items]
@@ -633,9 +708,12 @@ def prepare_dataset(
         if cfg.resume and done is not None and _is_done(data, done, encoder_sha256):
             rec = done
             result.skipped.append(item.id)
+            if ssl_model is not None and not feature_path(data, item.id, ssl_model.kind).is_file():
+                rec = add_features(item, data, done, ssl_model)  # the codes stay
         else:
             try:
-                rec = prepare_video(item, data, cfg, encoder, encoder_sha256, detectors, progress)
+                rec = prepare_video(item, data, cfg, encoder, encoder_sha256, detectors, progress,
+                                    ssl_model)  # fmt: skip
             except TalkcliError as exc:
                 if isinstance(exc, ModelFileError | OutputError) or exc.exit_code != 2:
                     raise  # would fail every video: stop now

@@ -11,6 +11,11 @@ Search order for a file (first hit wins):
 Files fetched by face-alignment (FAN, S3FD) live under ``hub/checkpoints/`` of a weights folder,
 because face-alignment looks only in ``$TORCH_HOME/hub/checkpoints``; ``torch_hub_dir`` gives the
 folder to point torch.hub at.
+
+Speech feature models (Wav2Vec2 / HuBERT, issue 17) are not registry files: each is a Hugging Face
+folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) passed by path with
+``--feature-model DIR``, never downloaded by talkcli. Keep them anywhere; by convention beside the
+other files, e.g. ``WEIGHTS_DIR/wav2vec2-base-960h/`` (tiny packs carry ``wav2vec2-tiny/``).
 """
 
 from __future__ import annotations
