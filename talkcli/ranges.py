@@ -90,6 +90,7 @@ TRAIN_PREPARE: dict[str, Range] = {
     "speaker_level": Range(0, 32),
     "batch_size": Range(1, 4096),
     "seed": SEED,
+    "feature_layer": Range(0, 64),  # hidden states of a Wav2Vec2/HuBERT model (large: 24)
 }
 
 TRAIN_PCA: dict[str, Range] = {

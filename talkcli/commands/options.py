@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from talkcli.ranges import FACE_INDEX, FPS, SEED, SMOOTH, Range
+from talkcli.ranges import FACE_INDEX, FPS, SEED, SMOOTH, TRAIN_PREPARE, Range
 
 # -- choices --------------------------------------------------------------------------------------
 
@@ -124,7 +124,8 @@ def feature_layer_option() -> Any:
     return typer.Option(
         None,
         "--feature-layer",
-        min=0,
+        min=TRAIN_PREPARE["feature_layer"].lo,
+        max=TRAIN_PREPARE["feature_layer"].hi,
         help="Hidden state of the feature model to read (default: 2/3 up, e.g. 8 of 12).",
     )
 

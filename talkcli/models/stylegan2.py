@@ -781,10 +781,10 @@ def _check_plain(value: Any, where: str = "metadata") -> None:
 def check_savable(g: nn.Module, source: str | Path, what: str = "tune-pti") -> None:
     """Refuse, before any work, to tune a generator ``save_generator`` cannot write.
 
-    Generators built from NVIDIA network pickles (StyleGAN2-ADA, StyleGAN3) have another
-    layout than rosinality's; talkcli has no file format for tuned copies of them yet.
+    Rosinality-layout StyleGAN2 and talkcli's StyleGAN3 are written; generators built from
+    NVIDIA network pickles (StyleGAN2-ADA) have another layout and no tuned-copy format yet.
     """
-    if not isinstance(g, Generator):
+    if not isinstance(g, Generator) and getattr(g, "arch", None) != "stylegan3":
         raise ModelFileError(
             source,
             f"{what} cannot save a tuned copy of a generator loaded from an NVIDIA network "

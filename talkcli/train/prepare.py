@@ -102,6 +102,9 @@ class PrepareConfig:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
         for name in ("fps", "batch_size", "smooth", "align_size", "seed"):  # talkcli.ranges
             check_number(option_name(name), getattr(self, name), *PREPARE_RANGES[name])
+        if self.feature_layer is not None:
+            layer = PREPARE_RANGES["feature_layer"]
+            check_number(option_name("feature_layer"), self.feature_layer, *layer)
         if self.align_size % 2:
             raise UserError(f"--align-size {self.align_size}: expected an even size")
         if self.features not in FEATURE_KINDS:

@@ -126,18 +126,6 @@ MANIFEST: tuple[ModelFile, ...] = (
         filename="e4e_ffhq_encode.pt",
         url="https://drive.google.com/uc?id=1cUv_reLE6k3604or78EranS7XzuVMWeO",
         description=(
-            "e4e FFHQ encoder (Encoder4Editing: codes that edit better than pSp's; the start "
-            "of PTI and STIT) with its StyleGAN2 decoder; --encoder"
-        ),
-        used_by=("invert", "animate", "train"),
-        license="MIT (e4e); decoder under Nvidia Source Code License-NC",
-        optional=True,
-    ),
-    ModelFile(
-        name="e4e-ffhq-encode",
-        filename="e4e_ffhq_encode.pt",
-        url="https://drive.google.com/uc?id=1cUv_reLE6k3604or78EranS7XzuVMWeO",
-        description=(
             "e4e FFHQ encoder (Encoder4Editing IR-SE50: w + per-layer deltas) with its StyleGAN2 "
             "decoder; an --encoder alternative to pSp (upstream publishes no size or checksum)"
         ),
