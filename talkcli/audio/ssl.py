@@ -67,9 +67,14 @@ def require_transformers(option: str = "--features") -> Any:
 
 def default_layer(num_hidden_layers: int) -> int:
     """The default ``--feature-layer``: two thirds of the way up the transformer (layer 8 of
-    wav2vec2-base's 12, 16 of a large model's 24). Layer-wise probes of Wav2Vec2 / HuBERT
-    (Pasad et al. 2021) find phonetic content peaking in the middle-upper layers while the top
-    layers of a pretrained model serve its pretraining target; lip motion follows the phones."""
+    wav2vec2-base's 12, 16 of a large model's 24). Why: layer-wise probes of pretrained
+    Wav2Vec2 / HuBERT (Pasad et al. 2021) find phonetic content peaking in the middle-upper
+    layers while the top layers of a pretrained model serve its pretraining target; lip motion
+    follows the phones. Measured on the synthetic corpus (``scripts/ssl_voice_holdout.py
+    --sweep-layers``, docs/train.md): with tiny *random* models every layer scores alike
+    (held-out identity and voice r within 0.004 over layers 0..6), which neither supports nor
+    contradicts the rule: random weights carry no learned phonetics and the synthetic motion
+    follows loudness, so the choice rests on the literature."""
     return max(1, round(2 * num_hidden_layers / 3))
 
 

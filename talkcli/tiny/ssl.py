@@ -34,8 +34,9 @@ def tiny_wav2vec2_config(**overrides):
     return transformers.Wav2Vec2Config(**settings)
 
 
-def write_tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny random Wav2Vec2 folder ``folder`` (config.json + model.safetensors)."""
+def write_tiny_wav2vec2(folder: str | Path, seed: int = 0, **overrides) -> Path:
+    """Write the tiny random Wav2Vec2 folder ``folder`` (config.json + model.safetensors);
+    ``overrides`` go to ``tiny_wav2vec2_config`` (e.g. ``num_hidden_layers=6``)."""
     import torch
 
     from talkcli.audio.ssl import require_transformers
@@ -43,7 +44,7 @@ def write_tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
     transformers = require_transformers()
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = transformers.Wav2Vec2Model(tiny_wav2vec2_config())
+    model = transformers.Wav2Vec2Model(tiny_wav2vec2_config(**overrides))
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
