@@ -31,6 +31,7 @@ from tests.nvidia_pickle_support import (
     nvidia_modules,
     record_of,
     tiny_ada_pickle,
+    tiny_sg3_pickle,
     write_network_pickle,
 )
 
@@ -295,3 +296,23 @@ def test_a_stylegan3_record_is_named_and_refused_without_a_builder(
     monkeypatch.setattr(nvidia_pickle, "NETWORK_BUILDERS", {})
     with pytest.raises(ModelFileError, match="networks_stylegan3.Generator, which talkcli cannot"):
         load_generator(sg3)
+
+
+@pytest.mark.parametrize("radial", [False, True], ids=["T", "R"])
+def test_a_stylegan3_pickle_loads_and_equals_its_record(tmp_path, radial):
+    from talkcli.models import stylegan3
+
+    path, g = tiny_sg3_pickle(tmp_path / "sg3.pkl", radial=radial, seed=4)
+    record = read_network_pickle(path)["G_ema"]
+    assert record.class_name == stylegan3.NVIDIA_CLASS
+    loaded, direct = load_generator(path), stylegan3.generator_from_record(record)
+    assert type(loaded).__name__ == "StyleGAN3Generator" and loaded.checkpoint_kind
+    assert loaded.state_dict().keys() == g.state_dict().keys()
+    for key, value in direct.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(g.state_dict()[key], value), key
+    z = torch.randn(2, loaded.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ws = direct.mapping(z)[:, None].repeat(1, direct.n_latent, 1)
+        assert torch.equal(loaded.mapping(z), direct.mapping(z))
+        assert torch.equal(loaded.synthesis(ws), direct.synthesis(ws))
