@@ -316,3 +316,84 @@ def test_a_stylegan3_pickle_loads_and_equals_its_record(tmp_path, radial):
         ws = direct.mapping(z)[:, None].repeat(1, direct.n_latent, 1)
         assert torch.equal(loaded.mapping(z), direct.mapping(z))
         assert torch.equal(loaded.synthesis(ws), direct.synthesis(ws))
+
+
+# -- --network G | G_ema ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_network_pickle(tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+    """A pickle whose G and G_ema differ (as after training): (path, G, G_ema)."""
+    import copy
+
+    from tests.nvidia_pickle_support import tiny_ada_kwargs
+
+    folder = tmp_path_factory.mktemp("two")
+    _path, g = tiny_ada_pickle(folder / "base.pkl", seed=5)
+    ema = copy.deepcopy(g)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    kwargs = tiny_ada_kwargs()
+    data = {
+        "G": record_of(g, "Generator", kwargs),
+        "D": None,
+        "G_ema": record_of(ema, "Generator", kwargs),
+    }
+    return write_network_pickle(folder / "two.pkl", data), g.eval(), ema.eval()
+
+
+def test_network_chooses_g_or_g_ema_and_is_ignored_for_other_files(two_network_pickle, tiny_pack):
+    from talkcli.runtime import ModelPaths, ModelSet
+
+    path, g, ema = two_network_pickle
+    ws = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for network, want in (("G", g), ("G_ema", ema)):
+            got = load_generator(path, network=network).synthesis(ws, noise_mode="const")
+            assert torch.equal(got, want.synthesis(ws, noise_mode="const")), network
+        models = ModelSet(device="cpu", paths=ModelPaths(generator=path, network="G"))
+        got = models.generator().synthesis(ws, noise_mode="const")
+        assert torch.equal(got, g.synthesis(ws, noise_mode="const"))
+    pt = tiny_pack / "stylegan2-ffhq-config-f.pt"
+    plain = load_generator(pt).state_dict()
+    other = load_generator(pt, network="G").state_dict()
+    assert all(torch.equal(v, other[k]) for k, v in plain.items())
+
+
+@pytest.mark.parametrize("network", ["G", "G_ema", None])
+@pytest.mark.parametrize("command", ["invert", "tune-pti", "animate"])
+def test_network_option_reaches_load_generator(
+    tmp_path, monkeypatch, tiny_pack, face_images, two_network_pickle, command, network
+):
+    from talkcli.models import stylegan2
+
+    monkeypatch.chdir(tmp_path)
+    asked: list[str] = []
+
+    def spy(path, device="cpu", trainable=False, network="G_ema"):
+        asked.append(network)
+        raise ModelFileError(path, "stopped by the test after choosing the network")
+
+    monkeypatch.setattr(stylegan2, "load_generator", spy)
+    path = str(two_network_pickle[0])
+    face, wd = str(face_images[0]), ["--weights-dir", str(tiny_pack)]
+    args = {
+        "invert": [*wd, "invert", face, "--method", "optimize", "--generator", path, "--out",
+                   "w.npz"],
+        "tune-pti": [*wd, "tune-pti", face, "--generator", path, "--out", "g.pt", "--steps", "1",
+                     "--pivot-method", "w-project"],
+        "animate": [*wd, "animate", "--image", face, "--aligned", "--audio", _speech(tmp_path),
+                    "--generator", path, "--out", "o.mp4"],
+    }[command]  # fmt: skip
+    res = run_cli_inprocess(*args, *(["--network", network] if network else []))
+    assert_user_error(res, "stopped by the test")
+    assert asked == [network or "G_ema"]
+
+
+def test_network_option_refuses_other_names(tmp_path, tiny_pack, face_images, two_network_pickle):
+    res = run_cli_inprocess(
+        "--weights-dir", str(tiny_pack), "invert", str(face_images[0]), "--generator",
+        str(two_network_pickle[0]), "--network", "D", "--out", str(tmp_path / "w.npz"),
+    )  # fmt: skip
+    assert res.code == 2 and "--network" in res.stderr
