@@ -132,13 +132,15 @@ def tiny_ada_kwargs(resolution: int = 16, **synthesis: Any) -> dict:
     )
 
 
-def tiny_ada_pickle(path: Path, seed: int = 0, **synthesis: Any) -> tuple[Path, nn.Module]:
+def tiny_ada_pickle(
+    path: Path, seed: int = 0, resolution: int = 16, **synthesis: Any
+) -> tuple[Path, nn.Module]:
     """A pickle {'G', 'G_ema', 'D', 'augment_pipe', 'training_set_kwargs'} of a random tiny
     StyleGAN2-ADA generator built by talkcli (random init), and that generator."""
     from talkcli.models.stylegan2_ada import Generator
 
     torch.manual_seed(seed)
-    kwargs = tiny_ada_kwargs(**synthesis)
+    kwargs = tiny_ada_kwargs(resolution, **synthesis)
     g = Generator(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()})
     for name, p in g.named_parameters():
         with torch.no_grad():

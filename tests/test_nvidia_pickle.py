@@ -127,10 +127,23 @@ def test_pickle_detection(tmp_path, ada_pickle):
     assert not looks_like_network_pickle(pt)
 
 
-def test_tuning_an_ada_generator_is_refused_before_any_work(ada_pickle):
+def test_a_pickle_generator_is_savable_in_talkclis_file(ada_pickle, tmp_path):
+    from talkcli.models.generator_file import file_arch
+    from talkcli.models.stylegan2 import save_generator
+
     path, _g = ada_pickle
+    G = load_generator(path)
+    check_savable(G, path)  # no refusal: saved as talkcli's generator file
+    out = save_generator(tmp_path / "g.pt", G, {"note": "x"})
+    assert file_arch(out) == "stylegan2-ada"
+    back = load_generator(out)
+    assert back.checkpoint_kind == "talkcli" and back.metadata == {"note": "x"}
+    assert back.init_kwargs == G.init_kwargs and torch.equal(back.latent_avg, G.latent_avg)
+    ws = torch.randn(2, G.n_latent, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back.synthesis(ws, noise_mode="const"), G.synthesis(ws, "const"))
     with pytest.raises(ModelFileError, match="cannot save a tuned copy"):
-        check_savable(load_generator(path), path)
+        check_savable(torch.nn.Linear(1, 1), path)
 
 
 # -- poisoned pickles -----------------------------------------------------------------------------
@@ -223,17 +236,36 @@ def test_weights_inspect_lists_networks(tmp_path, monkeypatch, ada_pickle):
     assert "conv_clamp': 256" in res.stdout and "talkcli builds: G, G_ema" in res.stdout
 
 
-def test_tune_pti_with_an_ada_pickle_says_it_is_not_supported(
-    tmp_path, monkeypatch, tiny_pack, face_images, ada_pickle
+def test_tune_pti_on_a_pickle_then_animate_with_the_tuned_file(
+    tmp_path, monkeypatch, tiny_pack, face_images, two_network_pickle
 ):
+    import numpy as np
+    import soundfile as sf
+
     monkeypatch.chdir(tmp_path)
-    path, _g = ada_pickle
+    path, g, _ema = two_network_pickle
+    wd = ["--weights-dir", str(tiny_pack)]
     res = run_cli_inprocess(
-        "--weights-dir", str(tiny_pack), "tune-pti", str(face_images[0]), "--generator",
-        str(path), "--out", "g.pt", "--steps", "1",
+        *wd, "tune-pti", str(face_images[0]), "--generator", str(path), "--network", "G",
+        "--pivot-method", "w-project", "--project-steps", "2", "--steps", "2", "--out", "g.pt",
     )  # fmt: skip
-    assert_user_error(res, "cannot save a tuned copy", path.name)
-    assert not (tmp_path / "g.pt").exists()
+    assert res.code == 0, res.stderr
+    tuned = load_generator(tmp_path / "g.pt")
+    assert type(tuned).__name__ == "Generator" and tuned.arch == "stylegan2-ada"
+    assert tuned.metadata["kind"] and tuned.checkpoint_kind == "talkcli"
+    base = g.state_dict()
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed and tuned.state_dict().keys() == base.keys()
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, tuned.n_latent, 32)).astype(np.float32) * 0.3
+    np.savez(tmp_path / "t.npz", w=w, w_identity=w[0], fps=np.float64(25.0))
+    sf.write(tmp_path / "a.wav", rng.normal(size=3200) * 0.1, 16000, subtype="PCM_16")
+    res = run_cli_inprocess(
+        *wd, "animate", "--from-trajectory", "t.npz", "--audio", "a.wav", "--generator",
+        "g.pt", "-o", "v.mp4",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert (tmp_path / "v.mp4").stat().st_size > 0
 
 
 def test_a_poisoned_tensor_storage_is_refused(tmp_path):
@@ -316,6 +348,13 @@ def test_a_stylegan3_pickle_loads_and_equals_its_record(tmp_path, radial):
         ws = direct.mapping(z)[:, None].repeat(1, direct.n_latent, 1)
         assert torch.equal(loaded.mapping(z), direct.mapping(z))
         assert torch.equal(loaded.synthesis(ws), direct.synthesis(ws))
+    from talkcli.models.stylegan2 import save_generator
+
+    check_savable(loaded, path)  # a tuned copy is written as talkcli's StyleGAN3 file
+    back = load_generator(save_generator(tmp_path / "tuned.pt", loaded, {"pti": 1}))
+    assert back.checkpoint_kind == "talkcli" and back.metadata == {"pti": 1}
+    with torch.no_grad():
+        assert torch.equal(back.synthesis(ws), direct.synthesis(ws))
 
 
 # -- --network G | G_ema ---------------------------------------------------------------------------
@@ -323,18 +362,18 @@ def test_a_stylegan3_pickle_loads_and_equals_its_record(tmp_path, radial):
 
 @pytest.fixture(scope="module")
 def two_network_pickle(tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
-    """A pickle whose G and G_ema differ (as after training): (path, G, G_ema)."""
+    """A 32 px pickle whose G and G_ema differ (as after training): (path, G, G_ema)."""
     import copy
 
     from tests.nvidia_pickle_support import tiny_ada_kwargs
 
     folder = tmp_path_factory.mktemp("two")
-    _path, g = tiny_ada_pickle(folder / "base.pkl", seed=5)
+    _path, g = tiny_ada_pickle(folder / "base.pkl", seed=5, resolution=32)
     ema = copy.deepcopy(g)
     with torch.no_grad():
         for p in ema.parameters():
             p.mul_(0.5)
-    kwargs = tiny_ada_kwargs()
+    kwargs = tiny_ada_kwargs(32)
     data = {
         "G": record_of(g, "Generator", kwargs),
         "D": None,
@@ -347,7 +386,7 @@ def test_network_chooses_g_or_g_ema_and_is_ignored_for_other_files(two_network_p
     from talkcli.runtime import ModelPaths, ModelSet
 
     path, g, ema = two_network_pickle
-    ws = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0))
+    ws = torch.randn(2, g.n_latent, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for network, want in (("G", g), ("G_ema", ema)):
             got = load_generator(path, network=network).synthesis(ws, noise_mode="const")
