@@ -4,6 +4,8 @@ Two steps, two processes, so that the comparing process cannot import NVIDIA's m
 
     python scripts/sg3_reference.py export /path/to/stylegan3-checkout /tmp/sg3ref
     python scripts/sg3_reference.py compare /tmp/sg3ref
+    python scripts/sg3_reference.py export-pickle /path/to/stylegan3-checkout /tmp/sg3pkl
+    python scripts/sg3_reference.py compare-pickle /tmp/sg3pkl
 
 ``export`` builds small config-T and config-R generators (and a config T with published
 widths) with NVIDIA's ``training.networks_stylegan3.Generator`` (CPU: its custom ops take their
@@ -12,6 +14,13 @@ the init kwargs, the state dict and (z -> w -> image) pairs (``force_fp32=True``
 and 0.7) to ``OUT/sg3_{T,R,T128}.pt``. ``compare`` builds talkcli's generator from each record
 and prints the max abs differences (filters designed from the kwargs vs NVIDIA's buffers, w,
 image) as JSON.
+``export-pickle`` does the same for T and R but writes what NVIDIA's training writes:
+``pickle.dump({'G': G, 'D': None, 'G_ema': G_ema, 'augment_pipe': None,
+'training_set_kwargs': ...})`` of its ``persistence``-decorated classes (``OUT/sg3_{T,R}.pkl``,
+G and G_ema with different weights) plus the z -> ws -> image pairs of both
+(``OUT/sg3_{T,R}_pairs.pt``); ``compare-pickle`` loads each pickle with
+``talkcli.models.stylegan2.load_generator`` (``network`` G_ema and G) and prints the max abs
+differences as JSON.
 NVIDIA's source is read from the given checkout only; nothing of it is copied here.
 """
 
@@ -70,7 +79,8 @@ CONFIGS = {
 BATCH = {"T": 4, "R": 4, "T128": 1}
 
 
-def export(upstream: Path, out: Path) -> None:
+def _import_upstream(upstream: Path) -> None:
+    """Make NVIDIA's checkout importable (``requests``/``pkg_resources`` stubbed if absent)."""
     import types
 
     sys.path.insert(0, str(upstream))
@@ -86,25 +96,41 @@ def export(upstream: Path, out: Path) -> None:
         stub = types.ModuleType("pkg_resources")
         stub.parse_version = parse  # type: ignore[attr-defined]
         sys.modules["pkg_resources"] = stub
+
+
+def _randomise(G: torch.nn.Module, w_dim: int) -> None:
+    """Move every learned value off its init (affine 0, biases 0, magnitude_ema 1, w_avg 0)."""
+    with torch.no_grad():
+        for pname, p in G.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if "affine" in pname or "bias" in pname else 0))
+        for bname, b in G.named_buffers():
+            if bname.endswith("magnitude_ema"):
+                b.fill_(0.5 + torch.rand([]).item())
+        G.mapping.w_avg.copy_(torch.randn(w_dim) * 0.3)
+
+
+def _pairs(G: torch.nn.Module, z: torch.Tensor) -> list[dict]:
+    """z -> ws -> image at truncation 1 and 0.7 (``force_fp32=True``, constant noise)."""
+    pairs = []
+    with torch.no_grad():
+        for psi in (1.0, 0.7):
+            ws = G.mapping(z, None, truncation_psi=psi)  # (B, num_ws, w_dim)
+            img = G.synthesis(ws, force_fp32=True, noise_mode="const")
+            pairs.append({"psi": psi, "z": z, "ws": ws, "img": img})
+    return pairs
+
+
+def export(upstream: Path, out: Path) -> None:
+    _import_upstream(upstream)
     from training.networks_stylegan3 import Generator  # NVIDIA's, from the checkout
 
     out.mkdir(parents=True, exist_ok=True)
     for name, kwargs in CONFIGS.items():
         torch.manual_seed(1)
         G = Generator(**kwargs).eval()
-        with torch.no_grad():  # move every learned value off its init (affine 0, biases 0...)
-            for pname, p in G.named_parameters():
-                p.add_(torch.randn_like(p) * (0.1 if "affine" in pname or "bias" in pname else 0))
-            for bname, b in G.named_buffers():
-                if bname.endswith("magnitude_ema"):
-                    b.fill_(0.5 + torch.rand([]).item())
-            G.mapping.w_avg.copy_(torch.randn(kwargs["w_dim"]) * 0.3)
-            z = torch.randn(BATCH[name], kwargs["z_dim"])
-            pairs = []
-            for psi in (1.0, 0.7):
-                ws = G.mapping(z, None, truncation_psi=psi)  # (B, num_ws, w_dim)
-                img = G.synthesis(ws, force_fp32=True, noise_mode="const")
-                pairs.append({"psi": psi, "z": z, "ws": ws, "img": img})
+        _randomise(G, kwargs["w_dim"])
+        pairs = _pairs(G, torch.randn(BATCH[name], kwargs["z_dim"]))
+        img = pairs[-1]["img"]
         record = {"init_kwargs": kwargs, "state": G.state_dict(), "pairs": pairs}
         torch.save(record, out / f"sg3_{name}.pt")
         print(f"{name}: {tuple(img.shape)} image std {img.std():.3f}, num_ws {G.num_ws}")
@@ -139,10 +165,65 @@ def compare(out: Path) -> dict[str, dict[str, float]]:
     return results
 
 
+def export_pickle(upstream: Path, out: Path) -> None:
+    """NVIDIA's own pickles of small T and R generators, as its training loop writes them."""
+    import copy
+    import pickle
+
+    _import_upstream(upstream)
+    import dnnlib
+    from training.networks_stylegan3 import Generator  # persistence-decorated, from the checkout
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("T", "R"):
+        kwargs = CONFIGS[name]
+        torch.manual_seed(2)
+        G = Generator(**kwargs).train().requires_grad_(False)
+        _randomise(G, kwargs["w_dim"])
+        G_ema = copy.deepcopy(G).eval()
+        _randomise(G_ema, kwargs["w_dim"])  # G and G_ema differ, as after training
+        z = torch.randn(BATCH[name], kwargs["z_dim"])
+        pairs = {"G": _pairs(G.eval(), z), "G_ema": _pairs(G_ema, z)}
+        snapshot = dict(training_set_kwargs=dnnlib.EasyDict(resolution=kwargs["img_resolution"]))
+        for key, value in (("G", G), ("D", None), ("G_ema", G_ema), ("augment_pipe", None)):
+            snapshot[key] = None if value is None else copy.deepcopy(value).eval().cpu()
+        with open(out / f"sg3_{name}.pkl", "wb") as f:
+            pickle.dump(snapshot, f)
+        torch.save(pairs, out / f"sg3_{name}_pairs.pt")
+        print(f"{name}: wrote {out / f'sg3_{name}.pkl'}")
+
+
+def compare_pickle(out: Path) -> dict[str, dict[str, float]]:
+    assert "training" not in sys.modules and "torch_utils" not in sys.modules
+    from talkcli.models.stylegan2 import load_generator
+
+    results = {}
+    for name in ("T", "R"):
+        ref = torch.load(out / f"sg3_{name}_pairs.pt", weights_only=True)
+        for network in ("G_ema", "G"):
+            G = load_generator(out / f"sg3_{name}.pkl", network=network)
+            dw = dimg = scale = 0.0
+            with torch.no_grad():
+                for pair in ref[network]:
+                    w = G.mapping(pair["z"], truncation=pair["psi"])  # (B, w_dim)
+                    dw = max(dw, (w[:, None] - pair["ws"]).abs().max().item())
+                    img = G.synthesis(pair["ws"], noise_mode="const")
+                    dimg = max(dimg, (img - pair["img"]).abs().max().item())
+                    scale = max(scale, pair["img"].abs().max().item())
+            results[f"{name}/{network}"] = {"w": dw, "image": dimg, "image_max_abs": scale}
+    assert "training" not in sys.modules and "torch_utils" not in sys.modules
+    print(json.dumps(results, indent=1))
+    return results
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "export":
         export(Path(sys.argv[2]), Path(sys.argv[3]))
     elif len(sys.argv) == 3 and sys.argv[1] == "compare":
         compare(Path(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "export-pickle":
+        export_pickle(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "compare-pickle":
+        compare_pickle(Path(sys.argv[2]))
     else:
         sys.exit(__doc__)

@@ -102,6 +102,7 @@ class ModelPaths:
     detector_files: tuple[Path, ...] = ()
     lpips: tuple[Path, Path] | None = None  # (backbone, heads) of ``lpips_net``
     lpips_net: str = "alex"
+    network: str = "G_ema"  # of an NVIDIA pickle generator (--network); other files ignore it
 
     def files(self) -> list[Path]:
         """Every resolved file (for output guards and manifests)."""
@@ -120,6 +121,7 @@ def find_model_files(
     detector: str = "auto",
     lpips_net: str = "alex",
     purpose: str = "animate",
+    network: str = "G_ema",
 ) -> ModelPaths:
     """Find every model file ``needs`` names, before any work; a missing one is a one-line
     ModelFileError naming it and how to get it (``weights fetch``, ``train``)."""
@@ -144,7 +146,7 @@ def find_model_files(
     lpips = None
     if needs.lpips:
         lpips = lpips_files(lpips_net, wd, f"{purpose} --tune (LPIPS-{lpips_net})")
-    return ModelPaths(gen, enc, audio, backend, det_files, lpips, lpips_net)
+    return ModelPaths(gen, enc, audio, backend, det_files, lpips, lpips_net, network)
 
 
 # -- the model set ----------------------------------------------------------------------------
@@ -241,12 +243,13 @@ class ModelSet:
     # -- the generator and what must fit it ---------------------------------------------------
 
     def generator(self) -> Any:
-        """The base generator (eval, frozen)."""
+        """The base generator (eval, frozen); ``paths.network`` of an NVIDIA pickle."""
         from talkcli.models.stylegan2 import load_generator
 
+        path = self._path("generator", "the generator")
         return self._once(
             "generator",
-            lambda: load_generator(self._path("generator", "the generator"), self.device),
+            lambda: load_generator(path, self.device, network=self.paths.network),
         )
 
     def generator_size(self) -> int:

@@ -27,6 +27,10 @@ PERSISTENCE_VERSION = 6
 SG2_MODULE_SRC = (
     "# stand-in for training/networks.py\nclass MappingNetwork: ...\nclass SynthesisBlock: ...\n"
 )
+SG3_MODULE_SRC = (
+    "# stand-in for training/networks_stylegan3.py\nclass SynthesisInput: ...\n"
+    "class SynthesisLayer: ...\n"
+)
 
 
 class EasyDict(dict):
@@ -74,6 +78,12 @@ class Record:
         return (_reconstruct_persistent_obj, (self.meta,), None)
 
 
+def _talkcli_object(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_talkcli_object(v) for v in value)
+    return type(value).__module__.startswith("talkcli")
+
+
 def record_of(
     module: nn.Module,
     class_name: str,
@@ -81,7 +91,9 @@ def record_of(
     module_src: str = SG2_MODULE_SRC,
 ) -> Record:
     """A persistence record of ``module`` (submodules as records too), as NVIDIA writes it."""
-    state = dict(module.__dict__)
+    # NVIDIA's modules hold plain attributes only: talkcli's own objects (configs, layer
+    # specs) have no counterpart there and would name talkcli classes in the pickle.
+    state = {k: v for k, v in module.__dict__.items() if not _talkcli_object(v)}
     state["_modules"] = {
         name: record_of(sub, type(sub).__name__, {}, module_src)
         for name, sub in module._modules.items()
@@ -120,13 +132,15 @@ def tiny_ada_kwargs(resolution: int = 16, **synthesis: Any) -> dict:
     )
 
 
-def tiny_ada_pickle(path: Path, seed: int = 0, **synthesis: Any) -> tuple[Path, nn.Module]:
+def tiny_ada_pickle(
+    path: Path, seed: int = 0, resolution: int = 16, **synthesis: Any
+) -> tuple[Path, nn.Module]:
     """A pickle {'G', 'G_ema', 'D', 'augment_pipe', 'training_set_kwargs'} of a random tiny
     StyleGAN2-ADA generator built by talkcli (random init), and that generator."""
     from talkcli.models.stylegan2_ada import Generator
 
     torch.manual_seed(seed)
-    kwargs = tiny_ada_kwargs(**synthesis)
+    kwargs = tiny_ada_kwargs(resolution, **synthesis)
     g = Generator(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()})
     for name, p in g.named_parameters():
         with torch.no_grad():
@@ -142,4 +156,15 @@ def tiny_ada_pickle(path: Path, seed: int = 0, **synthesis: Any) -> tuple[Path, 
         "augment_pipe": None,
         "training_set_kwargs": EasyDict(path="ffhq.zip", resolution=16),
     }
+    return write_network_pickle(path, data), g
+
+
+def tiny_sg3_pickle(path: Path, radial: bool = False, seed: int = 0) -> tuple[Path, nn.Module]:
+    """A pickle {'G', 'D', 'G_ema', 'augment_pipe'} of a random tiny StyleGAN3 (talkcli-made,
+    NVIDIA's key names, class ``training.networks_stylegan3.Generator``), and that generator."""
+    from talkcli.tiny.stylegan3 import random_stylegan3, tiny_stylegan3_config
+
+    g = random_stylegan3(tiny_stylegan3_config(16, radial=radial), seed=seed)
+    rec = record_of(g, "Generator", g.cfg.as_init_kwargs(), SG3_MODULE_SRC)
+    data = {"G": rec, "D": None, "G_ema": rec, "augment_pipe": None}
     return write_network_pickle(path, data), g

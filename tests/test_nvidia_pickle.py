@@ -31,6 +31,7 @@ from tests.nvidia_pickle_support import (
     nvidia_modules,
     record_of,
     tiny_ada_pickle,
+    tiny_sg3_pickle,
     write_network_pickle,
 )
 
@@ -126,10 +127,23 @@ def test_pickle_detection(tmp_path, ada_pickle):
     assert not looks_like_network_pickle(pt)
 
 
-def test_tuning_an_ada_generator_is_refused_before_any_work(ada_pickle):
+def test_a_pickle_generator_is_savable_in_talkclis_file(ada_pickle, tmp_path):
+    from talkcli.models.generator_file import file_arch
+    from talkcli.models.stylegan2 import save_generator
+
     path, _g = ada_pickle
+    G = load_generator(path)
+    check_savable(G, path)  # no refusal: saved as talkcli's generator file
+    out = save_generator(tmp_path / "g.pt", G, {"note": "x"})
+    assert file_arch(out) == "stylegan2-ada"
+    back = load_generator(out)
+    assert back.checkpoint_kind == "talkcli" and back.metadata == {"note": "x"}
+    assert back.init_kwargs == G.init_kwargs and torch.equal(back.latent_avg, G.latent_avg)
+    ws = torch.randn(2, G.n_latent, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back.synthesis(ws, noise_mode="const"), G.synthesis(ws, "const"))
     with pytest.raises(ModelFileError, match="cannot save a tuned copy"):
-        check_savable(load_generator(path), path)
+        check_savable(torch.nn.Linear(1, 1), path)
 
 
 # -- poisoned pickles -----------------------------------------------------------------------------
@@ -222,17 +236,36 @@ def test_weights_inspect_lists_networks(tmp_path, monkeypatch, ada_pickle):
     assert "conv_clamp': 256" in res.stdout and "talkcli builds: G, G_ema" in res.stdout
 
 
-def test_tune_pti_with_an_ada_pickle_says_it_is_not_supported(
-    tmp_path, monkeypatch, tiny_pack, face_images, ada_pickle
+def test_tune_pti_on_a_pickle_then_animate_with_the_tuned_file(
+    tmp_path, monkeypatch, tiny_pack, face_images, two_network_pickle
 ):
+    import numpy as np
+    import soundfile as sf
+
     monkeypatch.chdir(tmp_path)
-    path, _g = ada_pickle
+    path, g, _ema = two_network_pickle
+    wd = ["--weights-dir", str(tiny_pack)]
     res = run_cli_inprocess(
-        "--weights-dir", str(tiny_pack), "tune-pti", str(face_images[0]), "--generator",
-        str(path), "--out", "g.pt", "--steps", "1",
+        *wd, "tune-pti", str(face_images[0]), "--generator", str(path), "--network", "G",
+        "--pivot-method", "w-project", "--project-steps", "2", "--steps", "2", "--out", "g.pt",
     )  # fmt: skip
-    assert_user_error(res, "cannot save a tuned copy", path.name)
-    assert not (tmp_path / "g.pt").exists()
+    assert res.code == 0, res.stderr
+    tuned = load_generator(tmp_path / "g.pt")
+    assert type(tuned).__name__ == "Generator" and tuned.arch == "stylegan2-ada"
+    assert tuned.metadata["kind"] and tuned.checkpoint_kind == "talkcli"
+    base = g.state_dict()
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed and tuned.state_dict().keys() == base.keys()
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, tuned.n_latent, 32)).astype(np.float32) * 0.3
+    np.savez(tmp_path / "t.npz", w=w, w_identity=w[0], fps=np.float64(25.0))
+    sf.write(tmp_path / "a.wav", rng.normal(size=3200) * 0.1, 16000, subtype="PCM_16")
+    res = run_cli_inprocess(
+        *wd, "animate", "--from-trajectory", "t.npz", "--audio", "a.wav", "--generator",
+        "g.pt", "-o", "v.mp4",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert (tmp_path / "v.mp4").stat().st_size > 0
 
 
 def test_a_poisoned_tensor_storage_is_refused(tmp_path):
@@ -295,3 +328,111 @@ def test_a_stylegan3_record_is_named_and_refused_without_a_builder(
     monkeypatch.setattr(nvidia_pickle, "NETWORK_BUILDERS", {})
     with pytest.raises(ModelFileError, match="networks_stylegan3.Generator, which talkcli cannot"):
         load_generator(sg3)
+
+
+@pytest.mark.parametrize("radial", [False, True], ids=["T", "R"])
+def test_a_stylegan3_pickle_loads_and_equals_its_record(tmp_path, radial):
+    from talkcli.models import stylegan3
+
+    path, g = tiny_sg3_pickle(tmp_path / "sg3.pkl", radial=radial, seed=4)
+    record = read_network_pickle(path)["G_ema"]
+    assert record.class_name == stylegan3.NVIDIA_CLASS
+    loaded, direct = load_generator(path), stylegan3.generator_from_record(record)
+    assert type(loaded).__name__ == "StyleGAN3Generator" and loaded.checkpoint_kind
+    assert loaded.state_dict().keys() == g.state_dict().keys()
+    for key, value in direct.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(g.state_dict()[key], value), key
+    z = torch.randn(2, loaded.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ws = direct.mapping(z)[:, None].repeat(1, direct.n_latent, 1)
+        assert torch.equal(loaded.mapping(z), direct.mapping(z))
+        assert torch.equal(loaded.synthesis(ws), direct.synthesis(ws))
+    from talkcli.models.stylegan2 import save_generator
+
+    check_savable(loaded, path)  # a tuned copy is written as talkcli's StyleGAN3 file
+    back = load_generator(save_generator(tmp_path / "tuned.pt", loaded, {"pti": 1}))
+    assert back.checkpoint_kind == "talkcli" and back.metadata == {"pti": 1}
+    with torch.no_grad():
+        assert torch.equal(back.synthesis(ws), direct.synthesis(ws))
+
+
+# -- --network G | G_ema ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_network_pickle(tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+    """A 32 px pickle whose G and G_ema differ (as after training): (path, G, G_ema)."""
+    import copy
+
+    from tests.nvidia_pickle_support import tiny_ada_kwargs
+
+    folder = tmp_path_factory.mktemp("two")
+    _path, g = tiny_ada_pickle(folder / "base.pkl", seed=5, resolution=32)
+    ema = copy.deepcopy(g)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    kwargs = tiny_ada_kwargs(32)
+    data = {
+        "G": record_of(g, "Generator", kwargs),
+        "D": None,
+        "G_ema": record_of(ema, "Generator", kwargs),
+    }
+    return write_network_pickle(folder / "two.pkl", data), g.eval(), ema.eval()
+
+
+def test_network_chooses_g_or_g_ema_and_is_ignored_for_other_files(two_network_pickle, tiny_pack):
+    from talkcli.runtime import ModelPaths, ModelSet
+
+    path, g, ema = two_network_pickle
+    ws = torch.randn(2, g.n_latent, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for network, want in (("G", g), ("G_ema", ema)):
+            got = load_generator(path, network=network).synthesis(ws, noise_mode="const")
+            assert torch.equal(got, want.synthesis(ws, noise_mode="const")), network
+        models = ModelSet(device="cpu", paths=ModelPaths(generator=path, network="G"))
+        got = models.generator().synthesis(ws, noise_mode="const")
+        assert torch.equal(got, g.synthesis(ws, noise_mode="const"))
+    pt = tiny_pack / "stylegan2-ffhq-config-f.pt"
+    plain = load_generator(pt).state_dict()
+    other = load_generator(pt, network="G").state_dict()
+    assert all(torch.equal(v, other[k]) for k, v in plain.items())
+
+
+@pytest.mark.parametrize("network", ["G", "G_ema", None])
+@pytest.mark.parametrize("command", ["invert", "tune-pti", "animate"])
+def test_network_option_reaches_load_generator(
+    tmp_path, monkeypatch, tiny_pack, face_images, two_network_pickle, command, network
+):
+    from talkcli.models import stylegan2
+
+    monkeypatch.chdir(tmp_path)
+    asked: list[str] = []
+
+    def spy(path, device="cpu", trainable=False, network="G_ema"):
+        asked.append(network)
+        raise ModelFileError(path, "stopped by the test after choosing the network")
+
+    monkeypatch.setattr(stylegan2, "load_generator", spy)
+    path = str(two_network_pickle[0])
+    face, wd = str(face_images[0]), ["--weights-dir", str(tiny_pack)]
+    args = {
+        "invert": [*wd, "invert", face, "--method", "optimize", "--generator", path, "--out",
+                   "w.npz"],
+        "tune-pti": [*wd, "tune-pti", face, "--generator", path, "--out", "g.pt", "--steps", "1",
+                     "--pivot-method", "w-project"],
+        "animate": [*wd, "animate", "--image", face, "--aligned", "--audio", _speech(tmp_path),
+                    "--generator", path, "--out", "o.mp4"],
+    }[command]  # fmt: skip
+    res = run_cli_inprocess(*args, *(["--network", network] if network else []))
+    assert_user_error(res, "stopped by the test")
+    assert asked == [network or "G_ema"]
+
+
+def test_network_option_refuses_other_names(tmp_path, tiny_pack, face_images, two_network_pickle):
+    res = run_cli_inprocess(
+        "--weights-dir", str(tiny_pack), "invert", str(face_images[0]), "--generator",
+        str(two_network_pickle[0]), "--network", "D", "--out", str(tmp_path / "w.npz"),
+    )  # fmt: skip
+    assert res.code == 2 and "--network" in res.stderr

@@ -211,6 +211,7 @@ def tuned_generator(
         aligned=_array_sha(aligned),
         pivot=_array_sha(np.asarray(w, dtype=np.float32)),
         generator=models.sha(models.paths.generator),
+        **({"network": models.paths.network} if models.paths.network != "G_ema" else {}),
         lpips=[models.sha(backbone), models.sha(heads)],
         config={k: v for k, v in vars(cfg).items()},
     )

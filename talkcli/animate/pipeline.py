@@ -164,6 +164,7 @@ def resolve_models(
     model: Path | None = None,
     detector: str = "auto",
     weights_dir: Path | None = None,
+    network: str = "G_ema",
 ) -> ModelPaths:
     """Find every model file the jobs need, before any work (``talkcli.runtime``'s rules: a
     missing one is a one-line ModelFileError naming it and how to get it)."""
@@ -175,6 +176,7 @@ def resolve_models(
         audio_model=model,
         detector=detector,
         purpose="animate",
+        network=network,
     )
 
 
@@ -610,6 +612,8 @@ def _models_manifest(job: Job, models: Models, identity: Identity) -> dict[str, 
     o = job.options
     used = Needs.of([job])
     out: dict[str, Any] = {"generator": file_identity(paths.generator, models.cache)}
+    if paths.network != "G_ema":  # which network of an NVIDIA pickle (--network G)
+        out["generator"]["network"] = paths.network
     if used.encoder and paths.encoder is not None:
         out["encoder"] = file_identity(paths.encoder, models.cache)
     if used.audio_model and paths.audio_model is not None:
@@ -645,6 +649,7 @@ def animate(
     encoder: str | Path | None = None,
     model: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    network: str = "G_ema",
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     device: str = "auto",
@@ -678,6 +683,7 @@ def animate(
         model=as_path(model),
         detector=job.options.detector,
         weights_dir=wd,
+        network=network,
     )
     models = Models(paths, animate_device(device), cache, wd)
     return animate_job(job, models, cache, progress=progress)

@@ -15,9 +15,11 @@ from talkcli.commands.options import (
     FACE_INDEX_OPTION,
     GENERATOR_OPTION,
     JSON_OPTION,
+    NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
     Detector,
     Dtype,
+    Network,
     choice_option,
     float_option,
     fps_option,
@@ -76,6 +78,7 @@ def animate_cmd(
     detector: Detector = DETECTOR_OPTION,
     face_index: int | None = FACE_INDEX_OPTION,
     generator: Path | None = GENERATOR_OPTION,
+    network: Network = NETWORK_OPTION,
     encoder: Path | None = ENCODER_OPTION,
     model: Path | None = typer.Option(
         None,
@@ -211,7 +214,7 @@ def animate_cmd(
         driving_aligned=driving_aligned,
     ).check()
     batch = image_dir is not None or audio_dir is not None or jobs is not None
-    model_files = {"generator": generator, "encoder": encoder, "model": model}
+    model_files = {"generator": generator, "encoder": encoder, "model": model, "network": network}
     if batch:
         single_only = {
             "--image": image,
@@ -289,6 +292,7 @@ def _run_single(
     generator,
     encoder,
     model,
+    network,
 ) -> None:
     """One video: the library's ``animate()`` with a progress bar, then the report."""
     from contextlib import ExitStack
@@ -312,6 +316,7 @@ def _run_single(
             encoder=encoder,
             model=model,
             weights_dir=wdir,
+            network=network,
             cache_dir=cache_dir,
             use_cache=use_cache,
             device=settings.device,
@@ -373,6 +378,7 @@ def _run_batch(
     generator,
     encoder,
     model,
+    network,
 ) -> None:
     from talkcli.animate.batch import (
         check_unique_outputs,
@@ -415,6 +421,7 @@ def _run_batch(
         model=model,
         detector=options.detector,
         weights_dir=wdir,
+        network=network,
     )
     models = Models(paths, animate_device(settings.device), cache, wdir)
     models.preflight(needs)

@@ -17,9 +17,11 @@ from talkcli.commands.options import (
     ENCODER_OPTION,
     GENERATOR_OPTION,
     JSON_OPTION,
+    NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
     LpipsNet,
     Method,
+    Network,
     Space,
     choice_option,
     float_option,
@@ -42,6 +44,7 @@ def invert_cmd(
     ),
     encoder: Path | None = ENCODER_OPTION,
     generator: Path | None = GENERATOR_OPTION,
+    network: Network = NETWORK_OPTION,
     steps: int = int_option(
         500, "--steps", range=INVERT["steps"], help="Optimisation steps per frame."
     ),
@@ -127,6 +130,7 @@ def invert_cmd(
             seed=seed,
             want_reconstructions=save_recon is not None,
             on_progress=_stage_bars(bar),
+            network=network,
         )
     _write_outputs(result, frames, out, save_recon, plot, method, as_json)
 

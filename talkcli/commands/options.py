@@ -101,6 +101,13 @@ class GeneratorArch(Choice):
     stylegan3_r = "stylegan3-r"
 
 
+class Network(Choice):
+    """Which network of an NVIDIA pickle is the generator (``load_generator(network=...)``)."""
+
+    G_ema = "G_ema"
+    G = "G"
+
+
 class Features(Choice):
     """Speech features (``talkcli.audio.features.FEATURE_KINDS``; issue 17)."""
 
@@ -228,6 +235,13 @@ GENERATOR_OPTION: Any = typer.Option(
         "StyleGAN2 .pt, e.g. a `tune-pti` result, or an NVIDIA network pickle .pkl (G_ema; "
         "its code is never run) (default: registry, else the pSp decoder)."
     ),
+)
+
+NETWORK_OPTION: Any = choice_option(
+    Network.G_ema,
+    "--network",
+    help="For an NVIDIA pickle --generator: G_ema (the averaged weights, default) or G; "
+    "ignored for other generator files.",
 )
 
 ENCODER_OPTION: Any = typer.Option(

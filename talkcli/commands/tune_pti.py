@@ -14,8 +14,10 @@ from talkcli.commands._common import (
 )
 from talkcli.commands.options import (
     JSON_OPTION,
+    NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
     LpipsNet,
+    Network,
     PivotMethod,
     choice_option,
     float_option,
@@ -38,8 +40,12 @@ def tune_pti_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Tuned generator (.pt, rosinality layout)."),
     generator: Path | None = typer.Option(
-        None, "--generator", help="Base StyleGAN2 .pt (default: registry, else the pSp decoder)."
+        None,
+        "--generator",
+        help="Base StyleGAN2 .pt or NVIDIA network pickle .pkl (default: registry, else the pSp "
+        "decoder).",
     ),
+    network: Network = NETWORK_OPTION,
     encoder: Path | None = typer.Option(
         None, "--encoder", help="pSp or e4e checkpoint for the pivots (default: registry pSp)."
     ),
@@ -106,7 +112,7 @@ def tune_pti_cmd(
         seed=seed,
     )
     req = _request(inputs, out, generator, encoder, pivots, pivot_method, max_frames, lpips_net,
-                   wdir, config=cfg, project_steps=project_steps)  # fmt: skip
+                   wdir, config=cfg, project_steps=project_steps, network=network)  # fmt: skip
     models = load_pti_models(req)
     if req.pivots_file is None and pivot_method == "w-project":
         with progress() as bar:
@@ -152,6 +158,7 @@ def _request(
     *,
     config: PTIConfig,
     project_steps: int,
+    network: str = "G_ema",
 ) -> PTIRequest:
     """The run's frames and model files (inputs named before model files), outputs checked."""
     from talkcli.device import resolve_device
@@ -189,6 +196,7 @@ def _request(
         project_steps=project_steps,
         config=config,
         device=device,
+        network=str(network),
     )
 
 

@@ -119,13 +119,16 @@ def _hash(path: Path | None) -> str | None:
     return sha256_file(path) if path is not None else None
 
 
-def _frozen_generator(generator_path: Path | None, device: torch.device) -> Generator | None:
-    """The generator in eval mode with gradients off, or None when no file is given."""
+def _frozen_generator(
+    generator_path: Path | None, device: torch.device, network: str = "G_ema"
+) -> Generator | None:
+    """The generator in eval mode with gradients off, or None when no file is given;
+    ``network`` of an NVIDIA pickle (ignored for other files)."""
     if generator_path is None:
         return None
     from talkcli.models.stylegan2 import load_generator
 
-    G = load_generator(generator_path, device=device).eval()
+    G = load_generator(generator_path, device=device, network=network).eval()
     for p in G.parameters():
         p.requires_grad_(False)
     return G
@@ -276,6 +279,7 @@ def invert(
     seed: int = 0,
     want_reconstructions: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
+    network: str = "G_ema",
 ) -> InvertResult:
     """Invert ``frames`` with ``method``; returns codes, per-frame losses and run metadata.
 
@@ -286,7 +290,7 @@ def invert(
     cfg = cfg or ProjectionConfig()
     device = torch.device(device)
     torch.manual_seed(seed)
-    G = _frozen_generator(generator_path, device)
+    G = _frozen_generator(generator_path, device, network)
     if method in ("psp", "hybrid") and getattr(G, "arch", "stylegan2") == "stylegan3":
         raise UserError(
             f"--method {method}: the pSp and e4e encoders are trained for StyleGAN2; "

@@ -424,6 +424,7 @@ class PTIRequest:
     project_steps: int = 450
     config: PTIConfig = field(default_factory=PTIConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    network: str = "G_ema"  # of an NVIDIA pickle generator; other files ignore it
 
 
 @dataclass
@@ -453,7 +454,10 @@ def load_pti_models(req: PTIRequest) -> PTIModels:
 
     torch.manual_seed(req.config.seed)
     paths = ModelPaths(
-        generator=req.generator_path, lpips=tuple(req.lpips_paths), lpips_net=req.lpips_net
+        generator=req.generator_path,
+        lpips=tuple(req.lpips_paths),
+        lpips_net=req.lpips_net,
+        network=req.network,
     )
     models = ModelSet(device=req.device, paths=paths, lpips_net=req.lpips_net)
     G = models.generator()

@@ -736,12 +736,19 @@ def load_generator(
     their code (``talkcli.models.nvidia_pickle``) and ``network`` (``G_ema`` or ``G``) is built
     by talkcli: the result has the same interface, another class.
     """
+    from talkcli.models.generator_file import file_arch
     from talkcli.models.nvidia_pickle import load_pickle_generator, looks_like_network_pickle
-    from talkcli.models.stylegan3 import is_stylegan3_file, load_stylegan3
 
     path = require_file(path, "StyleGAN2 generator")
-    if is_stylegan3_file(path):  # talkcli's StyleGAN3 safetensors (same generator interface)
+    arch = file_arch(path)  # talkcli's safetensors generator files (same generator interface)
+    if arch == "stylegan3":
+        from talkcli.models.stylegan3 import load_stylegan3
+
         return load_stylegan3(path, device, trainable)  # type: ignore[return-value]
+    if arch == "stylegan2-ada":
+        from talkcli.models.stylegan2_ada import load_stylegan2_ada
+
+        return load_stylegan2_ada(path, device, trainable)  # type: ignore[return-value]
     if looks_like_network_pickle(path):
         g = load_pickle_generator(path, network)
     else:
@@ -778,18 +785,20 @@ def _check_plain(value: Any, where: str = "metadata") -> None:
     raise TypeError(f"{where}: {type(value).__name__} cannot be stored (use plain values)")
 
 
+_OWN_FILE_ARCHS = ("stylegan3", "stylegan2-ada")  # saved as talkcli's generator file
+
+
 def check_savable(g: nn.Module, source: str | Path, what: str = "tune-pti") -> None:
     """Refuse, before any work, to tune a generator ``save_generator`` cannot write.
 
-    Rosinality-layout StyleGAN2 and talkcli's StyleGAN3 are written; generators built from
-    NVIDIA network pickles (StyleGAN2-ADA) have another layout and no tuned-copy format yet.
+    StyleGAN2 (rosinality layout), StyleGAN3 and StyleGAN2-ADA (talkcli's generator file,
+    ``talkcli.models.generator_file``) are savable, whether read from a file or a pickle.
     """
-    if not isinstance(g, Generator) and getattr(g, "arch", None) != "stylegan3":
+    if not isinstance(g, Generator) and getattr(g, "arch", None) not in _OWN_FILE_ARCHS:
         raise ModelFileError(
             source,
-            f"{what} cannot save a tuned copy of a generator loaded from an NVIDIA network "
-            "pickle (not supported yet)",
-            "use a rosinality-layout StyleGAN2 .pt (e.g. `talkcli weights fetch stylegan2-ffhq`)",
+            f"{what} cannot save a tuned copy of this generator ({type(g).__name__})",
+            "use a StyleGAN2 .pt, a StyleGAN3 or StyleGAN2-ADA file or NVIDIA pickle",
         )
 
 
@@ -814,13 +823,17 @@ def save_generator(
 
     ``metadata`` (plain values only) defaults to ``g.metadata``; the file loads with
     ``load_generator`` and with rosinality's own code. A StyleGAN3 generator is written in
-    talkcli's StyleGAN3 safetensors format instead (``load_generator`` reads it back).
+    talkcli's generator file instead, as is a StyleGAN2-ADA one (``load_generator`` reads both
+    back).
     """
-    if getattr(g, "arch", None) == "stylegan3":
+    arch = getattr(g, "arch", None)
+    if arch in _OWN_FILE_ARCHS:  # talkcli's generator file (safetensors), whatever the name
+        from talkcli.models.stylegan2_ada import save_stylegan2_ada
         from talkcli.models.stylegan3 import save_stylegan3
 
         _check_plain(dict(g.metadata if metadata is None else metadata))
-        return save_stylegan3(path, g, metadata)  # type: ignore[arg-type]
+        save = save_stylegan3 if arch == "stylegan3" else save_stylegan2_ada
+        return save(path, g, metadata)  # type: ignore[arg-type]
     ckpt = generator_checkpoint(g, metadata)
     with atomic_output(path) as tmp:
         torch.save(ckpt, tmp)

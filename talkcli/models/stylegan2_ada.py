@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from talkcli.models.nvidia_pickle import SG2_ADA_GENERATOR, NetworkRecord
 from talkcli.models.ops import blur_pad_for_upsample, upfirdn2d, upsample_pad
 from talkcli.models.state_dict import assign_checked
 
+ARCH = "stylegan2-ada"  # talkcli's generator file (``save_stylegan2_ada``)
 NOISE_MODES = ("const", "random", "none")
 _ACT_GAIN = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}
 _FILTER = (1, 3, 3, 1)
@@ -431,6 +433,8 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     """NVIDIA's StyleGAN2-ADA ``Generator`` with talkcli's generator interface."""
 
+    arch = ARCH
+
     def __init__(
         self,
         z_dim: int,
@@ -442,6 +446,15 @@ class Generator(nn.Module):
         synthesis_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.init_kwargs: dict[str, Any] = {  # plain values: talkcli's file stores them
+            "z_dim": z_dim,
+            "c_dim": c_dim,
+            "w_dim": w_dim,
+            "img_resolution": img_resolution,
+            "img_channels": img_channels,
+            "mapping_kwargs": dict(mapping_kwargs or {}),
+            "synthesis_kwargs": dict(synthesis_kwargs or {}),
+        }
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
         # NVIDIA's submodule names (the state-dict keys) are ``mapping`` and ``synthesis``,
@@ -622,3 +635,43 @@ def generator_from_record(record: NetworkRecord) -> Generator:
 
 
 BUILDERS = {SG2_ADA_GENERATOR: generator_from_record}
+
+
+# -- talkcli's file for a (tuned) StyleGAN2-ADA generator ------------------------------------------
+
+_HINT = "the file is damaged or not a StyleGAN2-ADA generator"
+
+
+def save_stylegan2_ada(
+    path: str | Path, g: Generator, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``g`` as talkcli's generator file (``talkcli.models.generator_file``, arch
+    ``stylegan2-ada``: NVIDIA's state-dict keys, the init kwargs as ``config``), atomically."""
+    from talkcli.models.generator_file import write_generator_file
+
+    meta = dict(g.metadata if metadata is None else metadata)
+    return write_generator_file(path, ARCH, g.init_kwargs, g.state_dict(), meta)
+
+
+def load_stylegan2_ada(
+    path: str | Path, device: str | torch.device = "cpu", trainable: bool = False
+) -> Generator:
+    """Load talkcli's StyleGAN2-ADA file strictly (the pickle path's size bounds and state
+    check); ModelFileError (exit 2) if it is not one."""
+    from talkcli.device import resolve_device
+    from talkcli.io.files import require_file
+    from talkcli.models.generator_file import read_generator_file
+    from talkcli.models.nvidia_pickle import NetworkRecord, build_network
+
+    p = require_file(path, "StyleGAN2-ADA generator")
+    config, state, metadata = read_generator_file(p, ARCH, "StyleGAN2-ADA", _HINT)
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(p, f"StyleGAN2-ADA state holds NaN or inf in {bad[:5]}", _HINT)
+    g = build_network(NetworkRecord("G_ema", SG2_ADA_GENERATOR, config, state), p)
+    g.metadata = metadata
+    g.checkpoint_kind = "talkcli"
+    g.requires_grad_(trainable)
+    if isinstance(device, str):
+        device = resolve_device(device)
+    return g.to(device)

@@ -26,7 +26,6 @@ runs in float32 (NVIDIA's ``force_fp32=True``); ``num_fp16_res`` is read and not
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -46,8 +45,6 @@ log = logging.getLogger(__name__)
 
 NVIDIA_CLASS = "training.networks_stylegan3.Generator"
 ARCH = "stylegan3"
-FORMAT = "talkcli-generator"
-FORMAT_VERSION = 1
 NOISE_MODES = ("const", "random", "none")
 LATENT_AVG_SAMPLES = 10_000
 SQRT2 = math.sqrt(2.0)
@@ -686,81 +683,37 @@ BUILDERS: dict[str, Callable[[Any], nn.Module]] = {NVIDIA_CLASS: generator_from_
 
 
 def is_stylegan3_file(path: str | Path) -> bool:
-    """True for a safetensors file whose metadata says ``"arch": "stylegan3"``, whatever its
-    name (tune-pti may write one as ``.pt``); reads only the JSON header."""
-    try:
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return False
-            head = fh.read(size)
-        if head[:1] != b"{":
-            return False
-        meta = json.loads(head).get("__metadata__") or {}
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(meta, dict) and meta.get("arch") == ARCH
+    """True for a talkcli generator file whose metadata says ``"arch": "stylegan3"``, whatever
+    its name (tune-pti may write one as ``.pt``); reads only the JSON header."""
+    from talkcli.models.generator_file import file_arch
+
+    return file_arch(path) == ARCH
 
 
 def save_stylegan3(
     path: str | Path, g: StyleGAN3Generator, metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``g`` as one safetensors file (NVIDIA's state-dict keys; the init kwargs and
-    talkcli metadata as JSON in the header), atomically."""
-    from safetensors.torch import save_file
-
-    from talkcli import __version__
-    from talkcli.io.files import atomic_output
+    """Write ``g`` as talkcli's generator file (``talkcli.models.generator_file``: NVIDIA's
+    state-dict keys; the init kwargs and talkcli metadata as JSON in the header), atomically."""
+    from talkcli.models.generator_file import write_generator_file
 
     meta = dict(g.metadata if metadata is None else metadata)
-    header = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "arch": ARCH,
-        "talkcli": __version__,
-        "config": json.dumps(g.cfg.as_init_kwargs()),
-        "metadata": json.dumps(meta),
-    }
-    tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in g.state_dict().items()
-    }
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
-    return Path(path)
-
-
-def _json_object(path: Path, header: Mapping[str, str], key: str) -> dict[str, Any]:
-    try:
-        value = json.loads(header.get(key, "{}"))
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ModelFileError(path, f"StyleGAN3 metadata {key!r} is not a JSON object", _HINT)
-    return value
+    return write_generator_file(path, ARCH, g.cfg.as_init_kwargs(), g.state_dict(), meta)
 
 
 def load_stylegan3(
     path: str | Path, device: str | torch.device = "cpu", trainable: bool = False
 ) -> StyleGAN3Generator:
     """Load talkcli's StyleGAN3 safetensors file strictly; ModelFileError (exit 2) if not one."""
-    from safetensors import safe_open
-
     from talkcli.device import resolve_device
     from talkcli.io.files import require_file
+    from talkcli.models.generator_file import read_generator_file
 
     p = require_file(path, "StyleGAN3 generator")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            header = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFileError(p, f"is not a readable safetensors file ({first[:100]})") from None
-    if header.get("arch") != ARCH:
-        raise ModelFileError(p, f"is not a StyleGAN3 file (arch {header.get('arch')!r})", _HINT)
-    config = StyleGAN3Config.from_init_kwargs(_json_object(p, header, "config"), p)
+    raw, state, metadata = read_generator_file(p, ARCH, "StyleGAN3", _HINT)
+    config = StyleGAN3Config.from_init_kwargs(raw, p)
     g = stylegan3_from_state(config, state, p)
-    g.metadata = _json_object(p, header, "metadata")
+    g.metadata = metadata
     g.checkpoint_kind = "talkcli"
     g.requires_grad_(trainable)
     if isinstance(device, str):
