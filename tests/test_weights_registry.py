@@ -276,3 +276,24 @@ def test_nvidia_pickles_and_e4e_are_listed_as_optional():
         entry = registry.get(name)
         assert entry.filename == filename and entry.optional and entry.url.startswith("https://")
         assert entry.url.endswith(filename) or "drive.google.com" in entry.url
+
+
+def test_a_file_without_a_published_checksum_is_recorded_at_first_fetch(isolated, monkeypatch):
+    """Issue 15: NVIDIA's pickles and e4e publish no sha256; the first fetched copy's is
+    recorded, and ``verify`` checks later copies against it."""
+    from talkcli.weights.verify import recorded_digest, verify_file
+
+    entry = registry.get("e4e-ffhq-encode")
+    assert entry.sha256 is None and entry.sha256_prefix is None
+    mirror = isolated / "mirror"
+    mirror.mkdir()
+    (mirror / entry.filename).write_bytes(b"first copy of the e4e checkpoint")
+    monkeypatch.setenv(registry.ENV_MIRROR, str(mirror))
+    path = fetch(entry, isolated / "w")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert recorded_digest(entry, path) == digest
+    status = verify_file(entry, path, use_cache=False)
+    assert status.state == "verified" and "recorded at first fetch" in status.detail
+    path.write_bytes(b"another file under the same name")
+    status = verify_file(entry, path, use_cache=False)
+    assert status.state == "mismatch" and "recorded at first fetch" in status.detail

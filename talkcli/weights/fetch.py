@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -19,7 +20,9 @@ from pathlib import Path
 from talkcli import __version__
 from talkcli.errors import ModelFileError, OutputError
 from talkcli.weights.registry import ModelFile, fetch_dir
-from talkcli.weights.verify import digest_matches, expected_digest
+from talkcli.weights.verify import digest_matches, expected_digest, record_first_fetch
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30
@@ -125,4 +128,12 @@ def fetch(
             _manual_hint(entry, target, url),
         )
     os.replace(part, target)
+    if expected_digest(entry) is None:  # upstream publishes none: record this first copy's
+        record_first_fetch(entry, target, digest)
+        log.info(
+            "%s: no published checksum; recorded sha256 %s at first fetch "
+            "(`talkcli weights verify` checks later copies against it)",
+            target,
+            digest,
+        )
     return target

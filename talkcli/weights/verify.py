@@ -62,6 +62,29 @@ def _store_cache(root: Path, cache: dict) -> None:
         write_json_atomic(root / CACHE_NAME, cache, indent=1, sort_keys=True)
 
 
+RECORDED_NAME = ".talkcli-first-fetch.json"  # sha256 of files upstream publishes none for
+
+
+def record_first_fetch(entry: ModelFile, path: Path, digest: str) -> None:
+    """Remember the sha256 of a file fetched for the first time when the manifest has none
+    (NVIDIA's pickles, e4e): later copies are verified against it. Best effort."""
+    root = _cache_root(entry, path)
+    recorded = {}
+    with contextlib.suppress(OSError, ValueError):
+        recorded = json.loads((root / RECORDED_NAME).read_text())
+    recorded[entry.relpath.as_posix()] = digest
+    with contextlib.suppress(OSError, OutputError):
+        write_json_atomic(root / RECORDED_NAME, recorded, indent=1, sort_keys=True)
+
+
+def recorded_digest(entry: ModelFile, path: Path) -> str | None:
+    """The sha256 recorded when ``entry`` was first fetched into ``path``'s folder, if any."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        value = json.loads((_cache_root(entry, path) / RECORDED_NAME).read_text())
+        return value.get(entry.relpath.as_posix())
+    return None
+
+
 def file_sha256(entry: ModelFile, path: Path, *, use_cache: bool = True) -> str:
     """sha256 of ``path``, reusing the folder's cache when size and mtime are unchanged."""
     st = path.stat()
@@ -83,7 +106,14 @@ def verify_file(entry: ModelFile, path: Path, *, use_cache: bool = True) -> File
     digest = file_sha256(entry, path, use_cache=use_cache)
     ok = digest_matches(entry, digest)
     if ok is None:
-        return FileStatus(entry, path, "present", "no checksum in the manifest")
+        first = recorded_digest(entry, path)
+        if first is None:
+            return FileStatus(entry, path, "present", "no checksum in the manifest")
+        if first == digest:
+            return FileStatus(entry, path, "verified", f"{digest[:12]} (recorded at first fetch)")
+        return FileStatus(
+            entry, path, "mismatch", f"sha256 {digest[:12]}… recorded at first fetch {first[:12]}…"
+        )
     if ok:
         return FileStatus(entry, path, "verified", digest[:12])
     return FileStatus(
