@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,29 @@ def _resolutions(size: int) -> list[int]:
     return [2**i for i in range(2, log_size + 1)]
 
 
+@torch.no_grad()
+def mean_mapped_w(
+    map_z: Callable[[Tensor], Tensor],
+    z_dim: int,
+    device: torch.device,
+    n: int = 4096,
+    seed: int = 0,
+    chunk: int = 4096,
+) -> Tensor:
+    """Mean of ``map_z(z)`` over ``n`` z ~ N(0, I) (drawn on the CPU with ``seed``, in chunks):
+    (w_dim,) float64. The one estimate of ``latent_avg`` for every generator kind."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total: Tensor | None = None
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        part = map_z(torch.randn(m, z_dim, generator=gen)).double().sum(0)  # (w_dim,)
+        total = part if total is None else total + part
+        done += m
+    assert total is not None, "n must be positive"
+    return (total / n).to(device)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Architecture of a generator: output size, W dimension, mapping depth, widths per res."""
@@ -395,15 +418,16 @@ class Generator(nn.Module):
     @torch.no_grad()
     def mean_latent(self, n: int = 4096, seed: int = 0, chunk: int = 4096) -> Tensor:
         """Mean of ``mapping(z)`` over ``n`` z ~ N(0, I) drawn with ``seed``: (style_dim,)."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        total = torch.zeros(self.style_dim, dtype=torch.float64, device=self.device)
-        done = 0
-        while done < n:
-            m = min(chunk, n - done)
-            z = torch.randn(m, self.style_dim, generator=gen)
-            total += self.style(z.to(self.device, self.input.input.dtype)).double().sum(0)
-            done += m
-        return (total / n).to(self.input.input.dtype)
+        dtype = self.input.input.dtype
+        mean = mean_mapped_w(
+            lambda z: self.style(z.to(self.device, dtype)),
+            self.style_dim,
+            self.device,
+            n,
+            seed,
+            chunk,
+        )
+        return mean.to(dtype)
 
     # -- synthesis ---------------------------------------------------------------------------------
 

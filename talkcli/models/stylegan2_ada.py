@@ -525,15 +525,9 @@ class Generator(nn.Module):
     @torch.no_grad()
     def mean_latent(self, n: int = 4096, seed: int = 0, chunk: int = 4096) -> Tensor:
         """Mean of ``mapping(z)`` over ``n`` z ~ N(0, I) drawn with ``seed``: (w_dim,)."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        total = torch.zeros(self.w_dim, dtype=torch.float64, device=self.device)
-        done = 0
-        while done < n:
-            m = min(chunk, n - done)
-            z = torch.randn(m, self.z_dim, generator=gen)
-            total += self.mapping(z).double().sum(0)
-            done += m
-        return (total / n).float()
+        from talkcli.models.stylegan2 import mean_mapped_w
+
+        return mean_mapped_w(self.mapping, self.z_dim, self.device, n, seed, chunk).float()
 
     def synthesis(
         self,

@@ -608,15 +608,12 @@ class StyleGAN3Generator(nn.Module):
     @torch.no_grad()
     def mean_latent(self, n: int = 4096, seed: int = 0, chunk: int = 4096) -> Tensor:
         """Mean of ``mapping(z)`` over ``n`` z ~ N(0, I) drawn with ``seed``: (style_dim,)."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        total = torch.zeros(self.style_dim, dtype=torch.float64, device=self.device)
-        done = 0
-        while done < n:
-            m = min(chunk, n - done)
-            z = torch.randn(m, self.z_dim, generator=gen).to(self.device)
-            total += self.mapping(z).double().sum(0)
-            done += m
-        return (total / n).float()
+        from talkcli.models.stylegan2 import mean_mapped_w
+
+        def map_z(z: Tensor) -> Tensor:
+            return self.mapping(z.to(self.device))
+
+        return mean_mapped_w(map_z, self.z_dim, self.device, n, seed, chunk).float()
 
     def forward(
         self,
