@@ -225,3 +225,11 @@ def standard_order(names: Sequence[str]) -> list[str]:
     """``names`` with the standard controls first, in their standard order."""
     std = [n for n in STANDARD_NAMES if n in names]
     return std + [n for n in names if n not in STANDARD_UNITS]
+
+
+def cached_directions_path(cache_root: str | Path, generator_sha256: str) -> Path:
+    """Where ``directions find`` leaves its latest result for a generator, and where ``animate``
+    looks when no ``--directions`` is given: ``<cache root>/directions/<generator sha256>.npz``
+    (cache root: ``animate``'s, ``talkcli.animate.cache.default_cache_dir()`` or
+    ``--cache-dir``)."""
+    return Path(cache_root) / "directions" / f"{generator_sha256}.npz"
