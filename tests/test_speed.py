@@ -7,6 +7,7 @@ early-stopped synthesis against the skip image the full generator itself compute
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,26 @@ def test_preview_writes_a_short_small_video_and_resolution_paste_back(
     )  # fmt: skip
     assert code == 2 and "--resolution 256: the generator renders 32x32 at most" in err, err
     assert "Traceback" not in err and not Path("big.mp4").exists()
+
+
+# -- PTI under bf16 autocast on the CPU ----------------------------------------------------------
+
+
+def test_pti_runs_under_bf16_on_cpu_with_the_same_early_stop(tiny_pack, face_images, monkeypatch):
+    from talkcli.inversion.pti import PTIConfig, evaluate_pivots, tune
+    from tests.test_pti import _setup
+
+    G, lpips, pivots, targets = _setup(tiny_pack, face_images[:1])
+    start, _ = evaluate_pivots(G, lpips, pivots, targets)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # auto -> bf16
+    result = tune(G, lpips, pivots, targets, PTIConfig(steps=30, lr=1e-3, stop_lpips=0.0))
+    assert result.config["dtype"] == "bf16" and result.steps_run == 30
+    assert all(math.isfinite(r["lpips"]) and math.isfinite(r["l2"]) for r in result.history)
+    assert result.lpips_end < result.lpips_start and result.l2_end < result.l2_start
+    # the early stop reads the same step LPIPS: stop at the first step below the threshold
+    G, lpips, pivots, targets = _setup(tiny_pack, face_images[:1])
+    cfg = PTIConfig(steps=300, lr=1e-3, stop_lpips=min(0.8 * start, 1.0), dtype="bf16")
+    stopped = tune(G, lpips, pivots, targets, cfg)
+    assert stopped.stopped_early and stopped.steps_run < 300
+    assert stopped.history[-1]["lpips"] < min(0.8 * start, 1.0)
+    assert all(row["lpips"] >= min(0.8 * start, 1.0) for row in stopped.history[:-1])
