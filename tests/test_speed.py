@@ -245,3 +245,64 @@ def test_pti_runs_under_bf16_on_cpu_with_the_same_early_stop(tiny_pack, face_ima
     assert stopped.stopped_early and stopped.steps_run < 300
     assert stopped.history[-1]["lpips"] < min(0.8 * start, 1.0)
     assert all(row["lpips"] >= min(0.8 * start, 1.0) for row in stopped.history[:-1])
+
+
+# -- train prepare: the reader thread ------------------------------------------------------------
+
+
+def test_read_ahead_keeps_order_raises_and_stops_early():
+    import threading
+
+    from talkcli.io.video import read_ahead
+
+    assert list(read_ahead(iter(range(7)), depth=2)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise ValueError("damaged")
+
+    got = []
+    with pytest.raises(ValueError, match="damaged"):
+        for x in read_ahead(broken()):
+            got.append(x)
+    assert got == [1]
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()  # the reader closes its source when the consumer stops
+
+    it = read_ahead(endless(), depth=3)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert closed.wait(5)
+
+
+def test_prepare_with_the_reader_thread_gives_the_same_codes(tiny_pack, tmp_path):
+    from talkcli.io.video import VideoWriter
+    from talkcli.train.prepare import PrepareConfig, plan_items, prepare_dataset, shard_paths
+    from talkcli.weights import registry
+    from tests.speech import speech
+
+    folder = tmp_path / "videos" / "spk"
+    folder.mkdir(parents=True)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    audio = speech(0, tmp_path, seconds=2.0)
+    with VideoWriter(folder / "clip.mp4", 25.0, audio=(audio, 16000), trim_audio=True) as w:
+        w.write(frames)
+    encoder = tiny_pack / registry.get("psp-ffhq-encode").relpath
+    items = plan_items([folder / "clip.mp4"], None, 1, None)
+    codes = {}
+    for ahead in (0, 2):
+        cfg = PrepareConfig(aligned=True, batch_size=8, holdout="0", read_ahead=ahead)
+        data = tmp_path / f"data{ahead}"
+        result = prepare_dataset(items, data, cfg, encoder)
+        (rec,) = result.records
+        assert rec["status"] == "ok" and rec["dtype"] == "fp32"  # auto on the test CPU
+        codes[ahead] = shard_paths(data, rec["id"]).w.read_bytes()
+    assert codes[0] == codes[2]
