@@ -285,7 +285,13 @@ def _start(job: Job, models: Models) -> tuple[int, int]:
         weights_dir=models.weights_dir,
     )
     models.preflight(Needs.of([job]))
-    return models.latent_shape()
+    shape = models.latent_shape()
+    if job.options.resolution is not None:  # before any work (PTI, audio model, decoding)
+        from talkcli.animate.render import check_resolution
+
+        G = models.generator()
+        check_resolution(G, job.options.frame_resolution(int(G.size)))
+    return shape
 
 
 def _open_trajectory(
