@@ -8,7 +8,7 @@ bf16-vs-fp32 difference do not need trained values, but see the notes on LPIPS).
 - ``generator_1024``: seconds per frame of the full-width StyleGAN2 1024 (batch 1, const noise)
   in fp32, bf16 autocast, channels_last (fp32 and bf16), measured alternately; PSNR of the bf16
   frames against the fp32 frames (full width and a tiny 64 px generator). ``torch.compile`` is
-  tried only with ``TALKCLI_BENCH_COMPILE=1`` (its start-up on 2 cores is minutes).
+  tried only with ``TALKCLI_BENCH_COMPILE=1`` (~30 s of start-up on 2 cores, plus a C compiler).
 - ``preview``: seconds per frame of the skip image at 256 and 512 (``--resolution``) against
   1024, and PSNR of each against the 1024 frame area-downscaled to its size.
 - ``pti_1024``: seconds per tuning step (full-width generator, LPIPS-alex at 256) in fp32 and
@@ -106,7 +106,7 @@ def _memory_format(G, fmt: torch.memory_format) -> None:
 
 def _compile(G, w: torch.Tensor, fp32_s: float) -> dict:
     if os.environ.get("TALKCLI_BENCH_COMPILE") != "1":
-        return {"tried": False, "why": "set TALKCLI_BENCH_COMPILE=1 (start-up is minutes)"}
+        return {"tried": False, "why": "set TALKCLI_BENCH_COMPILE=1 (~30 s start-up)"}
     try:
         fn = torch.compile(lambda x: G.synthesis(x, noise_mode="const"))
         with torch.no_grad():
