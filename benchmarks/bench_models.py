@@ -72,7 +72,13 @@ def run() -> dict:
     steps = 3
     start = time.perf_counter()
     project_frame(
-        G, lpips_vgg, target, w[0], steps, ProjectionConfig(steps=steps), from_scratch=False
+        G,
+        lpips_vgg,
+        target,
+        w[0],
+        steps,
+        ProjectionConfig(steps=steps, dtype="fp32"),  # the fp32 reference (auto: bench_speed)
+        from_scratch=False,
     )
     out["projection_step_1024"] = {
         "seconds_per_step": (time.perf_counter() - start) / (steps + 2),  # + start/end evals
@@ -82,7 +88,9 @@ def run() -> dict:
 
     lpips_alex = lpips_for("alex")
     pti_steps = 3
-    result = tune(G, lpips_alex, w, target, PTIConfig(steps=pti_steps, stop_lpips=0.0))
+    result = tune(
+        G, lpips_alex, w, target, PTIConfig(steps=pti_steps, stop_lpips=0.0, dtype="fp32")
+    )
     out["pti_step_1024"] = {
         "seconds_per_step": result.seconds / pti_steps,
         "steps": pti_steps,

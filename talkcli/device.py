@@ -1,11 +1,13 @@
-"""Torch device selection for ``--device auto|cpu|cuda[:N]|mps``."""
+"""Torch device selection for ``--device auto|cpu|cuda[:N]|mps`` and the precision for
+``--dtype auto|fp32|bf16|fp16`` (``resolve_dtype``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from talkcli.errors import UserError
 
@@ -88,3 +90,74 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+# -- precision: ``--dtype auto|fp32|bf16|fp16`` ------------------------------------------------
+
+DTYPES = ("fp32", "fp16", "bf16")  # the precisions a network runs in (autocast for 16 bits)
+DTYPE_CHOICES = ("auto", *DTYPES)  # what ``--dtype`` accepts
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+CPU_BF16_ENV = "TALKCLI_CPU_BF16"  # "1"/"0": override the detection (tests, odd kernels)
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in its flags).
+
+    ``$TALKCLI_CPU_BF16`` (``1``/``0``) overrides the detection. Where there is no
+    ``/proc/cpuinfo`` (macOS, Windows) the answer is False: ``auto`` then keeps fp32.
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return any(flag in flags for flag in CPU_BF16_FLAGS)
+    except OSError:
+        return False
+    return False
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> str:
+    """``--dtype`` -> the precision used: ``fp32``, ``bf16`` or ``fp16``.
+
+    Explicit values are kept. ``auto`` picks bf16 autocast where the hardware has it natively
+    (a CUDA GPU with ``torch.cuda.is_bf16_supported()``, a CPU with AVX512-BF16/AMX) and fp32
+    elsewhere (MPS, older CPUs, where bf16 would be emulated and slower). The price, measured
+    in ``benchmarks/results/speed.json`` and docs/speed.md: bf16 frames of the full-width 1024
+    generator stay above 50 dB PSNR of the fp32 frames (invisible).
+    """
+    value = str(name or "auto").strip().lower()
+    if value not in DTYPE_CHOICES:
+        raise UserError(f"--dtype {name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+    if value != "auto":
+        return value
+    kind = device.type if not isinstance(device, str) else device.split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if kind == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``fp32|bf16|fp16`` -> the torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(name: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for bf16/fp16 on ``device``; a no-op context for fp32."""
+    import torch
+
+    if name == "fp32":
+        return contextlib.nullcontext()
+    kind = device.type if not isinstance(device, str) else device.split(":")[0]
+    return torch.autocast(kind, dtype=torch_dtype(name))

@@ -51,6 +51,7 @@ ANIMATE: dict[str, Range] = {
     "tune_steps": Range(0, 100_000),
     "face_index": FACE_INDEX,
     "driving_neutral": Range(0, 1_000_000),
+    "preview_seconds": Range(0.1, 3600.0),
 }
 
 EVALUATE: dict[str, Range] = {

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# ``--dtype auto`` resolves to fp32 in the tests, on any CPU, so that exact comparisons do not
+# depend on the machine (talkcli.device.cpu_has_native_bf16 reads this; subprocesses inherit it).
+# The tests of the auto rule set or mock it themselves.
+os.environ.setdefault("TALKCLI_CPU_BF16", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"

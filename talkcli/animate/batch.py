@@ -71,6 +71,7 @@ ROW_OPTIONS: dict[str, Callable[[str], Any]] = {
     "tune_steps": int,
     "edit": str,  # FILE:STRENGTH, several separated by ';'
     "edit_layers": str,
+    "resolution": int,
 }
 PATH_COLUMNS = ("image", "audio", "out", "landmarks")
 

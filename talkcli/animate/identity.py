@@ -200,11 +200,13 @@ def tuned_generator(
     """PTI on the identity with tune-pti's defaults: (generator, cached file, status, details)."""
     import torch
 
+    from talkcli.device import resolve_dtype
     from talkcli.inversion.invert import frames_to_tensor
     from talkcli.inversion.pti import PTIConfig, pti_metadata, pti_summary, tune
     from talkcli.models.stylegan2 import check_savable, load_generator, save_generator
 
-    cfg = PTIConfig(steps=int(opts.tune_steps), seed=int(opts.seed))
+    dtype = resolve_dtype(opts.dtype, models.device)  # the cache key holds the precision used
+    cfg = PTIConfig(steps=int(opts.tune_steps), seed=int(opts.seed), dtype=dtype)
     backbone, heads = models.paths.lpips
     key = content_key(
         "tuned",

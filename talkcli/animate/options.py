@@ -12,14 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from talkcli.device import DTYPE_CHOICES as DTYPES  # auto, fp32, fp16, bf16
 from talkcli.errors import UserError
 from talkcli.guards import check_number
 from talkcli.ranges import ANIMATE as ANIMATE_RANGES
 from talkcli.ranges import Range
 
-DTYPES = ("fp32", "fp16", "bf16")
 DETECTORS = ("auto", "fan", "mtcnn")
 DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
+RESOLUTIONS = (256, 512, 1024)  # --resolution choices (the library takes any power of two)
+PREVIEW_RESOLUTION = 256  # --preview: clamped to the generator's size (tiny packs)
+PREVIEW_SECONDS = 5.0
+PREVIEW_PRESET = "ultrafast"
 EDIT_STRENGTH_MAX = 100.0
 # Frames per chunk of the W+ streams (audio-model call, trajectory file read): 5 s at 25 fps,
 # bounded memory and good batching. Not an option: the video does not depend on it.
@@ -78,7 +82,7 @@ class AnimateOptions:
     smooth: float = 0.0  # Gaussian sigma in frames on the displacements; 0 = off
     seed: int = 0
     batch_size: int = 4
-    dtype: str = "fp32"
+    dtype: str = "auto"  # talkcli.device.resolve_dtype: bf16 where native, else fp32
     crf: int = 18
     preset: str = DEFAULT_PRESET
     paste_back: bool = False
@@ -93,6 +97,28 @@ class AnimateOptions:
     edit_layers: tuple[int, int] | None = None
     driving_neutral: int = 0
     driving_aligned: bool = False
+    resolution: int | None = None  # frame size: None = the generator's (stops synthesis early)
+    preview_seconds: float | None = None  # render only the first N seconds (None: all)
+    preview: bool = False  # --preview: the resolution is clamped to the generator's size
+
+    def as_preview(self, seconds: float = PREVIEW_SECONDS) -> AnimateOptions:
+        """``--preview``: 256 (or the generator's size if smaller), the first ``seconds``,
+        x264 ultrafast (unless another ``--preset`` was asked for); -> a new options object."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            preview=True,
+            resolution=self.resolution or PREVIEW_RESOLUTION,
+            preview_seconds=seconds if self.preview_seconds is None else self.preview_seconds,
+            preset=PREVIEW_PRESET if self.preset == DEFAULT_PRESET else self.preset,
+        )
+
+    def frame_resolution(self, size: int) -> int | None:
+        """The resolution to render for a generator of ``size`` (None: its full size)."""
+        if self.resolution is None:
+            return None
+        return min(int(self.resolution), int(size)) if self.preview else int(self.resolution)
 
     def check(self) -> AnimateOptions:
         """Ranges and choices (one-line UserError naming the option); returns self."""
@@ -106,6 +132,10 @@ class AnimateOptions:
             raise UserError(f"--preset {self.preset!r}: expected one of {', '.join(X264_PRESETS)}")
         if self.detector not in DETECTORS:
             raise UserError(f"--detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
+        if self.resolution is not None and (
+            int(self.resolution) < 4 or int(self.resolution) & (int(self.resolution) - 1)
+        ):
+            raise UserError(f"--resolution {self.resolution}: expected a power of two, e.g. 256")
         if self.aligned and self.landmarks is not None:
             raise UserError("--aligned and --landmarks exclude each other (an aligned photo)")
         for edit in self.edits:
@@ -137,6 +167,13 @@ class AnimateOptions:
             "edit_layers": list(self.edit_layers) if self.edit_layers else None,
             "driving_neutral": int(self.driving_neutral),
             "driving_aligned": bool(self.driving_aligned),
+            **({"resolution": int(self.resolution)} if self.resolution is not None else {}),
+            **({"preview": True} if self.preview else {}),
+            **(
+                {"preview_seconds": float(self.preview_seconds)}
+                if self.preview_seconds is not None
+                else {}
+            ),
         }
 
     @property

@@ -35,7 +35,7 @@ from talkcli import __version__
 from talkcli.animate.cache import Cache, file_identity
 from talkcli.animate.options import AnimateOptions
 from talkcli.console import info
-from talkcli.device import choose_device
+from talkcli.device import choose_device, resolve_dtype
 from talkcli.errors import InputFileError, UserError
 from talkcli.provenance import software_versions
 from talkcli.runtime import ModelNeeds, ModelPaths, ModelSet, find_model_files
@@ -285,7 +285,13 @@ def _start(job: Job, models: Models) -> tuple[int, int]:
         weights_dir=models.weights_dir,
     )
     models.preflight(Needs.of([job]))
-    return models.latent_shape()
+    shape = models.latent_shape()
+    if job.options.resolution is not None:  # before any work (PTI, audio model, decoding)
+        from talkcli.animate.render import check_resolution
+
+        G = models.generator()
+        check_resolution(G, job.options.frame_resolution(int(G.size)))
+    return shape
 
 
 def _open_trajectory(
@@ -383,14 +389,34 @@ def _motion(
         attach_speech_features(A, o.feature_model, models.device)  # SSL models: checked here
         motion = audio_motion(A, audio, job.audio, w_identity, o, offset)
     check_frame_count(motion.source, motion.total, o.fps)
-    return motion
+    return _first_seconds(motion, o.preview_seconds, o.fps)
+
+
+def _first_seconds(motion: Motion, seconds: float | None, fps: float) -> Motion:
+    """``--preview-seconds``: only the first ``seconds`` of the motion, the sound cut to match."""
+    if seconds is None:
+        return motion
+    n = max(1, int(round(seconds * fps)))
+    if n >= motion.total:
+        return motion
+
+    def first(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        left = n
+        for chunk in chunks:  # (m, n_latent, 512)
+            yield chunk[:left]
+            left -= len(chunk[:left])
+            if left <= 0:
+                return
+
+    return replace(motion, chunks=first(motion.chunks), total=n, trim_audio=True)
 
 
 def _frame_size(identity: Identity, o: AnimateOptions) -> tuple[int, int, PasteFn | None]:
-    """(width, height, paste): the generator's size, or the photo's (even) with paste-back."""
+    """(width, height, paste): the rendered size (``--resolution``, else the generator's), or
+    the photo's (even) with paste-back (the frame's warp is rescaled to its size)."""
     from talkcli.animate.sink import even_size, paste_function
 
-    size = int(identity.generator.size)
+    size = o.frame_resolution(int(identity.generator.size)) or int(identity.generator.size)
     if not o.paste_back:
         return size, size, None
     paste = paste_function(identity.source, identity.align_meta, o.feather)
@@ -417,7 +443,9 @@ def _render(
     from talkcli.animate.trajectory import TrajectoryWriter
 
     width, height, paste = _frame_size(identity, o)
-    renderer = FrameRenderer(identity.generator, o.dtype)
+    renderer = FrameRenderer(
+        identity.generator, o.dtype, o.frame_resolution(int(identity.generator.size))
+    )
     saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
     if saver is not None:
         stack.push(_on_error(saver.abort))
@@ -519,6 +547,7 @@ def _manifest(
         "models": _models_manifest(job, models, identity),
         "options": o.shaping(),
         "device": str(models.device),
+        "dtype": resolve_dtype(o.dtype, models.device),  # what --dtype (auto) ran in
         "versions": software_versions(ffmpeg=True),
         "timings": timings,
         "cache": {**cache.describe(), **identity.cache},

@@ -20,7 +20,9 @@ from talkcli.commands.options import (
     Detector,
     Dtype,
     Network,
+    Resolution,
     choice_option,
+    dtype_option,
     float_option,
     fps_option,
     int_option,
@@ -108,10 +110,24 @@ def animate_cmd(
     batch_size: int = int_option(
         4, "--batch-size", range=ANIMATE["batch_size"], help="Frames rendered per generator call."
     ),
-    dtype: Dtype = choice_option(
-        Dtype.fp32,
-        "--dtype",
-        help="Rendering precision: fp32, bf16 (CPU too) or fp16 (autocast).",
+    dtype: Dtype = dtype_option("the generator (and PTI with --tune)"),
+    resolution: Resolution | None = choice_option(
+        None,
+        "--resolution",
+        help="Frame size: stop the generator at this block (its skip image; faster). "
+        "Default: the generator's full size.",
+    ),
+    preview: bool = typer.Option(
+        False,
+        "--preview",
+        help="A quick look: --resolution 256 (at most the generator's), the first "
+        "--preview-seconds, x264 ultrafast.",
+    ),
+    preview_seconds: float = float_option(
+        5.0,
+        "--preview-seconds",
+        range=ANIMATE["preview_seconds"],
+        help="With --preview: seconds of video rendered from the start.",
     ),
     crf: int = int_option(
         18, "--crf", range=ANIMATE["crf"], help="x264 quality (0 lossless, 18 default)."
@@ -212,7 +228,11 @@ def animate_cmd(
         edit_layers=parse_layers(edit_layers) if edit_layers else None,
         driving_neutral=driving_neutral,
         driving_aligned=driving_aligned,
-    ).check()
+        resolution=int(resolution) if resolution is not None else None,
+    )
+    if preview:
+        options = options.as_preview(preview_seconds)
+    options.check()
     batch = image_dir is not None or audio_dir is not None or jobs is not None
     model_files = {"generator": generator, "encoder": encoder, "model": model, "network": network}
     if batch:

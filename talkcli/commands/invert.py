@@ -19,11 +19,13 @@ from talkcli.commands.options import (
     JSON_OPTION,
     NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
+    Dtype,
     LpipsNet,
     Method,
     Network,
     Space,
     choice_option,
+    dtype_option,
     float_option,
     int_option,
     lpips_option,
@@ -81,6 +83,7 @@ def invert_cmd(
         None, "--plot", help="PNG of the codes' first two principal components (frame order)."
     ),
     seed: int = seed_option(0),
+    dtype: Dtype = dtype_option("the encoder and the optimisation's forward passes"),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -114,6 +117,7 @@ def invert_cmd(
         l2_weight=l2_weight,
         space=space,
         sequence=sequence,
+        dtype=dtype,
     )
     info(f"inverting {len(frames.names)} frame(s) with {method} on {device}")
     with progress() as bar:

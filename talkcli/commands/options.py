@@ -65,11 +65,20 @@ class LpipsNet(Choice):
 
 
 class Dtype(Choice):
-    """Rendering precisions (``talkcli.animate.options.DTYPES``)."""
+    """Network precisions (``talkcli.device.DTYPE_CHOICES``; auto: ``resolve_dtype``)."""
 
+    auto = "auto"
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
+
+
+class Resolution(Choice):
+    """``animate --resolution`` (``talkcli.animate.options.RESOLUTIONS``)."""
+
+    r256 = "256"
+    r512 = "512"
+    r1024 = "1024"
 
 
 class PivotMethod(Choice):
@@ -203,6 +212,17 @@ def float_option(default: Any, *param_decls: str, range: Range, help: str, **kw:
 def int_option(default: Any, *param_decls: str, range: Range, help: str, **kw: Any) -> Any:
     """An int option bounded by ``range`` (from ``talkcli.ranges``)."""
     return typer.Option(default, *param_decls, min=range.lo, max=range.hi, help=help, **kw)
+
+
+def dtype_option(what: str) -> Any:
+    """``--dtype auto|fp32|bf16|fp16``: the precision of the networks (one help text)."""
+    return choice_option(
+        Dtype.auto,
+        "--dtype",
+        help=f"Precision of {what}: auto (bf16 autocast on GPUs and CPUs with native bf16, "
+        "AVX512-BF16/AMX; fp32 elsewhere), fp32, bf16 or fp16 (autocast). "
+        "See docs/speed.md for the measured price.",
+    )
 
 
 # -- options several commands share --------------------------------------------------------------

@@ -17,9 +17,11 @@ from talkcli.commands.options import (
     WEIGHTS_DIR_OPTION,
     Arch,
     Detector,
+    Dtype,
     Features,
     IdentityInput,
     choice_option,
+    dtype_option,
     feature_layer_option,
     feature_model_option,
     float_option,
@@ -114,6 +116,7 @@ def prepare_cmd(
     ),
     feature_model: Path | None = feature_model_option(),
     feature_layer: int | None = feature_layer_option(),
+    dtype: Dtype = dtype_option("the pSp encoder"),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -150,6 +153,7 @@ def prepare_cmd(
         features=str(features),
         feature_model=feature_model,
         feature_layer=feature_layer,
+        dtype=dtype,
     )
     cfg.check()
     share = f" (shard {k}/{n})" if n > 1 else ""

@@ -16,10 +16,12 @@ from talkcli.commands.options import (
     JSON_OPTION,
     NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
+    Dtype,
     LpipsNet,
     Network,
     PivotMethod,
     choice_option,
+    dtype_option,
     float_option,
     int_option,
     lpips_option,
@@ -84,6 +86,7 @@ def tune_pti_cmd(
         help="Steps of the w-project pivot search.",
     ),
     seed: int = seed_option(0),
+    dtype: Dtype = dtype_option("the tuning steps (the generator and LPIPS)"),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -110,6 +113,7 @@ def tune_pti_cmd(
         batch=batch,
         locality=locality,
         seed=seed,
+        dtype=dtype,
     )
     req = _request(inputs, out, generator, encoder, pivots, pivot_method, max_frames, lpips_net,
                    wdir, config=cfg, project_steps=project_steps, network=network)  # fmt: skip

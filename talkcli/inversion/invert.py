@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from talkcli import __version__
+from talkcli.device import resolve_dtype
 from talkcli.errors import InputFileError, UserError
 from talkcli.inversion.project import ProjectionConfig, mean_latent_step, project_frames
 from talkcli.io.files import atomic_output, check_output_path, ensure_folder, sha256_file
@@ -141,16 +142,20 @@ def encode_frames(
     batch_size: int,
     device: torch.device,
     on_progress: Callable[[str, int, int], None] | None = None,
+    dtype: str = "auto",
 ) -> torch.Tensor:
-    """pSp codes of every frame, (N, n_latent, 512) float32; the encoder is freed afterwards."""
+    """pSp codes of every frame, (N, n_latent, 512) float32; the encoder is freed afterwards.
+    ``dtype``: autocast of the encoder (``talkcli.device.resolve_dtype``)."""
+    from talkcli.device import autocast
     from talkcli.models.psp import load_encoder
 
     E = load_encoder(encoder_path, device=device).eval()
+    precision = resolve_dtype(dtype, device)
     n = len(frames.names)
     chunks = []
     for start in range(0, n, batch_size):
         batch = frames.images[start : start + batch_size]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             chunks.append(E.encode_images(batch).float())  # (b, 18, 512)
         if on_progress:
             on_progress("encode", min(start + batch_size, n), n)
@@ -249,6 +254,7 @@ def _invert_meta(
         "l2_weight": cfg.l2_weight,
         "lpips": lpips_net if method != "psp" else None,
         "seed": seed,
+        "dtype": resolve_dtype(cfg.dtype, device),  # the precision used (auto resolved)
         "talkcli": __version__,
         "torch": torch.__version__,
         "device": str(device),
@@ -301,7 +307,12 @@ def invert(
         if encoder_path is None:
             raise UserError(f"--method {method} needs the pSp encoder (--encoder)")
         codes = encode_frames(
-            frames, encoder_path, batch_size=batch_size, device=device, on_progress=on_progress
+            frames,
+            encoder_path,
+            batch_size=batch_size,
+            device=device,
+            on_progress=on_progress,
+            dtype=cfg.dtype,
         )
     losses: list[dict] = []
     if method in ("optimize", "hybrid"):

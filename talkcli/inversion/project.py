@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from talkcli.device import autocast, resolve_dtype
 from talkcli.guards import check_finite_loss, check_number
 from talkcli.ranges import INVERT, option_name
 
@@ -32,6 +33,7 @@ class ProjectionConfig:
     sequence: bool = True  # Alg. 2 (warm start from the previous frame) or Alg. 1
     noise_ramp: float = 0.05  # latent noise (x w_std) early in from-scratch runs, decays to 0
     noise_mode: str = "const"
+    dtype: str = "auto"  # autocast of the steps' forward passes: talkcli.device.resolve_dtype
 
     def __post_init__(self) -> None:
         if self.space not in ("w", "wplus"):
@@ -68,7 +70,7 @@ def reconstruction_loss(
     noise_mode: str = "const",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample (total, lpips, l2) losses of G(w_plus) against ``target``; each (B,)."""
-    img = G.synthesis(w_plus, noise_mode=noise_mode)  # (B, 3, S, S)
+    img = G.synthesis(w_plus, noise_mode=noise_mode).float()  # (B, 3, S, S); fp32 losses
     if img.shape[-2:] != target.shape[-2:]:
         raise ValueError(
             f"target images are {tuple(target.shape[-2:])} but the generator renders "
@@ -109,6 +111,7 @@ def project_frame(
         base = base.mean(dim=0, keepdim=True)  # (1, 512): one code for every layer
     w = base.clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=cfg.lr, betas=(0.9, 0.999))
+    dtype = resolve_dtype(cfg.dtype, target.device)  # fp32 | bf16 | fp16
     history: list[float] = []
 
     def expand(code: torch.Tensor) -> torch.Tensor:
@@ -126,14 +129,16 @@ def project_frame(
             if strength > 0:
                 noise = torch.randn(w.shape, generator=generator).to(w.device)
                 code = w + noise * strength
-        loss, _, _ = reconstruction_loss(
-            G, lpips, expand(code), target, cfg.l2_weight, cfg.noise_mode
-        )
-        check_finite_loss(float(loss.detach().sum()), step + 1, "optimisation")
+        with autocast(dtype, target.device):
+            loss, _, _ = reconstruction_loss(
+                G, lpips, expand(code), target, cfg.l2_weight, cfg.noise_mode
+            )
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
+        value = float(loss.detach().float().sum())  # the step's one host sync
+        check_finite_loss(value, step + 1, "optimisation")
         opt.step()
-        history.append(float(loss.detach()))
+        history.append(value)
         if on_step is not None:
             on_step(step, history[-1])
     with torch.no_grad():

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from talkcli import __version__
+from talkcli.device import autocast, resolve_dtype
 from talkcli.errors import InputFileError, UserError
 from talkcli.guards import check_finite_loss, check_number
 from talkcli.inversion.invert import Frames
@@ -53,7 +54,7 @@ class PTIConfig:
     locality_l2_weight: float = 0.1  # PTI's pt_l2_lambda
     locality_lpips_weight: float = 0.1  # PTI's pt_lpips_lambda
     locality_samples: int = 1
-    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    dtype: str = "auto"  # autocast of the tuning steps: talkcli.device.resolve_dtype
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -166,7 +167,8 @@ def tune(
         p.requires_grad_(True)
     G.train()
     opt = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    use_amp = cfg.mixed_precision and device.type == "cuda"
+    dtype = resolve_dtype(cfg.dtype, device)  # fp32 | bf16 | fp16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     n = pivots.shape[0]
     history: list[dict] = []
     stopped = False
@@ -179,7 +181,7 @@ def tune(
             idx = torch.randperm(n, generator=gen)[: cfg.batch]
         w = pivots[idx.to(device)]
         tgt = targets[idx.to(device)]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(dtype, device):
             img = G.synthesis(w, noise_mode="const").float()
             loss_lpips = lpips(_lpips_input(img), _lpips_input(tgt)).mean()
             loss_l2 = ((img - tgt) ** 2).mean()
@@ -188,16 +190,21 @@ def tune(
             if G_frozen is not None:
                 reg = _locality_loss(G, G_frozen, lpips, w, cfg, gen)
                 loss = loss + reg
-        check_finite_loss(float(loss.detach()), step + 1, "tune-pti")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        # One host sync per step (the early stop needs the step's LPIPS): every number at once,
+        # after the backward pass is queued and before a non-finite loss reaches the weights.
+        parts = [loss, loss_lpips, loss_l2, reg if reg is not None else loss_l2]
+        total, lp, l2, locality = torch.stack([t.detach().float() for t in parts]).tolist()
+        check_finite_loss(total, step + 1, "tune-pti")
+        scaler.step(opt)
+        scaler.update()
         steps_run = step + 1
         row = {
             "step": steps_run,
-            "lpips": float(loss_lpips.detach()),
-            "l2": float(loss_l2.detach()),
-            "locality": float(reg.detach()) if reg is not None else None,
+            "lpips": lp,
+            "l2": l2,
+            "locality": locality if reg is not None else None,
         }
         history.append(row)
         if on_step is not None:
@@ -219,7 +226,7 @@ def tune(
         l2_end=l2_end,
         seconds=time.perf_counter() - started,
         history=history,
-        config=asdict(cfg),
+        config={**asdict(cfg), "dtype": dtype},  # the precision used (auto resolved)
     )
 
 

@@ -28,10 +28,11 @@ import re
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
@@ -818,3 +819,67 @@ __all__ = [
     "read_video",
     "fps_fraction",
 ]
+
+
+T = TypeVar("T")
+
+
+class _Failed:
+    """An exception raised by the reader thread of ``read_ahead``, handed to the consumer."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` (e.g. decoded frame batches) in a reader thread, ``depth`` ahead.
+
+    Decoding (ffmpeg pipe reads, numpy copies: the GIL is mostly released) then overlaps the
+    consumer's work (pSp encoding). Memory stays bounded by ``depth`` items; the reader's
+    exception is raised in the consumer; closing the iterator early stops the reader, which
+    closes ``items`` in its own thread (a generator's ``with VideoReader`` ends there).
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed over, raised by the consumer
+            put(_Failed(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=run, name="talkcli-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=10)

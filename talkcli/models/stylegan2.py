@@ -461,6 +461,30 @@ class Generator(nn.Module):
         video frames), ``random`` draws fresh noise, ``none`` adds none. ``noise`` (a list of
         ``num_layers`` maps, broadcastable to (B, 1, res, res)) overrides the mode.
         """
+        self._check_w_plus(w_plus)
+        return self._synthesize(w_plus, noise_mode, noise, self.size)
+
+    def synthesis_at(
+        self,
+        w_plus: Tensor,
+        resolution: int,
+        noise_mode: str = "const",
+        noise: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        """W+ (B, n_latent, style_dim) -> the skip image at ``resolution``: (B, 3, r, r).
+
+        The skip architecture sums the upsampled ToRGB outputs block by block, so after the
+        block of resolution r it holds a complete image; the blocks above r (most of the
+        compute at 1024) are not run. ``resolution`` = ``size`` is ``synthesis`` itself.
+        """
+        if resolution not in _resolutions(self.size):
+            raise ValueError(
+                f"resolution must be a power of two from 4 to {self.size}, got {resolution}"
+            )
+        self._check_w_plus(w_plus)
+        return self._synthesize(w_plus, noise_mode, noise, int(resolution))
+
+    def _check_w_plus(self, w_plus: Tensor) -> None:
         expected = (self.n_latent, self.style_dim)
         if (
             not isinstance(w_plus, Tensor)
@@ -472,6 +496,15 @@ class Generator(nn.Module):
                 f"synthesis expects W+ of shape (B, {self.n_latent}, {self.style_dim}) for a "
                 f"{self.size}x{self.size} generator, got {got}"
             )
+
+    def _synthesize(
+        self,
+        w_plus: Tensor,
+        noise_mode: str,
+        noise: Sequence[Tensor | None] | None,
+        stop: int,
+    ) -> Tensor:
+        """The synthesis network up to the block of resolution ``stop``: (B, 3, stop, stop)."""
         noises, add_noise = self._noise_list(noise_mode, noise)
         latent = w_plus.to(device=self.device, dtype=self.input.input.dtype)  # (B, n_latent, D)
         batch = latent.shape[0]
@@ -481,6 +514,8 @@ class Generator(nn.Module):
         skip = self.to_rgb1(out, latent[:, 1])  # (B, 3, 4, 4)
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
+            if skip.shape[-1] >= stop:
+                break
             out = _styled(self.convs[2 * j], out, latent[:, i], noises[2 * j + 1], add_noise)
             out = _styled(
                 self.convs[2 * j + 1], out, latent[:, i + 1], noises[2 * j + 2], add_noise

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,17 @@ class PrepareConfig:
     features: str = "mfcc"  # also store wav2vec2 / hubert rows (issue 17); MFCCs always
     feature_model: Path | None = None  # the Hugging Face folder of the SSL model
     feature_layer: int | None = None  # None: talkcli.audio.ssl.default_layer
+    dtype: str = "auto"  # pSp's autocast (talkcli.device.resolve_dtype); resolved per run
+    read_ahead: int = 2  # decoded batches a reader thread keeps ready (0: decode inline)
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
         for name in ("fps", "batch_size", "smooth", "align_size", "seed"):  # talkcli.ranges
             check_number(option_name(name), getattr(self, name), *PREPARE_RANGES[name])
+        from talkcli.device import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise UserError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
         if self.feature_layer is not None:
             layer = PREPARE_RANGES["feature_layer"]
             check_number(option_name("feature_layer"), self.feature_layer, *layer)
@@ -349,17 +355,22 @@ def _encode_to(
     limit: int,
     on_frames: Callable[[int], None] | None,
     source: Path,
+    dtype: str = "fp32",
 ) -> tuple[int, np.ndarray | None]:
     """Encode frame batches into ``appender`` as float16 offsets from the mean code of the
-    first batch; returns (frames, that reference (n_latent, 512) float32)."""
+    first batch, under ``dtype`` (fp32|bf16|fp16 autocast); returns (frames, that reference
+    (n_latent, 512) float32)."""
     import torch
 
+    from talkcli.device import autocast
+
+    device = next(encoder.parameters()).device
     done, ref = 0, None
     for frames in batches:
         frames = frames[: max(limit - done, 0)]
         if not len(frames):
             break
-        with torch.no_grad():
+        with torch.no_grad(), autocast(dtype, device):
             w = encoder.encode_images(frames)  # (b, n_latent, 512)
         codes = w.to("cpu", torch.float32).numpy()
         if not np.isfinite(codes).all():
@@ -399,25 +410,32 @@ def _encode_file(
     source: Path,
     fps: float | None,
     encoder,
-    batch_size: int,
+    cfg: PrepareConfig,
     limit: int,
     item: VideoItem,
     progress: ProgressFn | None,
     expected: int,
 ) -> tuple[int, np.ndarray | None]:
-    """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically)."""
+    """Encode up to ``limit`` frames of ``source`` into the .npy ``path`` (atomically); a
+    reader thread decodes the next batches (``cfg.read_ahead``) while pSp encodes."""
+    from talkcli.io.video import read_ahead
+
     frames = min(limit, expected)  # what the file will hold: float16 codes
     needed = NpyAppender.HEADER + frames * encoder.n_styles * encoder.style_dim * 2
     with atomic_output(path, needed=needed) as tmp:
         appender = NpyAppender(tmp, (encoder.n_styles, encoder.style_dim), np.float16)
         try:
+            batches = _frame_batches(source, fps, cfg.batch_size)
+            if cfg.read_ahead > 0:
+                batches = read_ahead(batches, cfg.read_ahead)
             got, ref = _encode_to(
                 appender,
-                _frame_batches(source, fps, batch_size),
+                batches,
                 encoder,
                 limit,
                 (lambda d: progress(item.id, d, expected)) if progress else None,
                 item.path,
+                cfg.dtype,
             )
         except BaseException:
             appender.abort()
@@ -473,7 +491,7 @@ def prepare_video(
         source, read_fps = item.path, cfg.fps
         if not cfg.aligned:
             source, read_fps = _align(item, work, cfg, detectors, progress), None
-        got, ref = _encode_file(files.w, source, read_fps, encoder, cfg.batch_size,
+        got, ref = _encode_file(files.w, source, read_fps, encoder, cfg,
                                 audio_frames, item, progress, expected_frames)  # fmt: skip
         if got < min_frames:
             files.w.unlink()
@@ -506,6 +524,7 @@ def prepare_video(
         "source_sha256": sha256_file(item.path),
         "audio_sha256": sha256_file(item.audio) if item.audio else None,
         "encoder_sha256": encoder_sha256,
+        "dtype": cfg.dtype,  # pSp's precision (auto resolved by prepare_dataset)
         "aligned": cfg.aligned,
         "seconds": round(time.perf_counter() - started, 3),
         "talkcli": __version__,
@@ -671,6 +690,7 @@ def prepare_dataset(
     Every process computes the same speaker split from all ``items``. Without ``cfg.resume``
     videos of this shard that ``data`` already holds are refused before any work.
     """
+    from talkcli.device import resolve_dtype
     from talkcli.distributed import split_items
     from talkcli.models.psp import load_encoder
 
@@ -688,6 +708,7 @@ def prepare_dataset(
             )
     ensure_folder(data / SHARDS, "dataset folder")
     encoder = load_encoder(encoder_path, cfg.device)
+    cfg = replace(cfg, dtype=resolve_dtype(cfg.dtype, next(encoder.parameters()).device))
     encoder_sha256 = sha256_file(encoder_path)
     settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)
     ssl_model = _load_feature_model(cfg)
