@@ -19,6 +19,7 @@ from talkcli.ranges import Range
 
 DTYPES = ("fp32", "fp16", "bf16")
 DETECTORS = ("auto", "fan", "mtcnn")
+DRIVING_MODES = ("latent", "controls")  # issue 16: --driving-mode
 DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
 EDIT_STRENGTH_MAX = 100.0
 # Frames per chunk of the W+ streams (audio-model call, trajectory file read): 5 s at 25 fps,
@@ -93,6 +94,12 @@ class AnimateOptions:
     edit_layers: tuple[int, int] | None = None
     driving_neutral: int = 0
     driving_aligned: bool = False
+    # issue 16: named controls through a directions file (defaults: none, today's output)
+    directions: Path | None = None  # --directions FILE (else the cached / registry file)
+    blinks: float = 0.0  # --blinks PER_MIN
+    head_motion: float = 0.0  # --head-motion SCALE
+    controls: dict[str, float] = field(default_factory=dict)  # --control / --pose, in units
+    driving_mode: str = "latent"  # --driving-mode latent|controls
 
     def check(self) -> AnimateOptions:
         """Ranges and choices (one-line UserError naming the option); returns self."""
@@ -112,7 +119,40 @@ class AnimateOptions:
             check_number("--edit strength", edit.strength, -EDIT_STRENGTH_MAX, EDIT_STRENGTH_MAX)
         if self.edit_layers is not None and self.edit_layers[0] > self.edit_layers[1]:
             raise UserError(f"--edit-layers {self.edit_layers}: the first exceeds the last")
+        self._check_controls()
         return self
+
+    def _check_controls(self) -> None:
+        """issue 16: --driving-mode and the --control/--pose values."""
+        if self.driving_mode not in DRIVING_MODES:
+            raise UserError(
+                f"--driving-mode {self.driving_mode!r}: expected one of {', '.join(DRIVING_MODES)}"
+            )
+        from talkcli.animate.motion.controls import check_control_values
+
+        check_control_values(self.controls)
+
+    @property
+    def uses_controls(self) -> bool:
+        """Whether the run applies named controls (then, and only then, directions are read)."""
+        return bool(
+            self.blinks > 0
+            or self.head_motion > 0
+            or self.controls
+            or self.driving_mode == "controls"
+        )
+
+    def _shaping_controls(self) -> dict[str, Any]:
+        """issue 16's options for the manifest, only when used (older manifests still match)."""
+        if not self.uses_controls:
+            return {}
+        return {
+            "directions": str(self.directions) if self.directions else None,
+            "blinks": float(self.blinks),
+            "head_motion": float(self.head_motion),
+            "controls": {k: float(v) for k, v in sorted(self.controls.items())},
+            "driving_mode": self.driving_mode,
+        }
 
     def shaping(self) -> dict[str, Any]:
         """The options that change the video (manifest ``options``; ``--resume`` compares)."""
@@ -137,6 +177,7 @@ class AnimateOptions:
             "edit_layers": list(self.edit_layers) if self.edit_layers else None,
             "driving_neutral": int(self.driving_neutral),
             "driving_aligned": bool(self.driving_aligned),
+            **self._shaping_controls(),
         }
 
     @property

@@ -1,0 +1,285 @@
+"""Issue 16, part B: named controls in ``animate`` (blinks, head motion, --control/--pose).
+
+The "Must show" list on a tiny pack with a directions file of planted orthonormal directions
+(per_unit 1): controls are read back with ``Directions.project`` on the saved trajectory minus
+the run without controls. Unit tests of the blink and head-motion generators.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from talkcli import cli
+from talkcli.animate.motion.blinks import CLOSED_EYES_OPEN, MIN_INTERVAL_S, BlinkTrack
+from talkcli.animate.motion.head import head_motion_track
+from talkcli.audio.features import _ArraySource
+from talkcli.models.directions import STANDARD_NAMES, Directions, save_directions
+from tests.speech import speech
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted(n_latent: int = 8, seed: int = 0) -> Directions:
+    """Six orthonormal W+ directions named like the standard controls, per_unit 1."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n_latent * 512, len(STANDARD_NAMES))))
+    d = q.T.reshape(len(STANDARD_NAMES), n_latent, 512).astype(np.float32)
+    units = tuple("deg" if n in ("yaw", "pitch", "roll") else "ratio" for n in STANDARD_NAMES)
+    return Directions(STANDARD_NAMES, d, np.ones(len(STANDARD_NAMES), np.float32), units)
+
+
+def speech_then_silence(folder: Path, silence_s: float = 4.0) -> tuple[np.ndarray, int]:
+    """Three sentences (espeak-ng, else synthetic speech) then ``silence_s`` of silence;
+    -> (samples, frames of speech)."""
+    talk = np.concatenate([speech(i, folder, seconds=3.0) for i in range(3)])
+    x = np.concatenate([talk, np.zeros(int(silence_s * 16000), np.float32)])
+    return x, int(len(talk) / 16000 * FPS)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("controls_media")
+    photo = Image.fromarray(data.astronaut())
+    photo.crop((150, 20, 310, 180)).resize((32, 32), Image.LANCZOS).save(folder / "face.png")
+    sf.write(folder / "speech.wav", speech(0, folder, seconds=3.0)[:16000], 16000)
+    sf.write(folder / "quiet20.wav", 1e-3 * np.sin(np.arange(20 * 16000) / 7.0), 16000)
+    x, _ = speech_then_silence(folder)
+    sf.write(folder / "talk_silence.wav", x, 16000)
+    save_directions(folder / "dirs.npz", planted())
+    return {p.stem: p for p in folder.iterdir()}
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TALKCLI_WEIGHTS", "")
+    return tmp_path
+
+
+def animate(capsys, pack: Path, *args: object) -> tuple[int, str]:
+    code = cli.main(["--weights-dir", str(pack), "animate", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def controls_of(work: Path, name: str, base: str) -> np.ndarray:
+    """(T, K) controls read back from trajectory ``name`` minus trajectory ``base``."""
+    a, b = np.load(work / name), np.load(work / base)
+    return planted().project(a["w"] - b["w"])
+
+
+def run_pair(capsys, pack, media, audio: str, *extra: object) -> None:
+    base = ["--image", media["face"], "--aligned", "--audio", media[audio], "--seed", "3"]
+    code, err = animate(capsys, pack, *base, "-o", "base.mp4", "--save-trajectory", "base.npz")
+    assert code == 0, err
+    code, err = animate(
+        capsys, pack, *base, "--directions", media["dirs"], *extra, "-o", "c.mp4",
+        "--save-trajectory", "c.npz",
+    )  # fmt: skip
+    assert code == 0, err
+
+
+# -- must show ----------------------------------------------------------------------------------
+
+
+def test_zero_blinks_and_head_motion_reproduce_todays_output_exactly(
+    capsys, work, tiny_pack, media
+):
+    run_pair(capsys, tiny_pack, media, "speech", "--blinks", "0", "--head-motion", "0")
+    a, b = np.load(work / "base.npz"), np.load(work / "c.npz")
+    assert np.array_equal(a["w"], b["w"]) and set(a.files) == set(b.files) == {
+        "w", "w_identity", "fps"
+    }  # fmt: skip
+    assert (work / "base.mp4").read_bytes() == (work / "c.mp4").read_bytes()
+    manifest = json.loads((work / "c.json").read_text())
+    assert "controls" not in manifest and "blinks" not in manifest["options"]
+
+
+def test_pose_yaw_10_shifts_the_yaw_projection_by_exactly_10(capsys, work, tiny_pack, media):
+    run_pair(capsys, tiny_pack, media, "speech", "--pose", "yaw=10", "--control", "smile=0.1")
+    c = controls_of(work, "c.npz", "base.npz")  # (T, 6)
+    names = list(STANDARD_NAMES)
+    np.testing.assert_allclose(c[:, names.index("yaw")], 10.0, atol=2e-3)
+    np.testing.assert_allclose(c[:, names.index("smile")], 0.1, atol=2e-3)
+    others = [i for i, n in enumerate(names) if n not in ("yaw", "smile")]
+    assert np.abs(c[:, others]).max() < 2e-3
+    saved = np.load(work / "c.npz")
+    assert list(saved["control_names"]) == names
+    expected = np.zeros((len(c), 6), np.float32)
+    expected[:, 0], expected[:, names.index("smile")] = 10.0, 0.1
+    np.testing.assert_allclose(saved["controls"], expected, atol=1e-6)
+    manifest = json.loads((work / "c.json").read_text())
+    assert manifest["controls"]["static"] == {"yaw": 10.0, "smile": 0.1}
+    assert manifest["options"]["controls"] == {"smile": 0.1, "yaw": 10.0}
+
+
+def count_dips(x: np.ndarray) -> tuple[int, list[int]]:
+    """Dips of a signal that is 0 at rest and negative in a dip: count and width (frames) of
+    each at half its depth."""
+    widths = []
+    t = 0
+    while t < len(x):
+        if x[t] < 0:
+            a = t
+            while t < len(x) and x[t] < 0:
+                t += 1
+            dip = x[a:t]
+            widths.append(int((dip <= dip.min() / 2).sum()))
+        t += 1
+    return len(widths), widths
+
+
+def test_blinks_30_per_minute_over_20_s_dip_eyes_open_only(capsys, work, tiny_pack, media):
+    run_pair(capsys, tiny_pack, media, "quiet20", "--blinks", "30", "--batch-size", "16")
+    c = controls_of(work, "c.npz", "base.npz")  # (500, 6)
+    assert len(c) == 500
+    eyes = c[:, list(STANDARD_NAMES).index("eyes_open")]
+    n, widths = count_dips(np.where(eyes < -1e-3, eyes, 0.0))
+    assert 7 <= n <= 13, n  # about 10
+    assert max(widths) <= 10, widths
+    # down to a closed eye: from the default open ratio (an aligned photo has no landmarks)
+    assert eyes.min() == pytest.approx(CLOSED_EYES_OPEN - 0.28, abs=2e-3)
+    others = np.delete(c, list(STANDARD_NAMES).index("eyes_open"), axis=1)
+    assert np.abs(others).max() < 2e-3
+
+
+def test_head_motion_quiet_in_silence_lively_while_speaking(capsys, work, tiny_pack, media):
+    run_pair(capsys, tiny_pack, media, "talk_silence", "--head-motion", "1", "--batch-size", "16")
+    c = controls_of(work, "c.npz", "base.npz")
+    _, speaking = speech_then_silence(work)  # same audio: frames of speech
+    yaw = c[:, 0]
+    talk_std, quiet_std = yaw[:speaking].std(), yaw[speaking + 25 :].std()
+    assert 2.0 <= talk_std <= 8.0, talk_std
+    assert quiet_std <= 0.6 * talk_std, (quiet_std, talk_std)
+    assert np.abs(np.diff(c[:, :3], axis=0)).max() < 3.0  # smooth: no jumps
+    assert np.abs(c[:, 3:]).max() < 2e-3  # only the pose controls move
+
+
+# -- options and errors -------------------------------------------------------------------------
+
+
+def test_control_without_a_directions_file_is_one_line_naming_directions_find(
+    capsys, work, tiny_pack, media
+):
+    code, err = animate(
+        capsys, tiny_pack, "--image", media["face"], "--aligned", "--audio", media["speech"],
+        "--blinks", "10",
+    )  # fmt: skip
+    assert code == 2 and "talkcli directions find" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--pose", "yaw=10,smile=1"), "not a pose angle"),
+        (("--pose", "yaw"), "NAME=VALUE"),
+        (("--control", "yaw=400"), "-90..90"),
+        (("--control", "frown=1"), "frown"),
+        (("--blinks", "100"), "--blinks"),
+        (("--driving-mode", "controls"), "--driving"),
+    ],
+)
+def test_bad_control_options_are_one_line_errors(capsys, work, tiny_pack, media, args, needle):
+    code, err = animate(
+        capsys, tiny_pack, "--image", media["face"], "--aligned", "--audio", media["speech"],
+        "--directions", media["dirs"], *args,
+    )  # fmt: skip
+    assert code == 2, err
+    assert needle in err and "Traceback" not in err
+
+
+def test_replay_of_a_controlled_trajectory(capsys, work, tiny_pack, media):
+    run_pair(capsys, tiny_pack, media, "speech", "--pose", "yaw=10")
+    # unchanged: the very same video, the controls carried into a re-saved file
+    code, err = animate(
+        capsys, tiny_pack, "--from-trajectory", "c.npz", "--audio", media["speech"],
+        "-o", "re.mp4", "--save-trajectory", "re.npz",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (work / "re.mp4").read_bytes() == (work / "c.mp4").read_bytes()
+    assert np.array_equal(np.load(work / "re.npz")["controls"], np.load(work / "c.npz")["controls"])
+    # --motion-scale 0 keeps the controls: only the audio motion is scaled
+    code, err = animate(
+        capsys, tiny_pack, "--from-trajectory", "c.npz", "--motion-scale", "0",
+        "-o", "still.mp4", "--save-trajectory", "still.npz",
+    )  # fmt: skip
+    assert code == 0, err
+    still = np.load(work / "still.npz")
+    c = planted().project(still["w"] - still["w_identity"][None])
+    np.testing.assert_allclose(c[:, 0], 10.0, atol=2e-3)
+    assert np.abs(c[:, 1:]).max() < 2e-3
+    # more controls on top, through the same directions
+    code, err = animate(
+        capsys, tiny_pack, "--from-trajectory", "c.npz", "--directions", media["dirs"],
+        "--pose", "pitch=-5", "-o", "more.mp4", "--save-trajectory", "more.npz",
+    )  # fmt: skip
+    assert code == 0, err
+    more = np.load(work / "more.npz")
+    np.testing.assert_allclose(more["controls"][:, :2], [[10.0, -5.0]] * len(c), atol=1e-6)
+    c = planted().project(more["w"] - np.load(work / "c.npz")["w"])
+    np.testing.assert_allclose(c[:, 1], -5.0, atol=2e-3)
+    assert np.abs(c[:, [0, 2, 3, 4, 5]]).max() < 2e-3
+
+
+# -- the generators -----------------------------------------------------------------------------
+
+
+def test_blink_track_rate_spacing_widths_and_seed():
+    fps, seconds = 25.0, 600
+    x = BlinkTrack(30.0, fps, seed=1, open_value=0.3).values(0, int(seconds * fps))
+    n, widths = count_dips(np.where(x < -1e-9, x, 0.0))
+    assert 0.9 * 300 <= n <= 1.1 * 300  # 30 per minute
+    assert max(widths) <= 10 and min(widths) >= 1
+    assert x.min() == pytest.approx(CLOSED_EYES_OPEN - 0.3)  # a fully closed frame each blink
+    closed = np.flatnonzero(np.isclose(x, x.min()))
+    assert np.diff(closed).min() >= MIN_INTERVAL_S * fps - 1  # never closer than 1 s
+    # the same seed: the same blinks, whatever the chunking; another seed: others
+    track = BlinkTrack(30.0, fps, seed=1, open_value=0.3)
+    chunks = [track.values(a, 37) for a in range(0, int(seconds * fps), 37)]
+    assert np.array_equal(np.concatenate(chunks)[: len(x)], x)
+    assert not np.array_equal(
+        BlinkTrack(30.0, fps, seed=2, open_value=0.3).values(0, 1000), x[:1000]
+    )
+    assert not BlinkTrack(0.0, fps).values(0, 100).any()
+
+
+def test_blink_closes_in_a_third_and_opens_in_two_thirds():
+    fps = 1000.0  # fine sampling of one blink's shape
+    x = BlinkTrack(30.0, fps, seed=0, open_value=0.3).values(0, 12000)
+    first = np.flatnonzero(x < 0)
+    dip = x[first[0] : first[0] + np.flatnonzero(np.diff(first) > 1)[0] + 1]
+    bottom = int(np.argmin(dip))
+    assert 0.25 < bottom / len(dip) < 0.42  # closing ~1/3 of the 150-350 ms event
+    assert 150 * 0.95 <= len(dip) <= 350 * 1.05
+
+
+def test_head_motion_follows_speech_and_is_seeded(tmp_path):
+    x, speaking = speech_then_silence(tmp_path)
+    source = _ArraySource(x)
+    a = head_motion_track(source, FPS, 1.0, seed=4)
+    assert a.shape == (int(len(x) / 16000 * FPS), 3) or abs(len(a) - len(x) / 640) <= 1
+    assert np.array_equal(head_motion_track(source, FPS, 1.0, seed=4, chunk=17), a)
+    assert not np.array_equal(head_motion_track(source, FPS, 1.0, seed=5), a)
+    talk, quiet = a[:speaking].std(axis=0), a[speaking + 25 :].std(axis=0)
+    assert 2.0 <= talk[0] <= 8.0 and quiet[0] <= 0.6 * talk[0]
+    assert np.abs(a[0]).max() < 0.5  # starts straight ahead
+    assert np.abs(np.diff(a, axis=0)).max() < 3.0
+    np.testing.assert_allclose(head_motion_track(source, FPS, 2.0, seed=4), 2 * a, atol=1e-9)
+    assert not head_motion_track(source, FPS, 0.0, seed=4).any()
