@@ -283,3 +283,134 @@ def test_head_motion_follows_speech_and_is_seeded(tmp_path):
     assert np.abs(np.diff(a, axis=0)).max() < 3.0
     np.testing.assert_allclose(head_motion_track(source, FPS, 2.0, seed=4), 2 * a, atol=1e-9)
     assert not head_motion_track(source, FPS, 0.0, seed=4).any()
+
+
+# -- --driving-mode controls --------------------------------------------------------------------
+
+
+class GrayCodedFaces:
+    """A fake 68-point detector: frame t of the test clip is a flat gray 100 + 10 t, and its
+    face has yaw 2 t degrees and eyes opening with t (a projected mean face, test_directions_file's
+    construction)."""
+
+    name = "fake68"
+
+    @staticmethod
+    def face(t: int, size: int = 64) -> np.ndarray:
+        import math
+
+        from talkcli.face import measures
+
+        y = math.radians(2.0 * t)
+        rot = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+        lm = np.zeros((68, 2))
+        for i, xyz in measures._MODEL_68.items():
+            cam = rot @ np.asarray(xyz) + np.array([0.0, 0.0, 2000.0])
+            lm[i] = size * cam[:2] / cam[2] + size / 2
+        for a, b in ((36, 39), (42, 45)):  # eyelids between the corners
+            p1, p4 = lm[a], lm[b]
+            gap = (0.2 + 0.01 * t) * np.linalg.norm(p4 - p1)
+            for k, frac in ((1, 1 / 3), (2, 2 / 3)):
+                mid = p1 + frac * (p4 - p1)
+                lm[a + k], lm[a + 6 - k] = mid - [0, gap / 2], mid + [0, gap / 2]
+        lm[61:64] = lm[48] + (lm[54] - lm[48]) * np.array([[0.3], [0.5], [0.7]])
+        lm[65:68] = lm[61:64][::-1]
+        return lm
+
+    def detect(self, img: np.ndarray):
+        from talkcli.face.landmarks import Face
+
+        t = int(round((float(img.mean()) - 100.0) / 10.0))
+        return [Face(self.face(t, img.shape[1]), np.array([0, 0, 64, 64.0]), 1.0)]
+
+
+def test_driving_mode_controls_applies_the_measured_controls_only(work, tiny_pack, media):
+    from talkcli.animate.cache import Cache
+    from talkcli.animate.options import AnimateOptions
+    from talkcli.animate.pipeline import Job, Models, Needs, animate_job, resolve_models
+    from talkcli.face.measures import eye_aspect_ratio
+    from tests.metrics_support import write_clip
+
+    frames = np.stack([np.full((64, 64, 3), 100 + 10 * t, np.uint8) for t in range(10)])
+    clip = write_clip(work / "drive.mp4", frames)
+    opts = AnimateOptions(aligned=True, driving_mode="controls", directions=media["dirs"])
+    job = Job(
+        work / "out.mp4", image=media["face"], driving=clip, save_trajectory=work / "t.npz",
+        options=opts,
+    ).check()  # fmt: skip
+    needs = Needs.of([job])
+    assert needs.detector and needs.encoder  # pSp for the photo only, never for the driver
+    needs.detector = False  # the fake detector stands in for the run's
+    cache = Cache(work / "cache")
+    models = Models(resolve_models(needs, weights_dir=tiny_pack), torch.device("cpu"), cache)
+    models.detector = lambda: GrayCodedFaces()  # type: ignore[method-assign]
+    result = animate_job(job, models, cache)
+    assert result.frames == 10
+    saved = np.load(work / "t.npz")
+    c = planted().project(saved["w"] - saved["w_identity"][None])  # (10, 6)
+    np.testing.assert_allclose(c, saved["controls"], atol=2e-3)
+    np.testing.assert_allclose(c[:, 0], 2.0 * np.arange(10), atol=0.5)  # yaw from the driver
+    ear = [eye_aspect_ratio(GrayCodedFaces.face(t)) for t in range(10)]
+    np.testing.assert_allclose(c[:, 3], np.array(ear) - ear[0], atol=5e-3)
+    assert np.abs(c[0]).max() < 1e-3  # the neutral frame (the first) is no motion
+    manifest = json.loads((work / "out.json").read_text())
+    assert manifest["controls"]["driving"] is True and "encoder" in manifest["models"]
+
+
+def test_directions_found_in_the_cache_of_directions_find_then_the_weights_folder(
+    capsys, work, tiny_pack, media
+):
+    import shutil
+
+    from talkcli.animate.cache import default_cache_dir
+    from talkcli.io.files import sha256_file
+    from talkcli.models.directions import cached_directions_path
+    from talkcli.weights import registry
+
+    args = ["--image", media["face"], "--aligned", "--audio", media["speech"], "--pose", "yaw=5"]
+    pack = work / "pack"
+    shutil.copytree(tiny_pack, pack)
+    shutil.copy(media["dirs"], pack / "directions.npz")  # the registry's file
+    code, err = animate(capsys, pack, *args, "-o", "a.mp4")
+    assert code == 0, err
+    assert json.loads((work / "a.json").read_text())["controls"]["directions"] == str(
+        pack / "directions.npz"
+    )
+    sha = sha256_file(registry.resolve("stylegan2-ffhq", pack))
+    cached = cached_directions_path(default_cache_dir(), sha)
+    cached.parent.mkdir(parents=True)
+    shutil.copy(media["dirs"], cached)  # `directions find`'s file wins over the registry's
+    code, err = animate(capsys, pack, *args, "-o", "b.mp4")
+    assert code == 0, err
+    assert json.loads((work / "b.json").read_text())["controls"]["directions"] == str(cached)
+
+
+def test_batch_rows_take_blinks_head_motion_control_and_pose(capsys, work, tiny_pack, media):
+    rows = [
+        "image,audio,out,blinks,head_motion,control,pose",
+        f"{media['face']},{media['speech']},plain.mp4,,,,",
+        f'{media["face"]},{media["speech"]},moved.mp4,20,1,smile=0.1;mouth_open=0.05,"yaw=10,roll=-2"',
+        f"{media['face']},{media['speech']},bad.mp4,,,,smile=1",
+    ]
+    (work / "jobs.csv").write_text("\n".join(rows) + "\n")
+    code = cli.main(
+        ["--weights-dir", str(tiny_pack), "animate", "--jobs", "jobs.csv", "--aligned",
+         "--directions", str(media["dirs"]), "--out-dir", "out"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.mp4" not in [p.name for p in work.iterdir()], err
+    report = json.loads((work / "out" / "animate-report.json").read_text())
+    status = {Path(r["out"]).name: (r["status"], r["message"]) for r in report["items"]}
+    assert status["plain.mp4"][0] == status["moved.mp4"][0] == "ok"
+    assert status["bad.mp4"][0] == "failed" and "not a pose angle" in status["bad.mp4"][1]
+    plain = json.loads((work / "plain.json").read_text())
+    moved = json.loads((work / "moved.json").read_text())
+    assert "controls" not in plain and "blinks" not in plain["options"]
+    assert moved["options"]["blinks"] == 20.0 and moved["options"]["head_motion"] == 1.0
+    assert moved["options"]["controls"] == {
+        "mouth_open": 0.05,
+        "roll": -2.0,
+        "smile": 0.1,
+        "yaw": 10.0,
+    }
+    assert (work / "plain.mp4").read_bytes() != (work / "moved.mp4").read_bytes()
