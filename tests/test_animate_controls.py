@@ -20,6 +20,7 @@ from talkcli.animate.motion.blinks import CLOSED_EYES_OPEN, MIN_INTERVAL_S, Blin
 from talkcli.animate.motion.head import head_motion_track
 from talkcli.audio.features import _ArraySource
 from talkcli.models.directions import STANDARD_NAMES, Directions, save_directions
+from talkcli.tiny.directions import planted_directions
 from tests.speech import speech
 
 FPS = 25.0
@@ -35,11 +36,9 @@ def one_thread():
 
 def planted(n_latent: int = 8, seed: int = 0) -> Directions:
     """Six orthonormal W+ directions named like the standard controls, per_unit 1."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n_latent * 512, len(STANDARD_NAMES))))
-    d = q.T.reshape(len(STANDARD_NAMES), n_latent, 512).astype(np.float32)
-    units = tuple("deg" if n in ("yaw", "pitch", "roll") else "ratio" for n in STANDARD_NAMES)
-    return Directions(STANDARD_NAMES, d, np.ones(len(STANDARD_NAMES), np.float32), units)
+    d = planted_directions(n_latent, seed=seed)
+    assert np.allclose(d.directions.reshape(6, -1) @ d.directions.reshape(6, -1).T, np.eye(6))
+    return d
 
 
 def speech_then_silence(folder: Path, silence_s: float = 4.0) -> tuple[np.ndarray, int]:
@@ -414,3 +413,16 @@ def test_batch_rows_take_blinks_head_motion_control_and_pose(capsys, work, tiny_
         "yaw": 10.0,
     }
     assert (work / "plain.mp4").read_bytes() != (work / "moved.mp4").read_bytes()
+
+
+def test_plot_controls_writes_a_picture(tmp_path):
+    from PIL import Image
+
+    from talkcli.plots import plot_controls
+
+    c = np.zeros((50, 6))
+    c[:, 0] = np.sin(np.arange(50) / 5.0)
+    out = plot_controls(tmp_path / "c.png", c, STANDARD_NAMES, 25.0)
+    assert out.is_file() and Image.open(out).size[0] > 100
+    with pytest.raises(ValueError):
+        plot_controls(tmp_path / "d.png", c[:, :3], STANDARD_NAMES, 25.0)
