@@ -426,3 +426,24 @@ def test_plot_controls_writes_a_picture(tmp_path):
     assert out.is_file() and Image.open(out).size[0] > 100
     with pytest.raises(ValueError):
         plot_controls(tmp_path / "d.png", c[:, :3], STANDARD_NAMES, 25.0)
+
+
+def test_identity_eyes_open_is_measured_from_68_alignment_landmarks():
+    from talkcli.animate.motion.blinks import DEFAULT_EYES_OPEN
+    from talkcli.animate.motion.controls import identity_eyes_open
+    from talkcli.face.measures import eye_aspect_ratio
+
+    lm = GrayCodedFaces.face(5)
+    value, where = identity_eyes_open({"landmarks": lm.tolist()})
+    assert where == "measured" and value == pytest.approx(eye_aspect_ratio(lm))
+    five = {"landmarks": lm[[36, 42, 30, 48, 54]].tolist()}
+    assert identity_eyes_open(five) == (DEFAULT_EYES_OPEN, "default")
+    assert identity_eyes_open(None) == (DEFAULT_EYES_OPEN, "default")
+
+
+def test_head_motion_without_speech_is_refused_before_any_work(capsys, work, tiny_pack, media):
+    code, err = animate(
+        capsys, tiny_pack, "--from-trajectory", media["dirs"], "--head-motion", "1",
+        "--directions", media["dirs"],
+    )  # fmt: skip
+    assert code == 2 and "--head-motion" in err and "--audio" in err, err

@@ -128,6 +128,8 @@ class Job:
             )
         if self.options.driving_mode == "controls" and self.driving is None:
             raise UserError("--driving-mode controls needs a driving clip (--driving)")
+        if self.options.head_motion > 0 and self.audio is None:
+            raise UserError("--head-motion follows the speech: pass it with --audio")
         self.options.check()
         return self
 
