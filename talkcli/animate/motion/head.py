@@ -11,7 +11,8 @@ not grow with the length):
   then closes with a 0.35 s time constant, so a silence longer than ~1 s settles to idle;
 * **accents** (stressed syllables): peaks of the loudness rise (over ``ACCENT_RISE_DB`` per two
   frames, at least 0.25 s apart) while speaking; each one starts a **nod** (pitch, a smooth
-  0.15 s pulse scaled by how high the voice is against its running mean) and may pick a new
+  0.15 s pulse scaled by how high the voice is against its running mean; the pulses' slow 1.5 s
+  mean is taken out, so the head nods about its pose instead of sinking) and may pick a new
   **turn** target for yaw and roll (the head turns there and stays; in silence the targets
   relax back to straight ahead);
 * **sway**: slow sinusoids (0.07-0.45 Hz, seeded phases) on each axis, full while speaking and
@@ -47,6 +48,7 @@ ACCENT_RISE_DB = 4.0
 ACCENT_GAP_S = 0.25
 NOD_DEG = 4.0  # nod amplitude per accent (pitch), before the voice's pitch weighting
 NOD_TAU_S = 0.15  # the nod pulse peaks this long after the accent
+NOD_LEVEL_S = 1.5  # the nods' slow mean is taken out: the head nods about its pose, not down
 TURN_DEG = (5.0, 0.0, 2.0)  # std of the turn targets per axis (yaw, pitch, roll)
 TURN_PROB = (0.4, 0.0, 0.3)  # chance an accent picks a new target, per axis
 TURN_TAU_S = 0.2  # the head follows its target with this (critically damped) time constant
@@ -125,6 +127,7 @@ class HeadMotion:
         self.target = np.zeros(3)
         self.follow = _Smoother(TURN_TAU_S, self.dt)
         self.nod = np.zeros(2)  # two one-pole stages of the nod pulse
+        self.nod_level = 0.0  # their slow mean (NOD_LEVEL_S)
         self.out = _Smoother(SMOOTH_TAU_S, self.dt)
 
     def _sway(self, t: float) -> np.ndarray:
@@ -169,7 +172,8 @@ class HeadMotion:
             self.target *= 1.0 - (1.0 - self.gate) * self.dt / RELAX_S
         a = math.exp(-self.dt / NOD_TAU_S)
         self.nod = np.array([a * self.nod[0], a * self.nod[1] + self.nod[0]])
-        nod = np.array([0.0, self.nod[1], 0.0])
+        self.nod_level += (self.nod[1] - self.nod_level) * self.dt / NOD_LEVEL_S
+        nod = np.array([0.0, self.nod[1] - self.nod_level, 0.0])
         sway = self._sway(self.frame * self.dt) * (IDLE_SWAY + (1 - IDLE_SWAY) * self.gate)
         self.frame += 1
         return self.out.step(self.scale * (self.follow.step(self.target) + nod + sway))
