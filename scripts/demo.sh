@@ -50,8 +50,32 @@ $T $W animate $C --image "$D/astronaut.png" --audio "$D/speech.wav" \
   --out "$D/astronaut-speech.mp4" --paste-back --save-trajectory "$D/astronaut-speech.npz"
 $T $W animate $C --image "$D/astronaut.png" --audio "$D/speech.wav" \
   --generator "$D/astronaut-tuned.pt" --smooth 1 --out "$D/astronaut-tuned-speech.mp4"
+# Expressive motion (issue 16): blinks and head motion that follows the speech, through named
+# controls. Random weights have no face for `talkcli directions find` to measure, so the demo
+# plants a directions file (orthonormal, per_unit 1) and plots the controls applied per frame
+# from the saved trajectory: the picture to look at is controls.png, not the face.
+$PY - "$D/astronaut-speech.npz" "$D/directions.npz" <<'PYEOF'
+import sys
+import numpy as np
+from talkcli.tiny.directions import write_tiny_directions
+n_latent, style_dim = np.load(sys.argv[1])["w_identity"].shape
+write_tiny_directions(sys.argv[2], n_latent, style_dim)
+PYEOF
+$T $W animate $C --image "$D/astronaut.png" --audio "$D/speech.wav" \
+  --directions "$D/directions.npz" --blinks 30 --head-motion 1 --pose yaw=5 --seed 1 \
+  --out "$D/astronaut-expressive.mp4" --save-trajectory "$D/astronaut-expressive.npz"
+$PY - "$D/astronaut-expressive.npz" "$D/controls.png" <<'PYEOF'
+import sys
+import numpy as np
+from talkcli.plots import plot_controls
+t = np.load(sys.argv[1])
+plot_controls(sys.argv[2], t["controls"], list(t["control_names"]), float(t["fps"]),
+              "animate --blinks 30 --head-motion 1 --pose yaw=5")
+print("controls per frame:", sys.argv[2])
+PYEOF
 $T $W media probe "$D/astronaut-speech.mp4" "$D/astronaut-tuned-speech.mp4"
 echo "demo outputs in $D/: astronaut-speech.mp4 (pasted back into the photo), astronaut-tuned-speech.mp4"
-echo "(the generator tuned on the photo) and their run manifests (.json)."
+echo "(the generator tuned on the photo), astronaut-expressive.mp4 (blinks, head motion; its controls"
+echo "per frame plotted in controls.png) and their run manifests (.json)."
 echo "Random weights: the chain runs end to end, but the pictures are abstract, not a talking face."
 echo "Real model files: talkcli weights fetch ..., and an audio model from talkcli train (docs/animate.md)."

@@ -92,6 +92,35 @@ def plot_trajectory(path: str | Path, w: np.ndarray, title: str = "") -> Path:
         return save_figure(fig, path)
 
 
+def plot_controls(
+    path: str | Path,
+    controls: np.ndarray,  # (T, K) values per frame, in their units
+    names: list[str] | tuple[str, ...],
+    fps: float,
+    title: str = "",
+) -> Path:
+    """Named controls per frame (``animate --save-trajectory`` with controls, issue 16): pose
+    angles (degrees) in the top panel, ratio controls (eyes, mouth, smile...) below; x: seconds."""
+    c = np.asarray(controls, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != len(names):
+        raise ValueError(f"controls must be (T, {len(names)}), got {c.shape}")
+    pose = [i for i, n in enumerate(names) if n in ("yaw", "pitch", "roll")]
+    other = [i for i in range(len(names)) if i not in pose]
+    panels = [(p, label) for p, label in ((pose, "degrees"), (other, "ratio")) if p]
+    t = np.arange(len(c)) / float(fps)
+    with figure(8.0, 2.4 * len(panels) + 0.8) as fig:
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, (idx, label) in zip(axes, panels, strict=True):
+            for i in idx:
+                ax.plot(t, c[:, i], linewidth=1, label=str(names[i]))
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="upper right", fontsize="small")
+        axes[-1].set_xlabel("time (s)")
+        axes[0].set_title(title or f"controls per frame, {len(c)} frames")
+        return save_figure(fig, path)
+
+
 # -- training ------------------------------------------------------------------------------------
 
 

@@ -52,6 +52,9 @@ ANIMATE: dict[str, Range] = {
     "face_index": FACE_INDEX,
     "driving_neutral": Range(0, 1_000_000),
     "preview_seconds": Range(0.1, 3600.0),
+    # issue 16: named controls
+    "blinks": Range(0.0, 60.0),  # per minute
+    "head_motion": Range(0.0, 5.0),  # 1 = natural amplitude
 }
 
 EVALUATE: dict[str, Range] = {

@@ -72,6 +72,11 @@ ROW_OPTIONS: dict[str, Callable[[str], Any]] = {
     "edit": str,  # FILE:STRENGTH, several separated by ';'
     "edit_layers": str,
     "resolution": int,
+    # issue 16: named controls (the directions: --directions or the default lookup)
+    "blinks": float,
+    "head_motion": float,
+    "control": str,  # NAME=VALUE, several separated by ';' (or ',')
+    "pose": str,  # yaw=..,pitch=..,roll=..
 }
 PATH_COLUMNS = ("image", "audio", "out", "landmarks")
 
@@ -255,6 +260,8 @@ def _row_options(row: dict[str, str], base: AnimateOptions, folder: Path) -> Ani
             ]
         elif column == "edit_layers":
             changes["edit_layers"] = parse_layers(text)
+        elif column in ("control", "pose"):
+            continue  # issue 16: both at once below (they add up)
         elif column == "landmarks":
             changes["landmarks"] = _relative(Path(text), folder)
         else:
@@ -262,6 +269,12 @@ def _row_options(row: dict[str, str], base: AnimateOptions, folder: Path) -> Ani
                 changes[column] = parse(text)
             except ValueError:
                 raise UserError(f"column {column}: {text!r} is not a valid value") from None
+    control, pose = (row.get("control") or "").strip(), (row.get("pose") or "").strip()
+    if control or pose:
+        from talkcli.animate.motion.controls import parse_controls
+
+        given = parse_controls([t for t in control.split(";") if t.strip()], pose or None)
+        changes["controls"] = given  # a row's controls replace the command line's
     return replace(base, **changes).check()
 
 

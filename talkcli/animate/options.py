@@ -19,6 +19,7 @@ from talkcli.ranges import ANIMATE as ANIMATE_RANGES
 from talkcli.ranges import Range
 
 DETECTORS = ("auto", "fan", "mtcnn")
+DRIVING_MODES = ("latent", "controls")  # issue 16: --driving-mode
 DEFAULT_PRESET = "veryfast"  # = talkcli.io.video.DEFAULT_PRESET (this module stays light)
 RESOLUTIONS = (256, 512, 1024)  # --resolution choices (the library takes any power of two)
 PREVIEW_RESOLUTION = 256  # --preview: clamped to the generator's size (tiny packs)
@@ -119,6 +120,12 @@ class AnimateOptions:
         if self.resolution is None:
             return None
         return min(int(self.resolution), int(size)) if self.preview else int(self.resolution)
+    # issue 16: named controls through a directions file (defaults: none, today's output)
+    directions: Path | None = None  # --directions FILE (else the cached / registry file)
+    blinks: float = 0.0  # --blinks PER_MIN
+    head_motion: float = 0.0  # --head-motion SCALE
+    controls: dict[str, float] = field(default_factory=dict)  # --control / --pose, in units
+    driving_mode: str = "latent"  # --driving-mode latent|controls
 
     def check(self) -> AnimateOptions:
         """Ranges and choices (one-line UserError naming the option); returns self."""
@@ -142,7 +149,40 @@ class AnimateOptions:
             check_number("--edit strength", edit.strength, -EDIT_STRENGTH_MAX, EDIT_STRENGTH_MAX)
         if self.edit_layers is not None and self.edit_layers[0] > self.edit_layers[1]:
             raise UserError(f"--edit-layers {self.edit_layers}: the first exceeds the last")
+        self._check_controls()
         return self
+
+    def _check_controls(self) -> None:
+        """issue 16: --driving-mode and the --control/--pose values."""
+        if self.driving_mode not in DRIVING_MODES:
+            raise UserError(
+                f"--driving-mode {self.driving_mode!r}: expected one of {', '.join(DRIVING_MODES)}"
+            )
+        from talkcli.animate.motion.controls import check_control_values
+
+        check_control_values(self.controls)
+
+    @property
+    def uses_controls(self) -> bool:
+        """Whether the run applies named controls (then, and only then, directions are read)."""
+        return bool(
+            self.blinks > 0
+            or self.head_motion > 0
+            or self.controls
+            or self.driving_mode == "controls"
+        )
+
+    def _shaping_controls(self) -> dict[str, Any]:
+        """issue 16's options for the manifest, only when used (older manifests still match)."""
+        if not self.uses_controls:
+            return {}
+        return {
+            "directions": str(self.directions) if self.directions else None,
+            "blinks": float(self.blinks),
+            "head_motion": float(self.head_motion),
+            "controls": {k: float(v) for k, v in sorted(self.controls.items())},
+            "driving_mode": self.driving_mode,
+        }
 
     def shaping(self) -> dict[str, Any]:
         """The options that change the video (manifest ``options``; ``--resume`` compares)."""
@@ -174,6 +214,7 @@ class AnimateOptions:
                 if self.preview_seconds is not None
                 else {}
             ),
+            **self._shaping_controls(),
         }
 
     @property

@@ -43,6 +43,7 @@ from talkcli.runtime import ModelNeeds, ModelPaths, ModelSet, find_model_files
 if TYPE_CHECKING:
     from talkcli.animate.identity import Identity
     from talkcli.animate.motion import Motion
+    from talkcli.animate.motion.controls import ControlPlan
     from talkcli.animate.render import FrameRenderer
     from talkcli.animate.sink import PasteFn, VideoSink
     from talkcli.animate.trajectory import TrajectoryFile, TrajectoryWriter
@@ -79,7 +80,7 @@ class Job:
     def inputs(self) -> list[Path]:
         """Every input file of the job (for the output guard and the manifest)."""
         o = self.options
-        files = [self.image, self.audio, self.driving, self.trajectory, o.landmarks]
+        files = [self.image, self.audio, self.driving, self.trajectory, o.landmarks, o.directions]
         return [p for p in files if p is not None] + [e.path for e in o.edits]
 
     def require_inputs(self) -> Job:
@@ -94,6 +95,7 @@ class Job:
             (self.driving, "driving video"),
             (self.trajectory, "trajectory file"),
             (o.landmarks, "landmarks file"),
+            (o.directions, "directions file"),
             *((e.path, "edit direction file") for e in o.edits),
         ]
         for path, what in named:
@@ -124,6 +126,10 @@ class Job:
             raise UserError(
                 f"{self.save_trajectory}: a trajectory is saved as .npz (use a name ending in .npz)"
             )
+        if self.options.driving_mode == "controls" and self.driving is None:
+            raise UserError("--driving-mode controls needs a driving clip (--driving)")
+        if self.options.head_motion > 0 and self.audio is None:
+            raise UserError("--head-motion follows the speech: pass it with --audio")
         self.options.check()
         return self
 
@@ -147,10 +153,11 @@ class Needs(ModelNeeds):
             o = job.options
             photo_identity = job.image is not None and job.trajectory is None
             aligns = job.image is not None and (photo_identity or o.tune or o.paste_back)
-            n.encoder |= photo_identity or job.driving is not None
+            by_controls = o.driving_mode == "controls"  # issue 16: landmarks, not pSp
+            n.encoder |= photo_identity or (job.driving is not None and not by_controls)
             n.audio_model |= job.audio is not None and job.trajectory is None
             n.detector |= (aligns and not o.aligned and o.landmarks is None) or (
-                job.driving is not None and not o.driving_aligned
+                job.driving is not None and (by_controls or not o.driving_aligned)
             )
             n.lpips |= o.tune
         return n
@@ -368,6 +375,7 @@ def _motion(
     offset: np.ndarray | None,  # (n_latent, 512): the --edit directions
     traj: TrajectoryFile | None,
     audio: DecodedAudio | None,
+    plan: ControlPlan | None = None,
 ) -> Motion:
     """The W+ stream to render: a saved trajectory, a driving clip, or the speech."""
     from talkcli.animate.motion import audio_motion, driving_motion, replay_motion
@@ -378,6 +386,10 @@ def _motion(
         motion = replay_motion(
             traj, job.trajectory, w_identity, o, offset, soundtrack=job.audio, sound_seconds=seconds
         )
+    elif job.driving is not None and o.driving_mode == "controls":  # issue 16
+        from talkcli.animate.motion.driving import driving_controls_motion
+
+        motion = driving_controls_motion(job.driving, o, models, w_identity, offset, plan)
     elif job.driving is not None:
         motion = driving_motion(job.driving, o, models, tmp_dir, w_identity, offset)
     else:
@@ -449,6 +461,8 @@ def _render(
     saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
     if saver is not None:
         stack.push(_on_error(saver.abort))
+        if motion.controls is not None:  # issue 16: the applied controls go in the file too
+            motion.controls.listeners.append(saver.write_controls)
     stream = _Timed(motion.chunks)
     stats = Rendered(motion.total, width, height)
     loop_start = time.perf_counter()
@@ -473,7 +487,8 @@ def _render(
             )
         stats.stream = time.perf_counter() - loop_start
         if saver is not None:
-            created.append(saver.close(identity.w, o.fps))
+            directions = motion.controls.directions if motion.controls is not None else None
+            created.append(saver.close(identity.w, o.fps, directions))
         t = time.perf_counter()
     stats.finalize = time.perf_counter() - t  # leaving the sink: flush, frame count, audio mux
     created.append(job.out)
@@ -560,6 +575,71 @@ def _manifest(
     }
 
 
+# -- named controls (issue 16) ------------------------------------------------------------------
+
+
+def _control_plan(
+    job: Job,
+    o: AnimateOptions,
+    models: Models,
+    cache: Cache,
+    latent_shape: tuple[int, int],
+    traj: TrajectoryFile | None,
+) -> ControlPlan | None:
+    """The run's controls and their directions, or None when it uses none (then no directions
+    file is read and the output is what it was before issue 16)."""
+    recorded = traj.directions if traj is not None else None
+    if not o.uses_controls and recorded is None:
+        return None
+    from talkcli.animate.motion.controls import (
+        ControlPlan,
+        find_directions,
+        load_plan_directions,
+        same_directions,
+    )
+
+    if o.uses_controls:
+        sha = None if o.directions is not None else models.sha(models.paths.generator)
+        path = find_directions(o.directions, cache.root, sha, models.weights_dir)
+        directions, source = load_plan_directions(path, latent_shape), str(path)
+        if recorded is not None and not same_directions(directions, recorded):
+            raise InputFileError(
+                job.trajectory,
+                f"recorded its controls through other directions than {path}",
+                "replay it without control options, or pass the directions it was made with",
+            )
+    else:
+        directions, source = recorded, "trajectory"
+    plan = ControlPlan(
+        directions,
+        source,
+        static=dict(o.controls),
+        blinks=float(o.blinks),
+        head_motion=float(o.head_motion),
+        seed=int(o.seed),
+        driving=o.driving_mode == "controls" and job.driving is not None,
+    ).check()
+    for note in plan.notes:
+        info(note)
+    return plan
+
+
+def _with_controls(
+    plan: ControlPlan,
+    motion: Motion,
+    identity: Identity,
+    audio: DecodedAudio | None,
+    o: AnimateOptions,
+) -> Motion:
+    """``motion`` with the plan's controls added to every frame."""
+    from talkcli.animate.motion.controls import controlled_motion, identity_eyes_open
+
+    open_value, where = identity_eyes_open(identity.align_meta)
+    if plan.blinks > 0:
+        plan.notes.append(f"eyes_open of the identity: {open_value:.3f} ({where})")
+    return controlled_motion(motion, plan, o.fps, open_value=open_value, audio=audio)
+
+
 # -- one job ------------------------------------------------------------------------------------
 
 
@@ -591,9 +671,12 @@ def animate_job(
         traj, o = _open_trajectory(job, models, stack, latent_shape)
         offset = edit_offset(o.edits, *latent_shape, o.edit_layers)  # (n_latent, 512) | None
         audio = _decode_audio(job, stack, tmp_dir, timings)
+        plan = _control_plan(job, o, models, cache, latent_shape, traj)  # issue 16; None: off
         identity = _identity(job, o, models, cache, traj, progress)
         timings.update(identity.timings)
-        motion = _motion(job, o, models, tmp_dir, identity.w, offset, traj, audio)
+        motion = _motion(job, o, models, tmp_dir, identity.w, offset, traj, audio, plan)
+        if plan is not None:
+            motion = _with_controls(plan, motion, identity, audio, o)
         timings.update(motion.timings)
         rendered = _render(job, o, motion, identity, stack, created, progress)
         timings["load_models"] = models.load_seconds - loaded_before
@@ -603,6 +686,8 @@ def animate_job(
         timings["total"] = time.perf_counter() - started
         timings = {k: round(v, 4) for k, v in timings.items()}
         manifest = _manifest(job, o, models, cache, audio, identity, motion, rendered, timings)
+        if motion.controls is not None:  # issue 16
+            manifest["controls"] = motion.controls.describe()
         write_json_atomic(job.manifest, manifest)
     return AnimateResult(
         out=job.out,

@@ -1,7 +1,12 @@
 """The trajectory file: ``--save-trajectory`` / ``--from-trajectory`` .npz of W+ frames.
 
 Keys (a contract: other tools read and write them): ``w`` float32 (T, n_latent, 512),
-``w_identity`` (n_latent, 512) and ``fps``. ``TrajectoryWriter`` streams the frames to a
+``w_identity`` (n_latent, 512) and ``fps``. A run with named controls (issue 16) also stores
+``control_names`` str (K,) and ``controls`` float32 (T, K), the values applied per frame in their
+units, with the directions they went through (``control_directions`` (K, n_latent, 512),
+``control_per_unit`` (K,), ``control_units`` (K,)), so ``--from-trajectory`` can replay them
+without the directions file: ``w`` already holds them (``w = w_I + audio motion +
+(controls / per_unit) @ directions``). ``TrajectoryWriter`` streams the frames to a
 temporary file and writes the .npz atomically at the end (``w`` stored uncompressed, so it
 streams); ``TrajectoryFile`` checks a file up front and reads ``w`` chunk by chunk. Replaying a
 file as motion is ``talkcli.animate.motion.replay_motion``.
@@ -15,7 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -25,6 +30,8 @@ from talkcli.guards import check_finite_array
 from talkcli.io.files import atomic_output, require_file
 
 TRAJECTORY_KEYS = ("w", "w_identity", "fps")
+CONTROL_KEYS = ("control_names", "controls", "control_directions", "control_per_unit",
+                "control_units")  # fmt: skip
 
 
 def check_trajectory_path(path: Path) -> Path:
@@ -43,6 +50,17 @@ class TrajectoryWriter:
         self._raw: IO[bytes] | None = tempfile.TemporaryFile()
         self.n_frames = 0
         self.frame_shape: tuple[int, ...] | None = None
+        self._controls: IO[bytes] | None = None  # issue 16: (T, K) float32 rows, when used
+        self.n_controls = 0
+        self.n_control_rows = 0
+
+    def write_controls(self, c: np.ndarray) -> None:
+        """Append applied controls (n, K) (issue 16; in frame order, like ``write``)."""
+        a = np.ascontiguousarray(c, dtype="<f4")
+        if self._controls is None:
+            self._controls, self.n_controls = tempfile.TemporaryFile(), int(a.shape[1])
+        self._controls.write(memoryview(a).cast("B"))
+        self.n_control_rows += len(a)
 
     def write(self, w: np.ndarray) -> None:
         """Append frames (n, n_latent, 512)."""
@@ -54,8 +72,9 @@ class TrajectoryWriter:
         self._raw.write(memoryview(a).cast("B"))
         self.n_frames += len(a)
 
-    def close(self, w_identity: np.ndarray, fps: float) -> Path:
-        """Write the .npz (stored, not compressed: it streams) and rename it into place."""
+    def close(self, w_identity: np.ndarray, fps: float, directions: Any = None) -> Path:
+        """Write the .npz (stored, not compressed: it streams) and rename it into place;
+        ``directions`` (a ``talkcli.models.directions.Directions``) with controls written."""
         raw, self._raw = self._raw, None
         if raw is None:
             return self.path
@@ -75,14 +94,45 @@ class TrajectoryWriter:
                         np.lib.format.write_array(f, np.asarray(w_identity, dtype=np.float32))
                     with zf.open("fps.npy", "w") as f:
                         np.lib.format.write_array(f, np.asarray(float(fps), dtype=np.float64))
+                    if self._controls is not None and directions is not None:
+                        self._write_controls(zf, directions)
         finally:
             raw.close()
+            self._close_controls()
         return self.path
+
+    def _write_controls(self, zf: zipfile.ZipFile, directions: Any) -> None:
+        """issue 16: ``controls`` (streamed from its temporary file) and the directions."""
+        if self.n_control_rows != self.n_frames or self.n_controls != len(directions.names):
+            raise ValueError(
+                f"{self.n_control_rows} control rows of {self.n_controls} for {self.n_frames} "
+                f"frames and {len(directions.names)} directions"
+            )
+        self._controls.seek(0)
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.n_frames, self.n_controls)}
+        with zf.open("controls.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            shutil.copyfileobj(self._controls, f, 1 << 20)
+        small = {
+            "control_names": np.array(directions.names, dtype=str),
+            "control_directions": np.asarray(directions.directions, dtype=np.float32),
+            "control_per_unit": np.asarray(directions.per_unit, dtype=np.float32),
+            "control_units": np.array(directions.units, dtype=str),
+        }
+        for key, value in small.items():
+            with zf.open(f"{key}.npy", "w") as f:
+                np.lib.format.write_array(f, value)
+
+    def _close_controls(self) -> None:
+        ctl, self._controls = self._controls, None
+        if ctl is not None:
+            ctl.close()
 
     def abort(self) -> None:
         raw, self._raw = self._raw, None
         if raw is not None:
             raw.close()
+        self._close_controls()
 
 
 class TrajectoryFile:
@@ -130,6 +180,58 @@ class TrajectoryFile:
             raise InputFileError(self.path, f"fps is {fps.tolist()}, expected 1..120")
         self.fps = float(fps)
         self.w_identity = self.w_identity.astype(np.float32)
+        self.directions = self._recorded_directions(names)  # issue 16: None without controls
+
+    def _recorded_directions(self, names: set[str]) -> Any:
+        """issue 16: the directions the recorded ``controls`` went through, checked; None when
+        the file has no controls."""
+        present = [k for k in CONTROL_KEYS if f"{k}.npy" in names]
+        if not present:
+            return None
+        missing = [k for k in CONTROL_KEYS if k not in present]
+        if missing:
+            raise InputFileError(self.path, f"has controls but lacks {', '.join(missing)}")
+        from talkcli.models.directions import Directions
+
+        try:
+            with self._zip.open("controls.npy") as f:
+                shape, _fortran, dtype = self._read_header(f)
+            d = Directions(
+                names=tuple(str(n) for n in self._small("control_names").reshape(-1)),
+                directions=self._small("control_directions").astype(np.float32),
+                per_unit=self._small("control_per_unit").astype(np.float32).reshape(-1),
+                units=tuple(str(u) for u in self._small("control_units").reshape(-1)),
+            )
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputFileError(
+                self.path, f"has damaged controls ({exc})", "recreate it"
+            ) from None
+        if tuple(shape) != (self.n_frames, len(d.names)) or dtype.kind != "f" or _fortran:
+            raise InputFileError(
+                self.path, f"controls has shape {shape}; expected ({self.n_frames}, {len(d.names)})"
+            )
+        if d.directions.shape[1:] != (self.n_latent, self.style_dim):
+            raise InputFileError(self.path, "control_directions do not match the frames' W+ shape")
+        check_finite_array(d.directions, self.path, "control_directions")
+        if not np.all(np.isfinite(d.per_unit)) or np.any(d.per_unit == 0):
+            raise InputFileError(self.path, "control_per_unit has zeros or NaN")
+        self._control_dtype = dtype
+        return d
+
+    def control_chunks(self, size: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+        """issue 16: the recorded ``controls`` (n, K) float32 in chunks of up to ``size`` rows."""
+        k = len(self.directions.names)
+        row_bytes = self._control_dtype.itemsize * k
+        with self._zip.open("controls.npy") as f:
+            self._read_header(f)
+            for a in range(0, self.n_frames, size):
+                n = min(size, self.n_frames - a)
+                data = f.read(n * row_bytes)
+                if len(data) != n * row_bytes:
+                    raise InputFileError(self.path, "controls ends early (the file is truncated)")
+                c = np.frombuffer(data, dtype=self._control_dtype).reshape(n, k)
+                check_finite_array(c, self.path, "controls")
+                yield c.astype(np.float32)
 
     @staticmethod
     def _read_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -18,6 +18,7 @@ from talkcli.commands.options import (
     NETWORK_OPTION,
     WEIGHTS_DIR_OPTION,
     Detector,
+    DrivingMode,
     Dtype,
     Network,
     Resolution,
@@ -200,6 +201,40 @@ def animate_cmd(
     report: Path | None = typer.Option(
         None, "--report", help="Batch: JSON report (default: OUT-DIR/animate-report.json)."
     ),
+    # -- issue 16: named controls (docs/animate.md "Expressive motion") --
+    directions: Path | None = typer.Option(
+        None,
+        "--directions",
+        help="Directions file (.npz) of the named controls; default: the one `talkcli "
+        "directions find` cached for this generator, else `directions.npz` in the weights folder.",
+    ),
+    blinks: float = float_option(
+        0.0,
+        "--blinks",
+        range=ANIMATE["blinks"],
+        help="Blinks per minute (0: none): seeded by --seed, at least 1 s apart, 150-350 ms each.",
+    ),
+    head_motion: float = float_option(
+        0.0,
+        "--head-motion",
+        range=ANIMATE["head_motion"],
+        help="Head motion that follows the speech (nods, turns, sway); 1: natural, 0: none.",
+    ),
+    control: list[str] | None = typer.Option(
+        None,
+        "--control",
+        help="NAME=VALUE: a static offset in the control's unit on every frame, e.g. smile=0.1 "
+        "(repeatable).",
+    ),
+    pose: str | None = typer.Option(
+        None, "--pose", help="yaw=..,pitch=..,roll=..: a static head pose offset in degrees."
+    ),
+    driving_mode: DrivingMode = choice_option(
+        DrivingMode.latent,
+        "--driving-mode",
+        help="--driving: latent (pSp codes of the driving face) or controls (its measured pose, "
+        "eyes, mouth and smile through the directions: its identity cannot leak).",
+    ),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -229,6 +264,7 @@ def animate_cmd(
         driving_neutral=driving_neutral,
         driving_aligned=driving_aligned,
         resolution=int(resolution) if resolution is not None else None,
+        **_control_options(directions, blinks, head_motion, control, pose, driving_mode),
     )
     if preview:
         options = options.as_preview(preview_seconds)
@@ -294,6 +330,26 @@ def animate_cmd(
         wdir=weights_dir(wdir),
         **model_files,
     )
+
+
+def _control_options(
+    directions: Path | None,
+    blinks: float,
+    head_motion: float,
+    control: list[str] | None,
+    pose: str | None,
+    driving_mode: str,
+) -> dict[str, Any]:
+    """issue 16's options as ``AnimateOptions`` fields."""
+    from talkcli.animate.motion.controls import parse_controls
+
+    return {
+        "directions": directions.expanduser() if directions else None,
+        "blinks": blinks,
+        "head_motion": head_motion,
+        "controls": parse_controls(control or [], pose),
+        "driving_mode": str(driving_mode).lower(),
+    }
 
 
 def _run_single(

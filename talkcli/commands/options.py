@@ -168,6 +168,13 @@ class LseProtocol(Choice):
     syncnet = "syncnet"
 
 
+class DrivingMode(Choice):
+    """How a driving clip drives the face (``talkcli.animate.options.DRIVING_MODES``, issue 16)."""
+
+    latent = "latent"
+    controls = "controls"
+
+
 def plain_choice(value: Any) -> Any:
     """Option callback: the enum member's plain string (None and lists pass through)."""
     if isinstance(value, list | tuple):

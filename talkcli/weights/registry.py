@@ -249,6 +249,20 @@ MANIFEST: tuple[ModelFile, ...] = (
             "or pass --model FILE"
         ),
     ),
+    ModelFile(
+        name="directions",
+        filename="directions.npz",
+        url=None,  # made for a generator by `talkcli directions find` (issue 16)
+        description="named W+ directions (yaw, pitch, roll, eyes, mouth, smile) for animate's "
+        "--blinks/--head-motion/--control/--pose, from `talkcli directions find`",
+        used_by=("animate",),
+        license="yours (made from your generator)",
+        optional=True,
+        missing_hint=(
+            "run `talkcli directions find` for your generator (animate then finds it in its "
+            "cache) and copy its .npz to that path, or pass --directions FILE"
+        ),
+    ),
 )
 
 _BY_NAME = {m.name: m for m in MANIFEST}

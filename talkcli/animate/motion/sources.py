@@ -43,6 +43,11 @@ class Motion:
     trim_audio: bool = False  # cut the soundtrack to the video's length
     driving: DrivingSource | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # issue 16: named controls (``motion.controls``): an (n, K) stream measured from a driving
+    # clip or recorded in a replayed trajectory, and the applied controls' listeners once wrapped
+    external_controls: Iterable[np.ndarray] | None = None
+    external_in_frames: bool = False  # the frames already hold the external controls
+    controls: Any = None  # talkcli.animate.motion.controls.AppliedControls
 
 
 def shaped(
@@ -121,9 +126,19 @@ def replay_motion(
 ) -> Motion:
     """A saved trajectory -> W+: its frames unchanged, or, when the options move them, its
     displacements from its own identity shaped around ``w_identity``."""
+    frames: Iterable[np.ndarray] = traj.chunks()
+    recorded = traj.directions  # issue 16: controls recorded with the frames, or None
+    if opts.moves and recorded is not None:  # reshape the audio motion only, not the controls
+        from talkcli.animate.motion.controls import replay_displacement
+
+        frames = replay_displacement(frames, traj.control_chunks(), recorded, -1)
     if opts.moves:
-        d = (w - traj.w_identity[None] for w in traj.chunks())  # (n, n_latent, 512)
+        d = (w - traj.w_identity[None] for w in frames)  # (n, n_latent, 512)
         chunks: Iterable[np.ndarray] = shaped(d, w_identity, opts, offset)
     else:
-        chunks = traj.chunks()
-    return Motion(chunks, traj.n_frames, source, soundtrack, sound_seconds)
+        chunks = frames
+    motion = Motion(chunks, traj.n_frames, source, soundtrack, sound_seconds)
+    if recorded is not None:
+        motion.external_controls = traj.control_chunks()
+        motion.external_in_frames = not opts.moves
+    return motion
