@@ -132,8 +132,6 @@ DIRECTIONS_FIND: dict[str, Range] = {
     "calibrate_step": Range(0.01, 10.0),
 }
 
-DIRECTIONS_FROM_LABELS: dict[str, Range] = {"seed": SEED, "batch_size": Range(1, 256)}
-
 COMMANDS: dict[str, dict[str, Range]] = {
     "align": ALIGN,
     "animate": ANIMATE,
@@ -146,7 +144,6 @@ COMMANDS: dict[str, dict[str, Range]] = {
     "media to-wav": MEDIA_TO_WAV,
     "weights tiny": WEIGHTS_TINY,
     "directions find": DIRECTIONS_FIND,
-    "directions from-labels": DIRECTIONS_FROM_LABELS,
 }
 
 

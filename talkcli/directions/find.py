@@ -33,6 +33,7 @@ import numpy as np
 from talkcli.directions.fit import (
     FIT_METHODS,
     LinearFit,
+    check_layer_ranges,
     conditional_directions,
     fit_quantity,
     layer_ranges,
@@ -282,6 +283,7 @@ def find_directions(
     cfg.check()
     names = measurable_names(detector, cfg.names)
     n_latent = int(G.n_latent)
+    check_layer_ranges(cfg.layers, n_latent)
     layers = layer_ranges(names, n_latent, cfg.layers)
     codes = sample_codes(G, cfg.samples, cfg.seed, cfg.truncation)  # (N, D)
 

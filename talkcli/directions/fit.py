@@ -210,8 +210,11 @@ def default_layers(name: str, n_latent: int) -> tuple[int, int]:
     return lo, hi
 
 
-def parse_layer_ranges(items: Sequence[str], n_latent: int) -> dict[str, tuple[int, int]]:
-    """``["yaw=0-3", "smile=4-6"]`` -> ``{"yaw": (0, 3), ...}``, checked against ``n_latent``."""
+def parse_layer_ranges(
+    items: Sequence[str], n_latent: int | None = None
+) -> dict[str, tuple[int, int]]:
+    """``["yaw=0-3", "smile=4"]`` -> ``{"yaw": (0, 3), "smile": (4, 4)}``; checked against
+    ``n_latent`` when given (``check_layer_ranges``)."""
     out: dict[str, tuple[int, int]] = {}
     for item in items:
         name, sep, span = item.partition("=")
@@ -222,13 +225,22 @@ def parse_layer_ranges(items: Sequence[str], n_latent: int) -> dict[str, tuple[i
             lo, hi = int(a), int(b) if dash else int(a)
         except ValueError:
             raise UserError(f"--layers {item!r}: expected NAME=A-B (e.g. yaw=0-3)") from None
+        if not 0 <= lo <= hi:
+            raise UserError(f"--layers {item!r}: expected 0 <= A <= B")
+        out[name.strip()] = (lo, hi)
+    if n_latent is not None:
+        check_layer_ranges(out, n_latent)
+    return out
+
+
+def check_layer_ranges(layers: Mapping[str, tuple[int, int]], n_latent: int) -> None:
+    """Every range within the generator's ``n_latent`` W+ layers, else a one-line UserError."""
+    for name, (lo, hi) in layers.items():
         if not 0 <= lo <= hi < n_latent:
             raise UserError(
-                f"--layers {item!r}: layers must satisfy 0 <= A <= B < {n_latent} "
+                f"--layers {name}={lo}-{hi}: layers must satisfy 0 <= A <= B < {n_latent} "
                 "(this generator's W+ layers)"
             )
-        out[name.strip()] = (lo, hi)
-    return out
 
 
 def layer_ranges(
