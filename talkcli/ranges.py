@@ -132,6 +132,8 @@ DIRECTIONS_FIND: dict[str, Range] = {
     "calibrate_step": Range(0.01, 10.0),
 }
 
+DIRECTIONS_FROM_LABELS: dict[str, Range] = {"seed": SEED}
+
 COMMANDS: dict[str, dict[str, Range]] = {
     "align": ALIGN,
     "animate": ANIMATE,
@@ -144,6 +146,7 @@ COMMANDS: dict[str, dict[str, Range]] = {
     "media to-wav": MEDIA_TO_WAV,
     "weights tiny": WEIGHTS_TINY,
     "directions find": DIRECTIONS_FIND,
+    "directions from-labels": DIRECTIONS_FROM_LABELS,
 }
 
 

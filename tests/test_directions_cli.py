@@ -33,12 +33,13 @@ def weights(tiny_pack, tmp_path, monkeypatch):
 
 def _find(weights, tmp_path, *extra):
     return run_cli_inprocess(
-        "--weights-dir", str(weights), "directions", "find", "--samples", "96",
+        "--weights-dir", str(weights), "directions", "find", "--samples", "64",
         "--batch-size", "32", "--calibrate-samples", "4", "--cache-dir", str(tmp_path / "cache"),
         *extra,
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_find_writes_directions_report_plot_and_cache(weights, tmp_path):
     out, plot = tmp_path / "d.npz", tmp_path / "fit.png"
     r = _find(weights, tmp_path, "--out", str(out), "--plot", str(plot), "--layers", "yaw=0-2")
@@ -47,7 +48,7 @@ def test_find_writes_directions_report_plot_and_cache(weights, tmp_path):
     assert d.names == PLANTED and np.all(d.per_unit > 0)
     assert tuple(d.layers[0]) == (0, 2) and tuple(d.layers[3]) == (2, 4)
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["cached"] is False and report["samples"] == 96
+    assert report["cached"] is False and report["samples"] == 64
     assert set(report["cross_talk"]["yaw"]) == set(PLANTED)
     assert report["quantities"]["smile"]["per_unit"] == pytest.approx(float(d.per_unit[5]))
     assert plot.stat().st_size > 1000
@@ -63,6 +64,7 @@ def test_find_writes_directions_report_plot_and_cache(weights, tmp_path):
     assert np.array_equal(load_directions(out2).directions, d.directions)
 
 
+@pytest.mark.slow
 def test_find_names_subset_and_no_cache(weights, tmp_path):
     out = tmp_path / "d.npz"
     r = _find(weights, tmp_path, "--names", "eyes_open,yaw", "--no-cache", "--out", str(out))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -197,6 +197,89 @@ def _run(req: FindRequest, as_json: bool) -> None:
         info(f"{what}: {path}")
     if as_json:
         print_json(rep)
+
+
+@directions_app.command("from-labels")
+def from_labels_cmd(
+    labels_csv: Path = typer.Argument(
+        ..., help="CSV: an image column (paths relative to the CSV) + one number per quantity."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Directions file (.npz)."),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="pSp or e4e checkpoint (default: registry pSp)."
+    ),
+    detector: Detector = DETECTOR_OPTION,
+    aligned: bool = typer.Option(
+        False, "--aligned", help="The photos are already FFHQ-aligned (no detection)."
+    ),
+    method: FitMethod = METHOD_OPTION,
+    layers: list[str] | None = LAYERS_OPTION,
+    no_orthogonalise: bool = typer.Option(
+        False, "--no-orthogonalise", help="Keep the fitted normals."
+    ),
+    seed: int = seed_option(0, note="held-out split"),
+    report: Path | None = typer.Option(
+        None, "--report", help="JSON report (default: beside --out, same name, .json)."
+    ),
+    as_json: bool = JSON_OPTION,
+    wdir: Path | None = WEIGHTS_DIR_OPTION,
+) -> None:
+    """Directions from labelled photos (encoded by pSp); per_unit from the fit's slope."""
+    from talkcli.device import resolve_device
+    from talkcli.directions.fit import parse_layer_ranges
+    from talkcli.directions.labels import encode_labelled, fit_from_labels, read_labels_csv
+    from talkcli.errors import UserError
+    from talkcli.io.files import write_json_atomic
+    from talkcli.models.directions import save_directions
+    from talkcli.models.psp import load_encoder
+    from talkcli.runtime import ENCODER
+    from talkcli.weights import registry
+    from talkcli.weights.outputs import guard_outputs
+
+    wd = weights_dir(wdir)
+    if out.suffix != ".npz":
+        raise UserError(f"--out {out}: a directions file is an .npz (use a name ending in .npz)")
+    report = report or out.with_suffix(".json")
+    spans = parse_layer_ranges(layers or [])
+    labels = read_labels_csv(labels_csv)
+    enc_path = registry.resolve_option(encoder, ENCODER, wd, "directions from-labels")
+    guard_outputs([out, report], inputs=[labels_csv, enc_path, *labels.images], weights_dir=wd)
+    device = resolve_device(settings.device)
+    det = None
+    if not aligned:
+        from talkcli.face.landmarks import select_detector
+
+        det = select_detector(str(detector), wd, str(device))
+    E = load_encoder(enc_path, device)
+
+    def encode(images: Any) -> Any:  # (1, H, W, 3) uint8 -> (1, n_latent, D) numpy
+        import torch
+
+        with torch.no_grad():
+            return E.encode_images(images).float().cpu().numpy()
+
+    with progress() as bar:
+        task = bar.add_task("encode", total=len(labels.images))
+        codes = encode_labelled(
+            labels, encode, det, on_progress=lambda d, _n: bar.update(task, completed=d)
+        )
+    d, rep = fit_from_labels(codes, labels, str(method), spans, not no_orthogonalise, seed)
+    save_directions(out, d)
+    rep["outputs"] = {"out": str(out), "report": str(report)}
+    write_json_atomic(report, rep, indent=2)
+    for name in d.names:
+        q = rep["quantities"][name]
+        info(
+            f"{name:>10}: per_unit {q['per_unit']:.4g} {q['unit']} (from the fit's slope), "
+            f"R² held out {_fmt(q['r2_heldout'])}"
+        )
+    info(f"wrote {out} and {report}")
+    if as_json:
+        print_json(rep)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def register(app: typer.Typer) -> None:
