@@ -4,7 +4,8 @@ Each plot is a function taking plain numpy data and an output path; ``save_figur
 atomically in the format the path's suffix names (``.png``, ``.jpg``, ``.pdf``, ``.svg``), and
 ``check_plot_path`` refuses other suffixes before any work starts.
 
-Sections: latents (``invert --plot``), training (``train``), evaluation (``evaluate``).
+Sections: latents (``invert --plot``), training (``train``), evaluation (``evaluate``),
+directions (``directions find --plot``).
 """
 
 from __future__ import annotations
@@ -256,4 +257,43 @@ def plot_metrics(
         if 1 < len(curves) <= LEGEND_MAX:
             axes[0].legend(loc="best", fontsize="small")
         axes[0].set_title(title or f"per-frame metrics, {len(curves)} video(s)")
+        return save_figure(fig, path)
+
+
+# -- directions ----------------------------------------------------------------------------------
+
+
+def plot_direction_fits(
+    path: str | Path,
+    names: list[str],
+    units: list[str],
+    projections: np.ndarray,
+    values: np.ndarray,
+    slopes: np.ndarray,
+    intercepts: np.ndarray,
+    r2: list[float | None],  # held-out R^2 per quantity
+) -> Path:
+    """``directions find --plot``: one panel per quantity, the measured value of each sample
+    against its code's projection on the fitted normal, with the fit line ``intercept + slope *
+    projection``. ``projections``/``values``: (N, K), NaN where no face was found."""
+    k = len(names)
+    cols = min(k, 3)
+    rows = (k + cols - 1) // cols
+    with figure(4.0 * cols, 3.2 * rows) as fig:
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+        for i, name in enumerate(names):
+            ax = axes[i]
+            x, y = projections[:, i], values[:, i]
+            ok = np.isfinite(x) & np.isfinite(y)
+            ax.scatter(x[ok], y[ok], s=4, alpha=0.4)
+            if ok.any():
+                xs = np.linspace(float(x[ok].min()), float(x[ok].max()), 2)
+                ax.plot(xs, intercepts[i] + slopes[i] * xs, color="C1", linewidth=1.5)
+            score = "" if r2[i] is None else f", held-out R² {r2[i]:.3f}"
+            ax.set_title(f"{name}{score}", fontsize="medium")
+            ax.set_xlabel("projection on the fitted normal")
+            ax.set_ylabel(f"{name} ({units[i]})")
+            ax.grid(True, alpha=0.3)
+        for ax in axes[k:]:
+            ax.set_visible(False)
         return save_figure(fig, path)

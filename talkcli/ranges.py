@@ -126,6 +126,18 @@ MEDIA_TO_WAV: dict[str, Range] = {"rate": Range(8000, 192_000)}
 
 WEIGHTS_TINY: dict[str, Range] = {"size": Range(16, 1024), "seed": SEED}
 
+DIRECTIONS_FIND: dict[str, Range] = {
+    "samples": Range(16, 1_000_000),
+    "seed": SEED,
+    "truncation": Range(0.05, 1.0),
+    "batch_size": Range(1, 256),
+    "detect_size": Range(32, 1024),
+    "calibrate_samples": Range(2, 10_000),
+    "calibrate_step": Range(0.01, 10.0),
+}
+
+DIRECTIONS_FROM_LABELS: dict[str, Range] = {"seed": SEED}
+
 COMMANDS: dict[str, dict[str, Range]] = {
     "align": ALIGN,
     "animate": ANIMATE,
@@ -137,6 +149,8 @@ COMMANDS: dict[str, dict[str, Range]] = {
     "train fit": TRAIN_FIT,
     "media to-wav": MEDIA_TO_WAV,
     "weights tiny": WEIGHTS_TINY,
+    "directions find": DIRECTIONS_FIND,
+    "directions from-labels": DIRECTIONS_FROM_LABELS,
 }
 
 

@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "animate": 3,
     "runtime": 3,
     "tiny": 3,
+    "directions": 3,
     # 4: the command line
     "commands": 4,
     "cli": 4,

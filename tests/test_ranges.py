@@ -46,6 +46,7 @@ def test_every_range_entry_belongs_to_an_option():
 def _library_configs():
     """command path -> (config class, how to run its checks)."""
     from talkcli.animate.options import AnimateOptions
+    from talkcli.directions.find import FindConfig
     from talkcli.face.align import AlignConfig
     from talkcli.inversion.project import ProjectionConfig
     from talkcli.inversion.pti import PTIConfig
@@ -67,6 +68,7 @@ def _library_configs():
         "train prepare": (PrepareConfig, via_check(PrepareConfig)),
         "invert": (ProjectionConfig, on_init(ProjectionConfig)),
         "tune-pti": (PTIConfig, on_init(PTIConfig)),
+        "directions find": (FindConfig, via_check(FindConfig)),
     }
 
 
@@ -118,6 +120,9 @@ def test_option_enums_match_the_library_choices():
     assert values(o.Method) == list(METHODS)
     assert set(values(o.LpipsNet)) == set(NETS) == set(LPIPS_NETS)
     assert values(o.Dtype) == list(animate_options.DTYPES)
+    from talkcli.directions.fit import FIT_METHODS
+
+    assert values(o.FitMethod) == list(FIT_METHODS)
     assert set(values(o.Arch)) == set(ARCH_PRESETS)
     assert values(o.Crop) == list(CROPS)
     assert values(o.FaceCrop) == list(FACE_CROPS)

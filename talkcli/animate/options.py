@@ -120,6 +120,7 @@ class AnimateOptions:
         if self.resolution is None:
             return None
         return min(int(self.resolution), int(size)) if self.preview else int(self.resolution)
+
     # issue 16: named controls through a directions file (defaults: none, today's output)
     directions: Path | None = None  # --directions FILE (else the cached / registry file)
     blinks: float = 0.0  # --blinks PER_MIN

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "animate",
     "evaluate",
     "train",
+    "directions",
 )
 
 

@@ -97,8 +97,8 @@ def run_cmd(
         None,
         "--metrics",
         "-m",
-        help="Comma-separated: psnr,ssim,lpips,fid,lmd,cpbd,lse \\[default: every metric whose "
-        "model files are present; named metrics must run].",
+        help="Comma-separated: psnr,ssim,lpips,fid,lmd,cpbd,lse,motion \\[default: every metric "
+        "whose model files are present; named metrics must run].",
     ),
     fps: float | None = fps_option(
         None, "both videos are resampled to it, frames matched by index", " \\[25]"

@@ -110,6 +110,13 @@ class GeneratorArch(Choice):
     stylegan3_r = "stylegan3-r"
 
 
+class FitMethod(Choice):
+    """How ``directions`` fits a quantity (``talkcli.directions.fit.FIT_METHODS``)."""
+
+    ridge = "ridge"
+    svm = "svm"
+
+
 class Network(Choice):
     """Which network of an NVIDIA pickle is the generator (``load_generator(network=...)``)."""
 

@@ -119,10 +119,17 @@ def head_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[float
         image = lm[idx]
     else:
         model, image = _MODEL_5, lm
-    flags = cv2.SOLVEPNP_ITERATIVE if lm.shape[0] == 68 else cv2.SOLVEPNP_SQPNP  # DLT needs 6
-    ok, rvec, _ = cv2.solvePnP(model, np.ascontiguousarray(image), camera, np.zeros(4), flags=flags)
+    image = np.ascontiguousarray(image)
+    # SQPNP finds the global optimum; plain ITERATIVE (DLT start) flips to a ~180 degree roll on
+    # faces ~10 % off the rigid model (a wide smile, landmark noise), so it only refines here.
+    ok, rvec, tvec = cv2.solvePnP(model, image, camera, np.zeros(4), flags=cv2.SOLVEPNP_SQPNP)
     if not ok:
         return math.nan, math.nan, math.nan
+    if lm.shape[0] == 68:
+        refine = {"useExtrinsicGuess": True, "flags": cv2.SOLVEPNP_ITERATIVE}
+        ok, rvec, _ = cv2.solvePnP(model, image, camera, np.zeros(4), rvec, tvec, **refine)
+        if not ok:
+            return math.nan, math.nan, math.nan
     yaw, pitch, roll = _euler_degrees(rvec)
     return yaw, (pitch if lm.shape[0] == 68 else math.nan), roll
 

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from talkcli.constants import SAMPLE_RATE
 from talkcli.errors import InputFileError, ModelFileError, TalkcliError, UserError
 from talkcli.metrics.inputs import Pair
+from talkcli.metrics.motion import MOTION_COLUMNS
 
 if TYPE_CHECKING:
     from talkcli.runtime import ModelSet
 
-METRICS = ("psnr", "ssim", "lpips", "fid", "lmd", "cpbd", "lse")
+METRICS = ("psnr", "ssim", "lpips", "fid", "lmd", "cpbd", "lse", "motion")
 NEEDS_REFERENCE = frozenset({"psnr", "ssim", "lpips", "lmd"})  # FID: a reference or --fid-stats
 COLUMNS = {
     "psnr": ("psnr",),
@@ -42,6 +44,7 @@ COLUMNS = {
     "lmd": ("lmd", "lmd_face"),
     "cpbd": ("cpbd",),
     "lse": ("lse_d", "lse_c", "lse_offset"),
+    "motion": MOTION_COLUMNS,  # blink rate, pose std, mouth-audio r; pose error with a reference
 }
 PER_FRAME = ("psnr", "ssim", "lpips", "lmd", "lmd_face", "cpbd")
 HIGHER_IS_BETTER = {
@@ -54,6 +57,8 @@ HIGHER_IS_BETTER = {
     "cpbd": True,
     "lse_d": False,
     "lse_c": True,
+    "mouth_audio_r": True,
+    "pose_error": False,
 }
 CROPS = ("full", "aligned")
 FACE_CROPS = ("auto", "detect", "aligned")
@@ -159,6 +164,7 @@ def plan(cfg: EvalConfig, has_reference: bool) -> Plan:
         "fid": (("fid-inception",), "FID", cfg.inception),
         "lmd": (FAN_FILES, "LMD (FAN landmarks)", None),
         "lse": (("syncnet",), "LSE-C/LSE-D", cfg.syncnet),
+        "motion": (FAN_FILES, "motion statistics (FAN landmarks)", None),
     }
     for metric in cfg.metrics:
         if metric in NEEDS_REFERENCE and not has_reference:
@@ -277,7 +283,7 @@ def load_models(cfg: EvalConfig, p: Plan) -> ModelSet:
         m.lpips()
     if "fid" in p.metrics:
         m.inception()
-    if "lmd" in p.metrics:
+    if "lmd" in p.metrics or "motion" in p.metrics:
         m.fan()
     if "lse" in p.metrics:
         m.syncnet()
@@ -378,7 +384,9 @@ def evaluate_pair(
     from talkcli.io.video import VideoReader
 
     res, gen, n, pair, size = prep.res, prep.gen, prep.n, prep.res.pair, prep.res.size
-    frame_metrics = [m for m in p.metrics if m in ("psnr", "ssim", "lpips", "lmd", "cpbd")]
+    frame_metrics = [
+        m for m in p.metrics if m in ("psnr", "ssim", "lpips", "lmd", "cpbd", "motion")
+    ]
     needs_frames = frame_metrics or ("fid" in p.metrics and (fid_gen is not None))
     curves: dict[str, list[np.ndarray]] = {}
     done = 0
@@ -413,6 +421,8 @@ def evaluate_pair(
             raise InputFileError(gen, "no frames could be compared", "is it a complete video?")
     res.frames = done
     res.per_frame = {k: np.concatenate(v) for k, v in curves.items()}
+    if "motion" in p.metrics and done:
+        res.values.update(_motion(res, prep, cfg))
     for name, values in res.per_frame.items():
         finite = values[~np.isnan(values)]
         res.values[name] = float(np.mean(finite)) if len(finite) else math.nan
@@ -470,7 +480,7 @@ def _lse_can_run(gen: Path, info: Any, cfg: EvalConfig, res: VideoResult) -> boo
 # --batch at once; PER_FRAME ones work frame by frame (SSIM chunks its frames to 256 MiB, but a
 # frame's float64 planes and maps are one chunk at least; S3FD runs VGG16 at full size).
 BATCHED_BYTES_PER_PIXEL = {"frames": 6, "psnr": 24, "lpips-alex": 160, "lpips-vgg": 2600, "fid": 24}
-PER_FRAME_BYTES_PER_PIXEL = {"ssim": 640, "lmd": 2600, "cpbd": 160}
+PER_FRAME_BYTES_PER_PIXEL = {"ssim": 640, "lmd": 2600, "cpbd": 160, "motion": 2600}
 
 
 def eval_memory(size: tuple[int, int], metrics: list[str], cfg: EvalConfig) -> int:
@@ -525,6 +535,42 @@ def _check_size(gen: Path, size: tuple[int, int], metrics: list[str], cfg: EvalC
             )
 
 
+def _motion_measures(lm: np.ndarray, frames: np.ndarray, key: str) -> dict[str, np.ndarray]:
+    """One batch's per-frame face measures (B, 5) under ``key`` (popped by ``_motion``); the
+    key itself marks the batch as measured."""
+    from talkcli.metrics.motion import measure_frames
+
+    m = measure_frames(lm, (frames.shape[2], frames.shape[1]))  # (B, 5)
+    return {key: np.zeros(len(m)), **{f"{key}_{i}": m[:, i] for i in range(m.shape[1])}}
+
+
+def _motion(res: VideoResult, prep: Prepared, cfg: EvalConfig) -> dict[str, float]:
+    """Motion statistics (``talkcli.metrics.motion``) from the per-frame measures the batches
+    left in ``res.per_frame`` (removed from it), with the video's own audio when it has one."""
+    from talkcli.metrics.motion import MEASURED, motion_statistics
+
+    def take(key: str) -> np.ndarray | None:
+        if key not in res.per_frame:
+            return None
+        res.per_frame.pop(key)
+        return np.stack([res.per_frame.pop(f"{key}_{i}") for i in range(len(MEASURED))], axis=1)
+
+    gen, ref = take("_motion_gen"), take("_motion_ref")
+    audio = None
+    if prep.g_info.has_audio:
+        from talkcli.io.audio import load_audio
+
+        try:
+            audio = load_audio(prep.gen)
+        except InputFileError as exc:
+            res.notes.append(f"motion: mouth-audio correlation skipped ({exc})")
+    stats = motion_statistics(gen, cfg.fps, audio, SAMPLE_RATE, ref)
+    missing = int(np.isnan(gen[:, 0]).sum())
+    if missing:
+        res.notes.append(f"motion: no face found in {missing} generated frame(s)")
+    return stats
+
+
 def _features(frames: np.ndarray, net: Any, cfg: EvalConfig) -> np.ndarray:
     from talkcli.metrics.frechet import inception_features
 
@@ -561,6 +607,15 @@ def _frame_metrics(
             lr = detect_landmarks(r, models.fan())
             out["lmd"] = landmark_distances(lg, lr, MOUTH)
             out["lmd_face"] = landmark_distances(lg, lr, FACE)
+            if "motion" in metrics:
+                out.update(_motion_measures(lg, g, "_motion_gen"))
+                out.update(_motion_measures(lr, r, "_motion_ref"))
+    if "motion" in metrics and "_motion_gen" not in out:
+        from talkcli.metrics.landmarks import detect_landmarks
+
+        out.update(_motion_measures(detect_landmarks(g, models.fan()), g, "_motion_gen"))
+        if r is not None:
+            out.update(_motion_measures(detect_landmarks(r, models.fan()), r, "_motion_ref"))
     if "cpbd" in metrics:
         from talkcli.metrics.sharpness import cpbd_frames
 

@@ -6,7 +6,8 @@ strings ``"inf"``, ``"-inf"`` and ``"nan"`` and read back by ``number``.
 
 Aggregates: per-frame metrics (PSNR, SSIM, LPIPS, LMD, CPBD) pool the frames of every evaluated
 video (``over: "frames"``, population std, NaN frames left out); LSE values are averaged over
-videos (``over: "videos"``); FID is one value for the whole set (``over: "set"``).
+videos (``over: "videos"``), and so are the motion statistics (blink rate, pose std, mouth-audio
+correlation, pose error); FID is one value for the whole set (``over: "set"``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import numpy as np
 from talkcli.errors import InputFileError
 from talkcli.io.files import atomic_output
 from talkcli.metrics.evaluate import COLUMNS, HIGHER_IS_BETTER, PER_FRAME, EvalRun
+from talkcli.metrics.motion import MOTION_COLUMNS
 from talkcli.provenance import software_versions
 
 REPORT_KIND = "talkcli-evaluate"
 REPORT_FORMAT = 1
-VIDEO_LEVEL = ("lse_d", "lse_c", "lse_offset")
+VIDEO_LEVEL = ("lse_d", "lse_c", "lse_offset", *MOTION_COLUMNS)
 
 
 def json_safe(obj: Any) -> Any:
