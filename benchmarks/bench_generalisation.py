@@ -92,7 +92,8 @@ def cases(quick: bool) -> list[Case]:
 
 # variant name -> extra `train fit` options (issue 19's generalisation options)
 VARIANTS: dict[str, list[str]] = {
-    "thesis": [],  # the defaults: the thesis' model, as before issue 19
+    "thesis": [],  # the defaults: the thesis' model, best epoch by held-out r
+    "loss-selected": ["--best-by", "loss"],  # the best epoch by validation loss (before)
     "dropout": ["--identity-dropout", "0.5"],
     "no-identity": ["--identity", "none"],
     "normalised": ["--normalise"],

@@ -305,3 +305,26 @@ def test_frames_are_matched_at_the_common_frame_rate(clips, tmp_path):
     assert at25.frames == 12 and not any("lengths differ" in n for n in at25.notes)
     direct = evaluate([Pair("b", clips["gen"], clips["ref"])], cfg, p).results[0]
     assert at25.values["psnr"] == pytest.approx(direct.values["psnr"], abs=0.3)
+
+
+def test_networks_run_under_the_resolved_dtype(clips, tiny_pack, monkeypatch):
+    """Issue 18: --dtype auto resolves with the device (fp32 on a CPU without native bf16, bf16
+    with it) and is recorded; bf16 LPIPS/FID stay close to fp32, pixel metrics are untouched."""
+    pairs = [Pair("a", clips["gen"], clips["ref"]), Pair("b", clips["gen2"], clips["ref"])]
+    reports = {}
+    for flag, dtype in (("0", "auto"), ("1", "auto"), ("0", "bf16")):
+        monkeypatch.setenv("TALKCLI_CPU_BF16", flag)
+        cfg = EvalConfig(
+            metrics=("psnr", "lpips", "fid"), threads=1, weights_dir=tiny_pack, dtype=dtype
+        )
+        run = evaluate(pairs, cfg, plan(cfg, True))
+        reports[flag, dtype] = (cfg.dtype, build_report(run, "x"))
+    assert reports["0", "auto"][0] == "fp32"
+    assert reports["1", "auto"][0] == "bf16" and reports["0", "bf16"][0] == "bf16"
+    fp32, bf16 = reports["0", "auto"][1], reports["1", "auto"][1]
+    for a, b in zip(fp32["videos"], bf16["videos"], strict=True):
+        assert a["values"]["psnr"] == b["values"]["psnr"]  # pixel metric: fp32 always
+        assert b["values"]["lpips"] == pytest.approx(a["values"]["lpips"], rel=0.05, abs=2e-3)
+    assert bf16["fid"]["value"] == pytest.approx(fp32["fid"]["value"], rel=0.1, abs=1.0)
+    with pytest.raises(UserError, match="--dtype"):
+        EvalConfig(dtype="fp8").check()

@@ -19,6 +19,7 @@ from talkcli.commands.options import (
     JSON_OPTION,
     WEIGHTS_DIR_OPTION,
     Crop,
+    Dtype,
     FaceCrop,
     LpipsNet,
     LseProtocol,
@@ -67,6 +68,7 @@ _READ: dict[str, Any] = {
     "face_crop": lambda v: str(v).lower(),
     "lpips_net": lambda v: str(v).lower(),
     "lse_protocol": lambda v: str(v).lower(),
+    "dtype": lambda v: str(v).lower(),
     "strict": bool,
     "batch": int,
     "threads": int,
@@ -129,6 +131,13 @@ def run_cmd(
         "own ffmpeg/JPEG/XVID round trips (syncnet), to match published numbers \\[direct]. "
         "Recorded in the report.",
     ),
+    dtype: Dtype | None = choice_option(
+        None,
+        "--dtype",
+        help="Precision of LPIPS, Inception (FID) and SyncNet (LSE): auto (bf16 autocast on "
+        "GPUs and CPUs with native bf16), fp32, bf16 or fp16; landmarks and pixel metrics stay "
+        "fp32. The resolved precision is recorded; compare runs of the same one \\[auto].",
+    ),
     strict: bool | None = typer.Option(
         None, "--strict/--no-strict", help="Refuse videos of different sizes instead of resizing."
     ),
@@ -185,6 +194,7 @@ def run_cmd(
         "face_crop": face_crop,
         "lpips": lpips_net,
         "lse_protocol": lse_protocol,
+        "dtype": dtype,
         "strict": strict,
         "max_frames": max_frames,
         "batch": batch,

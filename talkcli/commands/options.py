@@ -102,6 +102,13 @@ class IdentityInput(Choice):
     none = "none"
 
 
+class BestBy(Choice):
+    """How ``train fit`` picks its best epoch (``--best-by``)."""
+
+    r = "r"
+    loss = "loss"
+
+
 class GeneratorArch(Choice):
     """Generators a tiny pack can hold (``talkcli.tiny.pack.GENERATOR_ARCHS``)."""
 

@@ -16,6 +16,7 @@ from talkcli.commands.options import (
     JSON_OPTION,
     WEIGHTS_DIR_OPTION,
     Arch,
+    BestBy,
     Detector,
     Dtype,
     Features,
@@ -353,6 +354,12 @@ def fit_cmd(
         "--normalise/--no-normalise",
         help="Scale identity coordinates and the output by the data's spreads.",
     ),
+    best_by: BestBy = choice_option(
+        BestBy.r,
+        "--best-by",
+        help="Best epoch (NAME.safetensors): highest held-out-identity r (r; the validation "
+        "loss without held-out speakers) or lowest validation loss (loss).",
+    ),
     generator: Path | None = GENERATOR_OPTION,
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue from a training state file (NAME.state.pt)."
@@ -400,6 +407,7 @@ def fit_cmd(
         identity=str(identity),
         identity_dropout=identity_dropout,
         identity_augment=identity_augment,
+        best_by=str(best_by),
         normalise=normalise,
         features=features,
     )

@@ -90,6 +90,9 @@ class EvalConfig:
     threads: int = field(default_factory=default_threads)
     seed: int = 0
     device: str = "cpu"  # a --device spec; resolved when the networks are loaded
+    # precision of LPIPS, Inception (FID) and SyncNet (LSE): auto|fp32|bf16|fp16, resolved with
+    # the device (talkcli.device.resolve_dtype); the landmark detectors and pixel metrics stay fp32
+    dtype: str = "auto"
     weights_dir: Path | None = None
     inception: Path | None = None
     syncnet: Path | None = None
@@ -108,6 +111,10 @@ class EvalConfig:
             raise UserError(f"--face-crop {self.face_crop!r}: expected {', '.join(FACE_CROPS)}")
         if self.lpips_net not in LPIPS_NETS:
             raise UserError(f"--lpips {self.lpips_net!r}: expected alex or vgg")
+        from talkcli.device import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise UserError(f"--dtype {self.dtype!r}: expected {', '.join(DTYPE_CHOICES)}")
         if self.lse_protocol not in LSE_PROTOCOLS:
             raise UserError(
                 f"--lse-protocol {self.lse_protocol!r}: expected {', '.join(LSE_PROTOCOLS)}"
@@ -571,10 +578,18 @@ def _motion(res: VideoResult, prep: Prepared, cfg: EvalConfig) -> dict[str, floa
     return stats
 
 
+def _networks(cfg: EvalConfig) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for the metric networks (LPIPS, Inception, SyncNet) under ``cfg.dtype``."""
+    from talkcli.device import autocast
+
+    return autocast(cfg.dtype if cfg.dtype != "auto" else "fp32", cfg.device)
+
+
 def _features(frames: np.ndarray, net: Any, cfg: EvalConfig) -> np.ndarray:
     from talkcli.metrics.frechet import inception_features
 
-    return inception_features(frames, net, batch_size=cfg.batch)
+    with _networks(cfg):
+        return inception_features(frames, net, batch_size=cfg.batch)
 
 
 def _frame_metrics(
@@ -594,7 +609,8 @@ def _frame_metrics(
         if "lpips" in metrics:
             from talkcli.metrics.perceptual import lpips_frames
 
-            out["lpips"] = lpips_frames(g, r, cfg.lpips_net, models.lpips(), cfg.batch)
+            with _networks(cfg):
+                out["lpips"] = lpips_frames(g, r, cfg.lpips_net, models.lpips(), cfg.batch)
         if "lmd" in metrics:
             from talkcli.metrics.landmarks import (
                 FACE,
@@ -651,7 +667,8 @@ def _lse(
     if cfg.lse_protocol == "syncnet":
         from talkcli.metrics.sync_protocol import lse_syncnet_protocol
 
-        score = lse_syncnet_protocol(gen, boxes, models.syncnet(), cfg.max_frames)
+        with _networks(cfg):
+            score = lse_syncnet_protocol(gen, boxes, models.syncnet(), cfg.max_frames)
     else:
         score = _lse_direct(gen, info, cfg, models, boxes)
     return {"lse_d": score["lse_d"], "lse_c": score["lse_c"], "lse_offset": score["offset"]}
@@ -687,9 +704,11 @@ def _lse_direct(
                 yield np.stack([_crop(gen, f, xys[cropped[0] + i]) for i, f in enumerate(batch)])
                 cropped[0] += len(batch)
 
-    lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
+    with _networks(cfg):
+        lip = lip_embeddings(crops(), models.syncnet())  # (frames - 4, D)
     try:
-        return lse_from_lip(lip, cropped[0], audio, models.syncnet())
+        with _networks(cfg):
+            return lse_from_lip(lip, cropped[0], audio, models.syncnet())
     except ValueError as exc:
         raise InputFileError(gen, f"LSE: {exc}") from None
 
@@ -776,9 +795,10 @@ def evaluate(
             try:
                 prep = prepare_pair(pair, cfg, p)
                 if models is None:  # loaded once a pair is known to be readable
-                    from talkcli.device import choose_device
+                    from talkcli.device import choose_device, resolve_dtype
 
                     cfg.device = str(choose_device(cfg.device))
+                    cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)  # recorded resolved
                     stack.enter_context(deterministic(cfg.threads, cfg.seed, cfg.device))
                     models = load_models(cfg, p)
                     if "fid" in p.metrics:
@@ -819,6 +839,7 @@ def _stats_meta(cfg: EvalConfig, pairs: list[Pair]) -> dict[str, Any]:
         "fps": cfg.fps,
         "resolution": cfg.resolution,
         "max_frames": cfg.max_frames,
+        "dtype": cfg.dtype,
         "inception_sha256": sha256_file(inception) if inception else None,
     }
 

@@ -67,7 +67,7 @@ def inception_features(
     for s in range(0, len(a), batch_size):
         x = images_to_input(a[s : s + batch_size]).to(dev)  # (B, 3, H, W) in [0, 1]
         with torch.no_grad():
-            out.append(net(x).cpu().numpy())  # (B, 2048)
+            out.append(net(x).float().cpu().numpy())  # (B, 2048)
     if not out:
         return np.empty((0, net.feature_dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32)

@@ -125,7 +125,7 @@ def lip_embeddings(
             windows = video.unfold(1, WINDOW_FRAMES, 1)  # (3, W, 224, 224, 5)
             windows = windows.permute(1, 0, 4, 2, 3).contiguous()  # (W, 3, 5, 224, 224)
             with torch.no_grad():
-                out.append(net.forward_lip(windows).cpu().numpy())
+                out.append(net.forward_lip(windows).float().cpu().numpy())
         tail = frames[max(len(frames) - (WINDOW_FRAMES - 1), 0) :]
     if not out:
         return np.empty((0, net.feature_dim), dtype=np.float32)
@@ -148,7 +148,7 @@ def audio_embeddings(
             [cc[:, MFCC_PER_FRAME * v : MFCC_PER_FRAME * v + MFCC_STEPS] for v in range(s, e)]
         ).unsqueeze(1)  # (B, 1, 13, 20)
         with torch.no_grad():
-            out.append(net.forward_aud(windows).cpu().numpy())
+            out.append(net.forward_aud(windows).float().cpu().numpy())
     if not out:
         return np.empty((0, net.feature_dim), dtype=np.float32)
     return np.concatenate(out)

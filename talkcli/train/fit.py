@@ -64,6 +64,7 @@ StepFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 # option -> (min, max): one home with the CLI, talkcli.ranges.TRAIN_FIT
+BEST_BY = ("r", "loss")  # --best-by: held-out-identity r (default) or validation loss
 RANGES = tuple((name, lo, hi) for name, (lo, hi) in TRAIN_FIT_RANGES.items())
 IDENTITY_INPUTS = ("pca", "none")
 log = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class FitConfig:
     identity_dropout: float = 0.0  # chance a clip is conditioned on no identity
     identity_augment: float = 0.0  # chance a clip is conditioned on another clip's identity
     normalise: bool = False  # identity coordinates and h_t in units of the data's spreads
+    # which epoch is "best" (NAME.safetensors): "r" = the highest held-out-identity r (issue 19;
+    # the validation loss without held-out speakers or r), "loss" = the lowest validation loss
+    best_by: str = "r"
     features: str | None = None  # mfcc, wav2vec2, hubert; None: see resolve_features
 
     def check(self) -> None:
@@ -106,6 +110,8 @@ class FitConfig:
             )
         if self.identity not in IDENTITY_INPUTS:
             raise UserError(f"--identity {self.identity!r}: expected one of pca, none")
+        if self.best_by not in BEST_BY:
+            raise UserError(f"--best-by {self.best_by!r}: expected one of {', '.join(BEST_BY)}")
         for name, lo, hi in RANGES:
             value = getattr(self, name)
             if value is not None:
@@ -506,8 +512,9 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     step: int = 0
-    best_loss: float = math.inf
+    best_loss: float = math.inf  # the validation (else training) loss of the best epoch
     best_epoch: int = -1
+    best_score: float = math.inf  # what --best-by minimises (-r or the loss)
 
 
 def fit(
@@ -565,7 +572,7 @@ def _fit(run: FitRun, on_epoch: EpochFn | None, on_step: StepFn | None) -> FitRe
             **_validate(run, st, loaders),
             **_held_out_r(run, st, data),
         }
-        improved = _end_epoch(st, epoch, row)
+        improved = _end_epoch(st, epoch, row, run.cfg.best_by)
         _warn_if_flat(run, st, warnings)
         if run.env.is_main:
             _save_checkpoint(run, st, epoch, row, improved, gen_meta, training_meta)
@@ -860,6 +867,7 @@ def _train_state(
         st.history = list(saved.get("history", []))
         st.start_epoch, st.step = int(saved["epoch"]), int(saved["step"])
         st.best_loss, st.best_epoch = float(saved["best_loss"]), int(saved["best_epoch"])
+        st.best_score = float(saved.get("best_score", st.best_loss))
     return st
 
 
@@ -945,18 +953,35 @@ def _validate(run: FitRun, st: TrainState, loaders: Loaders) -> dict[str, float]
     }
 
 
-def _end_epoch(st: TrainState, epoch: int, row: dict[str, Any]) -> bool:
-    """Step, lr and best flag into ``row``; the scheduler steps on the val (else train) loss.
+def selection_score(row: dict[str, Any], best_by: str) -> float:
+    """What choosing the best epoch minimises: ``-val_r`` for ``best_by="r"`` when the epoch
+    has a held-out r, else the validation (else training) loss.
+
+    Why r by default (issue 19): on a new identity the encoder's codes move along directions of
+    their own, so the held-out loss in code space is lowest at an early, under-trained epoch
+    (the amplitude along the training speakers' directions is still small) while the timing of
+    the motion, which r measures, keeps improving; docs/train.md has the measurement.
+    """
+    r = row.get("val_r")
+    if best_by == "r" and r is not None and math.isfinite(r):
+        return -float(r)
+    return float(row.get("val_loss", row["train_loss"]))
+
+
+def _end_epoch(st: TrainState, epoch: int, row: dict[str, Any], best_by: str = "r") -> bool:
+    """Step, lr and best flag into ``row``; the scheduler steps on the val (else train) loss,
+    the best epoch is chosen by ``selection_score``.
 
     Returns whether this epoch is the best so far.
     """
     row["step"] = st.step
     row["lr"] = st.opt.param_groups[0]["lr"]
-    score = row.get("val_loss", row["train_loss"])
-    st.sched.step(score)
-    improved = score < st.best_loss
+    loss = row.get("val_loss", row["train_loss"])
+    st.sched.step(loss)
+    score = selection_score(row, best_by)
+    improved = score < st.best_score
     if improved:
-        st.best_loss, st.best_epoch = score, epoch + 1
+        st.best_score, st.best_loss, st.best_epoch = score, loss, epoch + 1
     row["best"] = improved
     st.history.append(row)
     return improved
@@ -1000,6 +1025,7 @@ def _save_checkpoint(
         "steps": st.step,
         "best_epoch": st.best_epoch,
         "best_loss": st.best_loss,
+        "best_by": run.cfg.best_by,
         "last": row,
     }
     state = _state_payload(st, epoch, gen_meta)
@@ -1027,6 +1053,7 @@ def _state_payload(st: TrainState, epoch: int, gen_meta: dict[str, Any]) -> dict
         "step": st.step,
         "best_loss": st.best_loss,
         "best_epoch": st.best_epoch,
+        "best_score": st.best_score,
         "history": st.history,
         "pca_info": st.pca_info,
         "generator": gen_meta,
