@@ -6,6 +6,7 @@ early-stopped synthesis against the skip image the full generator itself compute
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -283,6 +284,20 @@ def test_read_ahead_keeps_order_raises_and_stops_early():
     assert closed.wait(5)
 
 
+def test_prepare_keeps_fp32_by_default_even_with_native_bf16(monkeypatch):
+    """bf16 pSp codes lost a small motion (docs/speed.md): prepare's default stays fp32, and
+    only an explicit --dtype auto resolves to bf16 on a CPU that has it."""
+    from talkcli.commands.train import prepare_cmd
+    from talkcli.train.prepare import PrepareConfig
+
+    monkeypatch.setenv("TALKCLI_CPU_BF16", "1")
+    assert PrepareConfig().dtype == "fp32"
+    assert device.resolve_dtype(PrepareConfig().dtype, "cpu") == "fp32"
+    assert device.resolve_dtype(PrepareConfig(dtype="auto").dtype, "cpu") == "bf16"
+    defaults = {p.name: p.default for p in inspect.signature(prepare_cmd).parameters.values()}
+    assert str(defaults["dtype"].default) == "fp32"
+
+
 def test_prepare_with_the_reader_thread_gives_the_same_codes(tiny_pack, tmp_path):
     from talkcli.io.video import VideoWriter
     from talkcli.train.prepare import PrepareConfig, plan_items, prepare_dataset, shard_paths
@@ -303,6 +318,7 @@ def test_prepare_with_the_reader_thread_gives_the_same_codes(tiny_pack, tmp_path
         data = tmp_path / f"data{ahead}"
         result = prepare_dataset(items, data, cfg, encoder)
         (rec,) = result.records
-        assert rec["status"] == "ok" and rec["dtype"] == "fp32"  # auto on the test CPU
+        assert rec["status"] == "ok" and rec["dtype"] == "fp32"  # prepare's default
+
         codes[ahead] = shard_paths(data, rec["id"]).w.read_bytes()
     assert codes[0] == codes[2]

@@ -97,7 +97,9 @@ class PrepareConfig:
     features: str = "mfcc"  # also store wav2vec2 / hubert rows (issue 17); MFCCs always
     feature_model: Path | None = None  # the Hugging Face folder of the SSL model
     feature_layer: int | None = None  # None: talkcli.audio.ssl.default_layer
-    dtype: str = "auto"  # pSp's autocast (talkcli.device.resolve_dtype); resolved per run
+    # pSp's autocast (talkcli.device.resolve_dtype), resolved per run; fp32 by default: bf16
+    # rounding is as large as a small motion's code changes (docs/speed.md, issue 18)
+    dtype: str = "fp32"
     read_ahead: int = 2  # decoded batches a reader thread keeps ready (0: decode inline)
 
     def check(self) -> None:
