@@ -303,7 +303,7 @@ class GrayCodedFaces:
         y = math.radians(2.0 * t)
         rot = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
         lm = np.zeros((68, 2))
-        for i, xyz in measures._MODEL_68.items():
+        for i, xyz in measures.MODEL_68.items():
             cam = rot @ np.asarray(xyz) + np.array([0.0, 0.0, 2000.0])
             lm[i] = size * cam[:2] / cam[2] + size / 2
         for a, b in ((36, 39), (42, 45)):  # eyelids between the corners

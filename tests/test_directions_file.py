@@ -90,7 +90,7 @@ def test_head_pose_recovers_a_projected_mean_face(pose):
     rot = _rotation(*pose)
     size = (512, 512)
     lm = np.zeros((68, 2))
-    for i, xyz in measures._MODEL_68.items():
+    for i, xyz in measures.MODEL_68.items():
         cam = rot @ np.asarray(xyz) + np.array([0.0, 0.0, 2000.0])
         lm[i] = 512 * cam[:2] / cam[2] + 256
     yaw, pitch, roll = measures.head_pose(lm, size)

@@ -111,16 +111,7 @@ def test_the_model_learns_latent_motion_from_speech(synthetic, tmp_path):
     assert sorted(index["splits"]["val"]) == sorted(v.speaker for v in held_out)
     assert model.training_info["val_speakers"] == index["splits"]["val"]
     # identity = frame 0 (the silent lead-in); displacements projected on the targets' main axis
-    rng = np.random.default_rng(0)
-    pred, shuffled, target = [], [], []
-    for video in held_out:
-        p, t = _displacements(model, video, 0, None)
-        s, _ = _displacements(model, video, 0, rng)
-        pred.append(p), shuffled.append(s), target.append(t)
-    pred, shuffled, target = map(np.concatenate, (pred, shuffled, target))
-    axis = np.linalg.svd(target - target.mean(0), full_matrices=False)[2][0]
-    r = np.corrcoef(pred @ axis, target @ axis)[0, 1]
-    r_shuffled = np.corrcoef(shuffled @ axis, target @ axis)[0, 1]
+    r, r_shuffled = _held_out_r(model, held_out)
     print(f"held-out r = {r:.3f}, with time-shuffled audio r = {r_shuffled:.3f}")
     assert r >= 0.8, (r, r_shuffled)
     assert r_shuffled <= 0.3, (r, r_shuffled)

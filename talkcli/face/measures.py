@@ -32,7 +32,7 @@ FIVE_POINT_NAMES: tuple[str, ...] = ("yaw", "roll")
 # camera; nose tip at the origin), for iBUG points: nose tip 30, chin 8, outer eye corners 36/45,
 # inner eye corners 39/42, mouth corners 48/54, nose base 33. The widely used 6-point model
 # (learnopencv's head-pose example) with y and z flipped into camera axes, plus three points.
-_MODEL_68: dict[int, tuple[float, float, float]] = {
+MODEL_68: dict[int, tuple[float, float, float]] = {
     30: (0.0, 0.0, 0.0),
     8: (0.0, 330.0, 65.0),
     36: (-225.0, -170.0, 135.0),
@@ -114,8 +114,8 @@ def head_pose(landmarks: np.ndarray, image_size: tuple[int, int]) -> tuple[float
     h, w = int(image_size[0]), int(image_size[1])
     camera = np.array([[w, 0.0, w / 2.0], [0.0, w, h / 2.0], [0.0, 0.0, 1.0]], dtype=np.float64)
     if lm.shape[0] == 68:
-        idx = list(_MODEL_68)
-        model = np.array([_MODEL_68[i] for i in idx], dtype=np.float64)
+        idx = list(MODEL_68)
+        model = np.array([MODEL_68[i] for i in idx], dtype=np.float64)
         image = lm[idx]
     else:
         model, image = _MODEL_5, lm

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from talkcli.face.landmarks import Face, box_of
+from talkcli.face.measures import MODEL_68
 
 PLANTED = ("yaw", "pitch", "roll", "eyes_open", "mouth_open", "smile")
 BASE = {"yaw": 0.0, "pitch": 0.0, "roll": 0.0, "eyes_open": 0.25, "mouth_open": 0.4, "smile": 1.0}
@@ -36,18 +37,7 @@ GAIN = {"yaw": 100.0, "pitch": 100.0, "roll": 100.0, "eyes_open": 0.5, "mouth_op
         "smile": 1.0}  # fmt: skip
 TEXTURE = 0.02  # the fixed texture's amplitude (dithers the uint8 rounding)
 
-# 3D mean face in camera axes (talkcli.face.measures' model), iBUG index -> (x, y, z)
-_FACE_3D = {
-    30: (0.0, 0.0, 0.0),
-    8: (0.0, 330.0, 65.0),
-    36: (-225.0, -170.0, 135.0),
-    45: (225.0, -170.0, 135.0),
-    39: (-75.0, -170.0, 120.0),
-    42: (75.0, -170.0, 120.0),
-    48: (-150.0, 150.0, 125.0),
-    54: (150.0, 150.0, 125.0),
-    33: (0.0, 60.0, 60.0),
-}
+_FACE_3D = MODEL_68  # the 3D mean face talkcli.face.measures fits poses against
 DEPTH = 750.0  # the face's distance from the camera (face ~60 % of the image width)
 
 
