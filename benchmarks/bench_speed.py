@@ -14,15 +14,18 @@ bf16-vs-fp32 difference do not need trained values, but see the notes on LPIPS).
 - ``pti_1024``: seconds per tuning step (full-width generator, LPIPS-alex at 256) in fp32 and
   under ``--dtype auto``; ``pti_tiny``: final LPIPS of a 150-step run in fp32 and bf16 on a
   64 px generator (a full-size run to convergence does not fit the bench's time).
-- ``prepare``: ``train prepare --aligned`` frames per second with the official-size pSp encoder
-  (IR-SE50, 256x256 input) before (fp32, decoding inline) and after (auto dtype + reader
-  thread), and how far the codes move.
+- ``psp_encoder``: the official-size pSp (IR-SE50, 256x256 input, batch 8) in NCHW/NHWC and
+  fp32/bf16, and compiled (cold start-up, steady speed, the eager time it needs to pay off).
+- ``prepare``: ``train prepare --aligned`` frames per second with the official-size pSp before
+  (fp32, NCHW, decoding inline), after (the fp32 default: NHWC + reader thread) and with
+  ``--dtype bf16``, and how far the codes move.
 
 ``python -m benchmarks.run speed`` writes ``benchmarks/results/speed.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -93,7 +96,7 @@ def generator_1024(G, w: torch.Tensor) -> dict:
         ),
         "rounds": GEN_ROUNDS,
     }
-    out["compile"] = _compile(G, w, best["fp32"])
+    out["compile"] = _compile(G, w, best, frames)
     return out, frames["fp32"]
 
 
@@ -104,24 +107,40 @@ def _memory_format(G, fmt: torch.memory_format) -> None:
             t.data = t.data.contiguous(memory_format=fmt)
 
 
-def _compile(G, w: torch.Tensor, fp32_s: float) -> dict:
-    if os.environ.get("TALKCLI_BENCH_COMPILE") != "1":
-        return {"tried": False, "why": "set TALKCLI_BENCH_COMPILE=1 (~30 s start-up)"}
-    try:
-        fn = torch.compile(lambda x: G.synthesis(x, noise_mode="const"))
-        with torch.no_grad():
-            startup, _ = _timed(lambda: fn(w))
-            per_frame = min(_timed(lambda: fn(w))[0] for _ in range(GEN_ROUNDS))
-    except Exception as exc:  # no compiler, an unsupported op: record and go on
-        return {"tried": True, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    gain = fp32_s - per_frame
-    return {
-        "tried": True,
-        "startup_s": round(startup, 1),
-        "seconds_per_frame": round(per_frame, 3),
-        "speedup_vs_fp32": round(fp32_s / per_frame, 3),
-        "frames_to_repay_startup": round(startup / gain) if gain > 0 else None,
-    }
+def _compile(G, w: torch.Tensor, eager: dict[str, float], frames: dict[str, torch.Tensor]) -> dict:
+    """``--compile``: inductor start-up (cold, then with its on-disk cache warm) and seconds per
+    frame of the compiled 1024 synthesis in fp32 and bf16, and the frames' PSNR against eager."""
+    if os.environ.get("TALKCLI_BENCH_COMPILE") == "0":
+        return {"tried": False, "why": "TALKCLI_BENCH_COMPILE=0"}
+    import torch._dynamo
+
+    from talkcli.device import autocast
+
+    out: dict = {"tried": True}
+    for dtype in ("fp32", "bf16"):
+        torch._dynamo.reset()
+        fn = torch.compile(lambda x: G.synthesis(x, noise_mode="const"), dynamic=False)
+        try:
+            with torch.no_grad(), autocast(dtype, "cpu"):
+                startup, img = _timed(lambda f=fn: f(w))
+                per_frame = min(_timed(lambda f=fn: f(w))[0] for _ in range(GEN_ROUNDS))
+        except Exception as exc:  # no compiler, an unsupported op: record and go on
+            return {"tried": True, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        gain = eager[dtype] - per_frame
+        out[dtype] = {
+            "startup_s": round(startup, 1),
+            "seconds_per_frame": round(per_frame, 3),
+            "speedup_vs_eager_same_dtype": round(eager[dtype] / per_frame, 3),
+            "speedup_vs_fp32_eager": round(eager["fp32"] / per_frame, 3),
+            "frames_to_repay_startup": round(startup / gain) if gain > 0 else None,
+            "psnr_vs_eager_same_dtype_db": round(_psnr(_uint8(img), _uint8(frames[dtype])), 2),
+        }
+    torch._dynamo.reset()  # the same graph again: inductor's on-disk cache is warm now
+    fn = torch.compile(lambda x: G.synthesis(x, noise_mode="const"), dynamic=False)
+    with torch.no_grad(), autocast("bf16", "cpu"):
+        out["bf16"]["startup_warm_cache_s"] = round(_timed(lambda: fn(w))[0], 1)
+    torch._dynamo.reset()
+    return out
 
 
 def tiny_bf16_psnr() -> float:
@@ -235,11 +254,84 @@ def pti_tiny(steps: int = 150) -> dict:
     return out
 
 
+def psp_encoder() -> dict:
+    """Seconds per frame of the official-size pSp (batch 8) in each layout and precision, and
+    compiled (``--compile``, NHWC) in fp32 and bf16: cold start-up, steady speed, code change."""
+    import torch._dynamo
+
+    from talkcli.device import autocast
+    from talkcli.models.psp import PSPEncoder, encoder_from_state_dict
+    from talkcli.tiny.psp import full_encoder_state_dict, tiny_latent_avg
+
+    enc = PSPEncoder(encoder_from_state_dict(full_encoder_state_dict(seed=0)), tiny_latent_avg())
+    x = torch.rand(8, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def run(dtype: str, fn=enc.encode):
+        with torch.no_grad(), autocast(dtype, "cpu"):
+            return fn(x).float()
+
+    layouts = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+    times: dict[str, list[float]] = {f"{d}_{k}": [] for d in ("fp32", "bf16") for k in layouts}
+    codes = {}
+    for _ in range(2):  # alternated rounds
+        for name, fmt in layouts.items():
+            enc.use_memory_format(fmt)
+            for dtype in ("fp32", "bf16"):
+                s, codes[f"{dtype}_{name}"] = _timed(lambda d=dtype: run(d))
+                times[f"{dtype}_{name}"].append(s / len(x))
+    best = {k: min(v) for k, v in times.items()}
+    out: dict = {
+        "batch_size": len(x),
+        "seconds_per_frame": {k: round(v, 4) for k, v in best.items()},
+        "speedup_vs_fp32_nchw": {k: round(best["fp32_nchw"] / v, 3) for k, v in best.items()},
+        "codes_max_abs_diff_nhwc_vs_nchw_fp32": float(
+            (codes["fp32_nhwc"] - codes["fp32_nchw"]).abs().max()
+        ),
+    }
+    if os.environ.get("TALKCLI_BENCH_COMPILE") == "0":
+        return out
+    enc.use_memory_format(torch.channels_last)
+    for dtype in ("fp32", "bf16"):
+        torch._dynamo.reset()
+        fn = torch.compile(enc.encode, dynamic=False)
+        startup, y = _timed(lambda d=dtype, f=fn: run(d, f))
+        steady = min(_timed(lambda d=dtype, f=fn: run(d, f))[0] for _ in range(2)) / len(x)
+        eager = best[f"{dtype}_nhwc"]
+        out[f"compiled_{dtype}_nhwc"] = {
+            "startup_s": round(startup, 1),
+            "seconds_per_frame": round(steady, 4),
+            "speedup_vs_eager_nhwc": round(eager / steady, 3),
+            "eager_seconds_to_break_even": round(startup / (1 - steady / eager))
+            if steady < eager
+            else None,
+            "codes_max_abs_diff_vs_eager": float((y - codes[f"{dtype}_nhwc"]).abs().max()),
+        }
+    torch._dynamo.reset()
+    return out
+
+
+@contextlib.contextmanager
+def _psp_layout(fmt: torch.memory_format):
+    """``train prepare`` with pSp in ``fmt`` (the 'before' run: NCHW, as before issue 18)."""
+    from talkcli.models import psp
+
+    load = psp.load_encoder
+
+    def load_in(path, device="cpu"):
+        return load(path, device).use_memory_format(fmt)
+
+    psp.load_encoder = load_in
+    try:
+        yield
+    finally:
+        psp.load_encoder = load
+
+
 def prepare(folder: Path) -> dict:
-    """``train prepare --aligned`` frames/s with the official-size pSp: before (fp32, decoding
-    inline) and after (auto + reader thread); the codes' difference."""
+    """``train prepare --aligned`` frames/s with the official-size pSp: before (fp32, NCHW,
+    decoding inline), after (the fp32 default: NHWC + reader thread) and with ``--dtype bf16``;
+    how far the bf16 codes move."""
     from benchmarks.bench_animate import speechlike
-    from talkcli.device import resolve_dtype
     from talkcli.io.video import VideoWriter
     from talkcli.tiny.psp import full_encoder_state_dict, write_psp_checkpoint
     from talkcli.train.dataset import load_dataset
@@ -257,22 +349,33 @@ def prepare(folder: Path) -> dict:
     items = plan_items([clips / "clip.mp4"], None, 1, None)
     out: dict = {"frames": PREPARE_FRAMES, "input": "256x256 aligned clip", "batch_size": 8}
     codes = {}
-    for name, dtype, ahead in (("before", "fp32", 0), ("after", "auto", 2)):
-        cfg = PrepareConfig(aligned=True, batch_size=8, holdout="0", dtype=dtype, read_ahead=ahead)
+    runs = (
+        ("before", "fp32", 0, torch.contiguous_format),
+        ("after", "fp32", 2, torch.channels_last),
+        ("after_bf16", "bf16", 2, torch.channels_last),
+    )
+    for name, dtype, ahead, fmt in runs:
+        cfg = PrepareConfig(
+            aligned=True, batch_size=8, holdout="0", dtype=dtype, read_ahead=ahead, compile="off"
+        )
         data = folder / name
-        s, result = _timed(lambda c=cfg, d=data: prepare_dataset(items, d, c, encoder))
+        with _psp_layout(fmt):
+            s, _ = _timed(lambda c=cfg, d=data: prepare_dataset(items, d, c, encoder))
         (video,) = load_dataset(data).videos
         codes[name] = np.asarray(video.codes(), dtype=np.float32)
         out[name] = {
-            "dtype": resolve_dtype(dtype, "cpu"),
+            "dtype": dtype,
+            "pSp_layout": "NHWC" if fmt == torch.channels_last else "NCHW",
             "read_ahead": ahead,
             "seconds": round(s, 2),
             "frames_per_s": round(video.frames / s, 3),
         }
-    out["speedup"] = round(out["after"]["frames_per_s"] / out["before"]["frames_per_s"], 3)
-    diff = np.abs(codes["after"] - codes["before"])
-    out["codes_max_abs_diff"] = round(float(diff.max()), 5)
-    out["codes_mean_abs_diff"] = round(float(diff.mean()), 5)
+    for name in ("after", "after_bf16"):
+        out[f"speedup_{name}"] = round(out[name]["frames_per_s"] / out["before"]["frames_per_s"], 3)
+    for name in ("after", "after_bf16"):
+        diff = np.abs(codes[name] - codes["before"])
+        out[f"codes_{name}_max_abs_diff"] = round(float(diff.max()), 5)
+        out[f"codes_{name}_mean_abs_diff"] = round(float(diff.mean()), 5)
     out["codes_std"] = round(float(codes["before"].std()), 5)
     return out
 
@@ -296,6 +399,7 @@ def run() -> dict:
     out["pti_1024"] = pti_1024(G, w)
     del G
     out["pti_tiny"] = pti_tiny()
+    out["psp_encoder"] = psp_encoder()
     with tempfile.TemporaryDirectory(prefix="bench-speed.") as tmp:
         out["prepare"] = prepare(Path(tmp))
     out["total_seconds"] = round(time.perf_counter() - started, 1)

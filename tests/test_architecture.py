@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "constants": 0,
     "signals": 0,
     "device": 0,
+    "compiled": 0,  # torch.compile where it pays (--compile), with an eager fallback
     "distributed": 0,
     "ranges": 0,  # option ranges shared by the CLI and the library configs (numbers only)
     # 1: files and media, audio features, plots

@@ -207,6 +207,12 @@ def test_preview_writes_a_short_small_video_and_resolution_paste_back(
     manifest = json.loads(Path("preview.json").read_text())
     assert manifest["options"]["preview"] is True and manifest["options"]["preset"] == "ultrafast"
     assert manifest["options"]["preview_seconds"] == 0.4 and manifest["dtype"] == "fp32"
+    assert manifest["compile"] == {  # --compile auto: 10 frames never repay torch.compile
+        "mode": "auto",
+        "compiled": False,
+        "startup_s": None,
+        "error": None,
+    }
 
     # the library with a resolution below the generator's, pasted back into the photo
     o = AnimateOptions(resolution=16, paste_back=True, landmarks=lm, preview_seconds=0.2)
@@ -319,6 +325,40 @@ def test_prepare_with_the_reader_thread_gives_the_same_codes(tiny_pack, tmp_path
         result = prepare_dataset(items, data, cfg, encoder)
         (rec,) = result.records
         assert rec["status"] == "ok" and rec["dtype"] == "fp32"  # prepare's default
-
+        assert rec["compiled"] is False  # --compile auto: a short run stays eager
         codes[ahead] = shard_paths(data, rec["id"]).w.read_bytes()
     assert codes[0] == codes[2]
+
+
+def test_prepare_compile_on_pads_the_last_batch_and_keeps_the_codes(
+    tiny_pack, tmp_path, monkeypatch
+):
+    """--compile on: pSp goes through torch.compile (a stand-in here, the real one in
+    tests/test_compiled.py) in fixed-size batches; the codes are the eager ones."""
+    from talkcli.io.video import VideoWriter
+    from talkcli.train.prepare import PrepareConfig, plan_items, prepare_dataset, shard_paths
+    from talkcli.weights import registry
+    from tests.speech import speech
+    from tests.test_compiled import FakeCompile
+
+    folder = tmp_path / "videos" / "spk"
+    folder.mkdir(parents=True)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    with VideoWriter(
+        folder / "clip.mp4", 25.0, audio=(speech(0, tmp_path, seconds=2.0), 16000), trim_audio=True
+    ) as w:
+        w.write(frames)
+    encoder = tiny_pack / registry.get("psp-ffhq-encode").relpath
+    items = plan_items([folder / "clip.mp4"], None, 1, None)
+    fake = FakeCompile()
+    monkeypatch.setattr(torch, "compile", fake)
+    codes = {}
+    for mode in ("off", "on"):
+        cfg = PrepareConfig(aligned=True, batch_size=16, holdout="0", compile=mode)
+        (rec,) = prepare_dataset(items, tmp_path / mode, cfg, encoder).records
+        assert rec["compiled"] is (mode == "on")
+        codes[mode] = np.load(shard_paths(tmp_path / mode, rec["id"]).w).astype(np.float32)
+    # the padded batch of 16 may round differently from eager's batch of 8: float16 steps only
+    assert codes["on"].shape == codes["off"].shape == (40, 8, 512)
+    assert np.abs(codes["on"] - codes["off"]).max() <= 2e-3
+    assert fake.compiles == 1 and [s[0] for s in fake.shapes] == [16, 16, 16]  # 16, 16, 8+8

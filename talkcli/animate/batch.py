@@ -60,6 +60,7 @@ ROW_OPTIONS: dict[str, Callable[[str], Any]] = {
     "seed": int,
     "batch_size": int,
     "dtype": str,
+    "compile": str,
     "crf": int,
     "preset": str,
     "paste_back": _bool,

@@ -84,6 +84,7 @@ class AnimateOptions:
     seed: int = 0
     batch_size: int = 4
     dtype: str = "auto"  # talkcli.device.resolve_dtype: bf16 where native, else fp32
+    compile: str = "auto"  # talkcli.compiled: torch.compile of the synthesis where it pays
     crf: int = 18
     preset: str = DEFAULT_PRESET
     paste_back: bool = False
@@ -134,7 +135,10 @@ class AnimateOptions:
             check_number("--" + name.replace("_", "-"), getattr(self, name), lo, hi)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        from talkcli.compiled import check_compile_mode
         from talkcli.io.video import X264_PRESETS
+
+        check_compile_mode(self.compile)
 
         if self.preset not in X264_PRESETS:
             raise UserError(f"--preset {self.preset!r}: expected one of {', '.join(X264_PRESETS)}")

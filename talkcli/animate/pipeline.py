@@ -264,6 +264,7 @@ class Rendered:
     render_wait: float = 0.0  # the renderer waiting for room in the writer's queue
     stream: float = 0.0  # the whole frame loop
     finalize: float = 0.0  # the encoder's flush, frame-count check and audio mux
+    compile: dict[str, Any] | None = None  # --compile: what ran (talkcli.compiled record)
 
 
 def _on_error(fn: Callable[[], object]) -> Callable[..., bool]:
@@ -456,7 +457,11 @@ def _render(
 
     width, height, paste = _frame_size(identity, o)
     renderer = FrameRenderer(
-        identity.generator, o.dtype, o.frame_resolution(int(identity.generator.size))
+        identity.generator,
+        o.dtype,
+        o.frame_resolution(int(identity.generator.size)),
+        o.compile,
+        motion.total,
     )
     saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
     if saver is not None:
@@ -478,6 +483,7 @@ def _render(
         trim_audio=motion.trim_audio,
     ) as sink:
         done = _frame_loop(stream, renderer, sink, saver, o, motion.total, stats, progress)
+        stats.compile = renderer.synthesis.record()
         sink.close()  # every frame handed to ffmpeg
         if done != motion.total:
             raise InputFileError(
@@ -563,6 +569,7 @@ def _manifest(
         "options": o.shaping(),
         "device": str(models.device),
         "dtype": resolve_dtype(o.dtype, models.device),  # what --dtype (auto) ran in
+        "compile": rendered.compile,  # --compile: whether torch.compile ran, its start-up
         "versions": software_versions(ffmpeg=True),
         "timings": timings,
         "cache": {**cache.describe(), **identity.cache},

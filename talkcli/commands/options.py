@@ -64,6 +64,14 @@ class LpipsNet(Choice):
     vgg = "vgg"
 
 
+class Compile(Choice):
+    """``--compile`` modes (``talkcli.compiled.COMPILE_CHOICES``)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Dtype(Choice):
     """Network precisions (``talkcli.device.DTYPE_CHOICES``; auto: ``resolve_dtype``)."""
 
@@ -243,6 +251,17 @@ def dtype_option(what: str) -> Any:
         help=f"Precision of {what}: auto (bf16 autocast on GPUs and CPUs with native bf16, "
         "AVX512-BF16/AMX; fp32 elsewhere), fp32, bf16 or fp16 (autocast). "
         "See docs/speed.md for the measured price.",
+    )
+
+
+def compile_option(what: str) -> Any:
+    """``--compile auto|on|off``: torch.compile of a network where its start-up is repaid."""
+    return choice_option(
+        Compile.auto,
+        "--compile",
+        help=f"torch.compile {what}: auto (only when the first batch's timing predicts enough "
+        "work left to repay the start-up, ~20-45 s on a CPU), on or off. Falls back to eager "
+        "with a warning when compiling fails (e.g. no C++ compiler). See docs/speed.md.",
     )
 
 

@@ -17,11 +17,13 @@ from talkcli.commands.options import (
     WEIGHTS_DIR_OPTION,
     Arch,
     BestBy,
+    Compile,
     Detector,
     Dtype,
     Features,
     IdentityInput,
     choice_option,
+    compile_option,
     feature_layer_option,
     feature_model_option,
     float_option,
@@ -122,6 +124,7 @@ def prepare_cmd(
         help="Precision of the pSp encoder: fp32 (default: bf16 codes moved a small-motion "
         "corpus' fit loss by 55 %, docs/speed.md), auto (bf16 autocast where native), bf16, fp16.",
     ),
+    compile: Compile = compile_option("of pSp (auto: runs of roughly 15+ minutes of encoding)"),
     as_json: bool = JSON_OPTION,
     wdir: Path | None = WEIGHTS_DIR_OPTION,
 ) -> None:
@@ -159,6 +162,7 @@ def prepare_cmd(
         feature_model=feature_model,
         feature_layer=feature_layer,
         dtype=dtype,
+        compile=compile,
     )
     cfg.check()
     share = f" (shard {k}/{n})" if n > 1 else ""

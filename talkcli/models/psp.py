@@ -436,8 +436,18 @@ class PSPEncoder(nn.Module):
         if latent_avg is not None:
             latent_avg = latent_avg.detach().float().reshape(-1, dim).expand(n, dim).clone()
         self.register_buffer("latent_avg", latent_avg, persistent=False)  # (n_styles, dim)
+        self.memory_format = torch.channels_last
+        self.use_memory_format(torch.channels_last)
         self.eval()
         self.requires_grad_(False)
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> PSPEncoder:
+        """Weights and inputs in ``memory_format``. NHWC (``channels_last``, the default) is
+        oneDNN's and cuDNN's preferred layout for this plain ResNet: 1.2x fp32 on a CPU, and more
+        with bf16 (docs/speed.md); codes within 3e-7 of NCHW (``contiguous_format``)."""
+        self.memory_format = memory_format
+        self.encoder.to(memory_format=memory_format)
+        return self
 
     @property
     def n_styles(self) -> int:
@@ -470,7 +480,8 @@ class PSPEncoder(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"pSp encoder input must be a float tensor, got {x.dtype}")
-        codes = self.encoder(x.to(self.device, torch.float32))  # (B, n_styles, dim)
+        x = x.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        codes = self.encoder(x)  # (B, n_styles, dim)
         if self.latent_avg is not None:
             codes = codes + self.latent_avg.unsqueeze(0)
         return codes

@@ -101,6 +101,7 @@ class PrepareConfig:
     # rounding is as large as a small motion's code changes (docs/speed.md, issue 18)
     dtype: str = "fp32"
     read_ahead: int = 2  # decoded batches a reader thread keeps ready (0: decode inline)
+    compile: str = "auto"  # torch.compile of pSp where the run is long enough (talkcli.compiled)
 
     def check(self) -> None:
         """The CLI's ranges, for library callers too (one-line UserError naming the option)."""
@@ -110,6 +111,9 @@ class PrepareConfig:
 
         if self.dtype not in DTYPE_CHOICES:
             raise UserError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+        from talkcli.compiled import check_compile_mode
+
+        check_compile_mode(self.compile)
         if self.feature_layer is not None:
             layer = PREPARE_RANGES["feature_layer"]
             check_number(option_name("feature_layer"), self.feature_layer, *layer)
@@ -339,6 +343,42 @@ def _draw(names: list[str], n: int, seed: int) -> list[str]:
 # -- one video -----------------------------------------------------------------------------------
 
 
+# --compile auto compiles pSp when the encoding still to do is predicted above this: compiled pSp
+# (inductor, channels_last, fp32) was 1.09x eager after ~33 s of start-up on 2 CPU cores, so it
+# breaks even after ~400 s of eager encoding; twice that leaves a margin (docs/speed.md).
+PSP_PAYS_AFTER_S = 900.0
+
+
+class PspRun:
+    """pSp for a whole ``prepare`` run: uint8 frame batches -> W+ under the run's autocast,
+    through ``talkcli.compiled`` (one compilation for all videos; ``plan`` tells ``auto`` how
+    many frames are still to come)."""
+
+    def __init__(self, encoder, dtype: str, compile: str = "off") -> None:
+        from talkcli.compiled import CompiledBatches
+
+        self.encoder = encoder
+        self.dtype = dtype
+        self.device = next(encoder.parameters()).device
+        self.n_styles, self.style_dim = encoder.n_styles, encoder.style_dim
+        self.compiled = CompiledBatches(encoder.encode, compile, None, PSP_PAYS_AFTER_S, "pSp")
+
+    def plan(self, frames_now: int, videos_after: int) -> None:
+        """This video's frames and the videos after it (as long, a guess) -> ``auto``'s total."""
+        self.compiled.total = self.compiled.done + frames_now * (1 + max(videos_after, 0))
+
+    def __call__(self, frames: np.ndarray) -> Any:
+        """(b, H, W, 3) uint8 -> (b, n_latent, 512) on the encoder's device."""
+        import torch
+
+        from talkcli.device import autocast
+        from talkcli.models.psp import images_to_tensor, preprocess
+
+        x = preprocess(images_to_tensor(frames).to(self.device))  # (b, 3, 256, 256) in [-1, 1]
+        with torch.no_grad(), autocast(self.dtype, self.device):
+            return self.compiled(x)
+
+
 def _frame_batches(path: Path, fps: float | None, batch: int):
     from talkcli.io.video import VideoReader
 
@@ -353,27 +393,22 @@ def _frame_batches(path: Path, fps: float | None, batch: int):
 def _encode_to(
     appender: NpyAppender,
     batches,
-    encoder,
+    encoder: PspRun,
     limit: int,
     on_frames: Callable[[int], None] | None,
     source: Path,
-    dtype: str = "fp32",
 ) -> tuple[int, np.ndarray | None]:
     """Encode frame batches into ``appender`` as float16 offsets from the mean code of the
-    first batch, under ``dtype`` (fp32|bf16|fp16 autocast); returns (frames, that reference
-    (n_latent, 512) float32)."""
+    first batch, under ``encoder.dtype`` (fp32|bf16|fp16 autocast); returns (frames, that
+    reference (n_latent, 512) float32)."""
     import torch
 
-    from talkcli.device import autocast
-
-    device = next(encoder.parameters()).device
     done, ref = 0, None
     for frames in batches:
         frames = frames[: max(limit - done, 0)]
         if not len(frames):
             break
-        with torch.no_grad(), autocast(dtype, device):
-            w = encoder.encode_images(frames)  # (b, n_latent, 512)
+        w = encoder(frames)  # (b, n_latent, 512)
         codes = w.to("cpu", torch.float32).numpy()
         if not np.isfinite(codes).all():
             raise InputFileError(source, "pSp produced NaN or infinite codes for its frames")
@@ -437,7 +472,6 @@ def _encode_file(
                 limit,
                 (lambda d: progress(item.id, d, expected)) if progress else None,
                 item.path,
-                cfg.dtype,
             )
         except BaseException:
             appender.abort()
@@ -455,9 +489,12 @@ def prepare_video(
     detectors=None,
     progress: ProgressFn | None = None,
     ssl_model=None,
+    videos_after: int = 0,
 ) -> dict[str, Any]:
     """Encode one video into ``DATA/shards``; returns its ``ok`` record (errors propagate).
-    ``ssl_model`` (``talkcli.audio.ssl.SSLModel``): its rows are stored too."""
+    ``encoder``: a ``PSPEncoder`` (run under ``cfg.dtype``, eager) or a run's ``PspRun``.
+    ``ssl_model`` (``talkcli.audio.ssl.SSLModel``): its rows are stored too. ``videos_after``:
+    the videos still to come in this run (``--compile auto`` predicts from it)."""
     from talkcli.io.audio import load_audio
     from talkcli.io.video import probe_video
 
@@ -481,6 +518,9 @@ def prepare_video(
             f"280 ms = {min_frames} frames at {cfg.fps:g} fps)",
         )
     check_frame_count(item.path, expected_frames, cfg.fps)
+    if not isinstance(encoder, PspRun):
+        encoder = PspRun(encoder, cfg.dtype)
+    encoder.plan(min(audio_frames, expected_frames), videos_after)
     rows = mfcc(samples).astype(np.float32)  # (M, 12)
     if not np.isfinite(rows).all():
         raise InputFileError(audio_source, "audio gives NaN or infinite MFCCs")
@@ -527,6 +567,7 @@ def prepare_video(
         "audio_sha256": sha256_file(item.audio) if item.audio else None,
         "encoder_sha256": encoder_sha256,
         "dtype": cfg.dtype,  # pSp's precision (auto resolved by prepare_dataset)
+        "compiled": encoder.compiled.compiled,  # pSp ran through torch.compile (--compile)
         "aligned": cfg.aligned,
         "seconds": round(time.perf_counter() - started, 3),
         "talkcli": __version__,
@@ -711,6 +752,7 @@ def prepare_dataset(
     ensure_folder(data / SHARDS, "dataset folder")
     encoder = load_encoder(encoder_path, cfg.device)
     cfg = replace(cfg, dtype=resolve_dtype(cfg.dtype, next(encoder.parameters()).device))
+    psp = PspRun(encoder, cfg.dtype, cfg.compile)
     encoder_sha256 = sha256_file(encoder_path)
     settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)
     ssl_model = _load_feature_model(cfg)
@@ -729,7 +771,7 @@ def prepare_dataset(
             AlignConfig(detector=cfg.detector, weights_dir=cfg.weights_dir, device=cfg.device)
         )
     result = PrepareResult()
-    for item in mine:
+    for n, item in enumerate(mine):
         done = existing[item.id]
         if cfg.resume and done is not None and _is_done(data, done, encoder_sha256):
             rec = done
@@ -738,8 +780,8 @@ def prepare_dataset(
                 rec = add_features(item, data, done, ssl_model)  # the codes stay
         else:
             try:
-                rec = prepare_video(item, data, cfg, encoder, encoder_sha256, detectors, progress,
-                                    ssl_model)  # fmt: skip
+                rec = prepare_video(item, data, cfg, psp, encoder_sha256, detectors, progress,
+                                    ssl_model, len(mine) - n - 1)  # fmt: skip
             except TalkcliError as exc:
                 if isinstance(exc, ModelFileError | OutputError) or exc.exit_code != 2:
                     raise  # would fail every video: stop now
