@@ -49,8 +49,9 @@ class CompiledBatches:
     """Call ``fn`` on (B, ...) batches, compiled per ``mode`` (see the module docstring).
 
     ``total``: the rows the whole job will pass (for ``auto``'s prediction; None: unknown, so
-    ``auto`` stays eager). ``label`` names the network in messages. After the run,
-    ``compiled``/``startup_s``/``error`` say what happened (for manifests and benchmarks).
+    ``auto`` stays eager). ``batch``: the largest batch the job passes, which every compiled call
+    is padded to (None: the first batch's size). ``label`` names the network in messages. After
+    the run, ``compiled``/``startup_s``/``error`` say what happened (for manifests, benchmarks).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class CompiledBatches:
         total: int | None = None,
         pays_after_s: float = 120.0,
         label: str = "network",
+        batch: int | None = None,
     ) -> None:
         self.fn = fn
         self.mode = check_compile_mode(mode)
@@ -67,7 +69,7 @@ class CompiledBatches:
         self.pays_after_s = float(pays_after_s)
         self.label = label
         self.done = 0  # rows passed so far
-        self.batch: int | None = None  # the padded batch size (the first batch's)
+        self.batch = batch  # the padded batch size (None: the first batch's)
         self.compiled = False
         self.startup_s: float | None = None  # the first compiled call, compilation included
         self.error: str | None = None
@@ -79,7 +81,7 @@ class CompiledBatches:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) -> fn's (B, ...) output, compiled or eager."""
         n = int(x.shape[0])
-        if self.batch is None:
+        if self.batch is None or (not self.compiled and n > self.batch):
             self.batch = n
         if self._compiled_fn is not None and n <= self.batch:
             out = self._run_compiled(x)

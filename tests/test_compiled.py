@@ -84,6 +84,13 @@ def test_padding_keeps_only_the_real_rows(fake):
     assert on.done == 6
 
 
+def test_a_given_batch_size_pads_even_a_short_first_batch(fake):
+    on = CompiledBatches(double, "on", batch=4)
+    x = torch.ones(2, 3)
+    assert torch.equal(on(x), x * 2) and torch.equal(on(torch.ones(4, 3)), torch.full((4, 3), 2.0))
+    assert fake.shapes == [(4, 3), (4, 3)]
+
+
 def test_auto_compiles_only_when_the_rest_is_predicted_to_repay_it(fake):
     def slow(x):
         time.sleep(0.01 * x.shape[0])  # 10 ms a row

@@ -462,6 +462,7 @@ def _render(
         o.frame_resolution(int(identity.generator.size)),
         o.compile,
         motion.total,
+        int(o.batch_size),
     )
     saver = TrajectoryWriter(job.save_trajectory) if job.save_trajectory else None
     if saver is not None:

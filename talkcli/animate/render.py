@@ -60,14 +60,16 @@ class FrameRenderer:
         resolution: int | None = None,
         compile: str = "off",
         total: int | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.G = G
         self.device = G.device
         self.dtype = resolve_dtype(dtype, self.device)  # fp32 | bf16 | fp16
         self.resolution = check_resolution(G, resolution)
-        # ``total``: the frames of the whole video (``--compile auto`` predicts from it)
+        # ``total``: the frames of the whole video (``--compile auto`` predicts from it);
+        # ``batch_size``: the compiled graph's batch (shorter batches are padded to it)
         self.synthesis = CompiledBatches(
-            self._synthesis, compile, total, GENERATOR_PAYS_AFTER_S, label="generator"
+            self._synthesis, compile, total, GENERATOR_PAYS_AFTER_S, "generator", batch_size
         )
 
     def _synthesis(self, x: Any) -> Any:

@@ -354,14 +354,16 @@ class PspRun:
     through ``talkcli.compiled`` (one compilation for all videos; ``plan`` tells ``auto`` how
     many frames are still to come)."""
 
-    def __init__(self, encoder, dtype: str, compile: str = "off") -> None:
+    def __init__(self, encoder, dtype: str, compile: str = "off", batch: int | None = None) -> None:
         from talkcli.compiled import CompiledBatches
 
         self.encoder = encoder
         self.dtype = dtype
         self.device = next(encoder.parameters()).device
         self.n_styles, self.style_dim = encoder.n_styles, encoder.style_dim
-        self.compiled = CompiledBatches(encoder.encode, compile, None, PSP_PAYS_AFTER_S, "pSp")
+        self.compiled = CompiledBatches(
+            encoder.encode, compile, None, PSP_PAYS_AFTER_S, "pSp", batch
+        )
 
     def plan(self, frames_now: int, videos_after: int) -> None:
         """This video's frames and the videos after it (as long, a guess) -> ``auto``'s total."""
@@ -752,7 +754,7 @@ def prepare_dataset(
     ensure_folder(data / SHARDS, "dataset folder")
     encoder = load_encoder(encoder_path, cfg.device)
     cfg = replace(cfg, dtype=resolve_dtype(cfg.dtype, next(encoder.parameters()).device))
-    psp = PspRun(encoder, cfg.dtype, cfg.compile)
+    psp = PspRun(encoder, cfg.dtype, cfg.compile, cfg.batch_size)
     encoder_sha256 = sha256_file(encoder_path)
     settings = dataset_settings(cfg, encoder_path, encoder_sha256, encoder)
     ssl_model = _load_feature_model(cfg)
