@@ -26,7 +26,7 @@ from tests.test_align_cli import ASTRO, ASTRO_5, MTCNN_SRC, moving_face_clip
 def mtcnn() -> MTCNNDetector:
     if not (MTCNN_SRC / "onet.npy").is_file():
         pytest.skip("../shared/fixtures/mtcnn is not present beside the checkout")
-    return MTCNNDetector(MTCNN_SRC.parent)
+    return MTCNNDetector(MTCNN_SRC.parent, batch_on_cpu=True)  # batched as on a GPU
 
 
 def astro_frames(n: int, size: int = 160) -> list[np.ndarray]:
@@ -47,6 +47,22 @@ def assert_same_faces(one: list[list[Face]], many: list[list[Face]]) -> None:
             np.testing.assert_allclose(y.landmarks, x.landmarks, atol=1e-3)
             np.testing.assert_allclose(y.box, x.box, atol=1e-3)
             assert y.score == pytest.approx(x.score, abs=1e-5)
+
+
+def test_mtcnn_batches_on_a_gpu_only_unless_asked(mtcnn, monkeypatch):
+    frames = astro_frames(2)
+    cpu = MTCNNDetector(MTCNN_SRC.parent)  # on a CPU batching measured no faster: per frame
+    assert not cpu.batched and mtcnn.batched
+    sizes: list[int] = []
+    inner = cpu.model._detect_same_size
+
+    def spy(imgs, height, width):
+        sizes.append(len(imgs))
+        return inner(imgs, height, width)
+
+    monkeypatch.setattr(cpu.model, "_detect_same_size", spy)
+    assert_same_faces(mtcnn.detect_batch(frames), cpu.detect_batch(frames))
+    assert sizes == [1, 1]  # one network pass per frame
 
 
 def test_mtcnn_batch_matches_per_frame_on_real_faces(mtcnn, monkeypatch):
