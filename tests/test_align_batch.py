@@ -219,3 +219,22 @@ def test_frames_held_stay_within_one_batch():
     cfg = AlignConfig(detect_batch=4)
     align_mod._detect_key_frames(Path("v.mp4"), iter(numbered(23)), Sized(), cfg, marks, None)
     assert held == [4, 4, 4, 4, 4, 3] and marks.n_frames == 23
+
+
+@pytest.mark.parametrize(("batch_size", "held"), [(16, 16), (4096, 64)])
+def test_prepare_passes_its_batch_size_to_alignment(monkeypatch, tmp_path, batch_size, held):
+    from types import SimpleNamespace
+
+    from talkcli.train import prepare
+
+    seen = {}
+
+    def fake_align(path, work, acfg, detectors, progress=None):
+        seen["detect_batch"] = acfg.detect_batch
+        return SimpleNamespace(output=work / "x.mp4")
+
+    monkeypatch.setattr(align_mod, "align_video_file", fake_align)
+    item = SimpleNamespace(path=tmp_path / "v.mp4", id="v")
+    cfg = prepare.PrepareConfig(batch_size=batch_size)
+    prepare._align(item, tmp_path / "work", cfg, None, None)
+    assert seen == {"detect_batch": held}  # capped: at most 64 source frames held
