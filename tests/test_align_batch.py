@@ -238,3 +238,31 @@ def test_prepare_passes_its_batch_size_to_alignment(monkeypatch, tmp_path, batch
     cfg = prepare.PrepareConfig(batch_size=batch_size)
     prepare._align(item, tmp_path / "work", cfg, None, None)
     assert seen == {"detect_batch": held}  # capped: at most 64 source frames held
+
+
+@pytest.mark.slow
+def test_fan_batch_matches_per_frame(tmp_path):
+    """face-alignment's own batch path (S3FD on a (B, 3, H, W) tensor) against ``detect``: random
+    S3FD weights propose several faces per frame; FAN's hourglass is swapped for one strided
+    convolution (the heatmaps' meaning does not matter here, only that both paths agree)."""
+    face_alignment = pytest.importorskip("face_alignment")
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    from talkcli.face.landmarks import FANDetector
+    from talkcli.weights import registry
+
+    torch.manual_seed(0)
+    for name, net in (("fan-2d", FAN(4)), ("s3fd", s3fd())):
+        path = tmp_path / registry.get(name).relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+    det = FANDetector(tmp_path)
+    assert isinstance(det.model, face_alignment.FaceAlignment)
+    det.model.face_alignment_net = torch.nn.Conv2d(3, 68, 4, stride=4).eval()  # (N, 68, 64, 64)
+    frames = [np.ascontiguousarray(f[::4, ::4]) for f in astro_frames(3, 128)]  # (32, 32, 3)
+    one = [det.detect(f) for f in frames]
+    assert all(len(f) > 0 for f in one)  # random S3FD: faces to compare
+    assert_same_faces(one, det.detect_batch(frames))
+    assert all(f.landmarks.shape == (68, 2) for faces in one for f in faces)
