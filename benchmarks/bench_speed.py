@@ -19,6 +19,10 @@ bf16-vs-fp32 difference do not need trained values, but see the notes on LPIPS).
 - ``prepare``: ``train prepare --aligned`` frames per second with the official-size pSp before
   (fp32, NCHW, decoding inline), after (the fp32 default: NHWC + reader thread) and with
   ``--dtype bf16``, and how far the codes move.
+  ``prepare.align_detect``: seconds per frame of alignment's detection pass (decode + MTCNN on
+  every frame of a 48-frame 256x256 clip of a real face) with ``detect_batch`` 1 and 8, and
+  whether the landmarks agree (skipped without the MTCNN weights in ../shared/fixtures; the
+  batched calls are forced: on a CPU ``talkcli`` itself runs MTCNN per frame).
 
 ``python -m benchmarks.run speed`` writes ``benchmarks/results/speed.json``.
 """
@@ -38,6 +42,8 @@ GEN_ROUNDS = 2  # alternating rounds of the 1024 generator measurements
 PTI_STEPS = 2  # timed steps at 1024 per precision and round (after one warm-up step)
 PTI_ROUNDS = 2
 PREPARE_FRAMES = 24
+ALIGN_FRAMES = 48
+MTCNN_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -380,6 +386,52 @@ def prepare(folder: Path) -> dict:
     return out
 
 
+def moving_face_frames(n: int, size: int = 256) -> np.ndarray:
+    """skimage's astronaut shifted, rotated and scaled per frame: (n, size, size, 3) uint8."""
+    import cv2
+    import skimage.data
+
+    astro = skimage.data.astronaut()
+    out = []
+    for t in range(n):
+        zoom = size / 512 * 1.3 * (1.0 + 0.15 * np.sin(t / 5))
+        m = cv2.getRotationMatrix2D((224, 122), 8 * np.sin(t / 6), zoom)
+        m[:, 2] += [25 * np.sin(t / 9) + size / 2 - 224, 12 * np.cos(t / 7) + size / 2 - 122]
+        out.append(cv2.warpAffine(astro, m, (size, size), borderMode=cv2.BORDER_REFLECT_101))
+    return np.stack(out)
+
+
+def align_detect(folder: Path, size: int = 256, batches: tuple[int, ...] = (1, 8)) -> dict:
+    """Seconds per frame of alignment's detection pass (``video_landmarks``: decode + MTCNN on
+    every frame) for each ``detect_batch``; the landmarks of all batches against the first."""
+    from talkcli.face.align import AlignConfig, Detectors, video_landmarks
+    from talkcli.face.landmarks import MTCNNDetector
+    from talkcli.io.video import VideoWriter
+
+    if not (MTCNN_FIXTURES / "mtcnn" / "onet.npy").is_file():
+        return {"skipped": "MTCNN weights not found in ../shared/fixtures/mtcnn"}
+    clip = folder / f"face{size}.mp4"
+    with VideoWriter(clip, 25.0) as wr:
+        wr.write(moving_face_frames(ALIGN_FRAMES, size))
+    out: dict = {"frames": ALIGN_FRAMES, "input": f"{size}x{size} face clip", "detector": "mtcnn"}
+    keyed = {}
+    for batch in (batches[0], *batches):  # the first run warms up (decoder, oneDNN kernels)
+        cfg = AlignConfig(detector="mtcnn", detect_batch=batch, weights_dir=MTCNN_FIXTURES)
+        detectors = Detectors(cfg)  # model loading is not part of the pass; batched network
+        detectors._detector = MTCNNDetector(MTCNN_FIXTURES, batch_on_cpu=True)  # calls, as on GPU
+        s, marks = _timed(lambda c=cfg, d=detectors: video_landmarks(clip, c, d))
+        keyed[batch] = np.stack([marks.keyed[i] for i in sorted(marks.keyed)])  # (K, 5, 2)
+        out[f"batch_{batch}"] = {"seconds_per_frame": round(s / marks.n_frames, 4)}
+    first = batches[0]
+    for batch in batches[1:]:
+        out[f"speedup_{batch}_vs_{first}"] = round(
+            out[f"batch_{first}"]["seconds_per_frame"] / out[f"batch_{batch}"]["seconds_per_frame"],
+            3,
+        )
+        out[f"landmarks_max_abs_diff_{batch}"] = float(np.abs(keyed[batch] - keyed[first]).max())
+    return out
+
+
 def run() -> dict:
     from talkcli.device import cpu_has_native_bf16, resolve_dtype
 
@@ -402,6 +454,7 @@ def run() -> dict:
     out["psp_encoder"] = psp_encoder()
     with tempfile.TemporaryDirectory(prefix="bench-speed.") as tmp:
         out["prepare"] = prepare(Path(tmp))
+        out["prepare"]["align_detect"] = align_detect(Path(tmp))
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     return out
 

@@ -36,6 +36,7 @@ ALIGN: dict[str, Range] = {
     "size": Range(8, 4096),
     "fps": FPS,
     "detect_every": Range(1, 1000),
+    "detect_batch": Range(1, 64),  # frames held for one detector call (memory: 64 source frames)
     "smooth": SMOOTH,
     "face_index": FACE_INDEX,
 }

@@ -47,6 +47,12 @@ def align_cmd(
         range=ALIGN["detect_every"],
         help="Video: detect every N frames, interpolate in between.",
     ),
+    detect_batch: int = int_option(
+        8,
+        "--detect-batch",
+        range=ALIGN["detect_batch"],
+        help="Video: key frames per detector call (batched on a GPU; 1 = one at a time).",
+    ),
     smooth: float = smooth_option(1.0, "a video's crop centre (3x on its axes, as STIT)"),
     exact_warp: bool | None = typer.Option(
         None,
@@ -85,6 +91,7 @@ def align_cmd(
         face_index=face_index,
         fps=fps,
         detect_every=detect_every,
+        detect_batch=detect_batch,
         smooth=smooth,
         exact_warp=exact_warp,
         resume=resume,

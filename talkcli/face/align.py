@@ -41,6 +41,7 @@ from talkcli.face.landmarks import (
     LandmarkDetector,
     check_landmarks_inside,
     choose_face,
+    detect_frames,
     load_landmarks_file,
     select_detector,
 )
@@ -64,6 +65,7 @@ class AlignConfig:
     face_index: int | None = None
     fps: float = 25.0
     detect_every: int = 1
+    detect_batch: int = 8  # video key frames per detector call (1: one frame at a time)
     smooth: float = 1.0  # centre sigma in frames; axes use 3x (STIT: 1 and 3); 0 = off
     exact_warp: bool | None = None  # None: exact for images, fast for video
     resume: bool = False
@@ -278,32 +280,44 @@ def _detect_key_frames(
     progress: ProgressFn | None,
 ) -> None:
     """Detect every ``cfg.detect_every`` frames (and in the last one: no extrapolation),
-    following one face (``_track``); fills ``marks`` in place."""
+    following one face (``_track``); fills ``marks`` in place.
+
+    Key frames are detected ``cfg.detect_batch`` at a time (``detect_frames``: one batched
+    network call where the detector has ``detect_batch``); at most that many frames are held.
+    Tracking still runs frame by frame in order."""
     previous: Face | None = None
+    pending: list[tuple[int, np.ndarray]] = []  # key frames waiting for detection
 
-    def detect_at(i: int, frame: np.ndarray) -> None:
+    def flush() -> None:
         nonlocal previous
-        faces = detector.detect(frame)
-        marks.face_counts.append(len(faces))
-        if not faces:
-            return
-        try:
-            previous = _track(faces, previous, cfg.face_index)
-        except UserError as exc:
-            raise InputFileError(path, f"frame {i}: {exc}") from None
-        marks.keyed[i], marks.scores[i] = previous.landmarks, previous.score
+        found = detect_frames(detector, [frame for _, frame in pending])
+        for (i, _), faces in zip(pending, found, strict=True):
+            marks.face_counts.append(len(faces))
+            if not faces:
+                continue
+            try:
+                previous = _track(faces, previous, cfg.face_index)
+            except UserError as exc:
+                raise InputFileError(path, f"frame {i}: {exc}") from None
+            marks.keyed[i], marks.scores[i] = previous.landmarks, previous.score
+        pending.clear()
 
+    batch = max(int(cfg.detect_batch), 1)
     last: np.ndarray | None = None
     n = 0
     for i, frame in enumerate(frames):
         n = i + 1
         last = frame
         if i % cfg.detect_every == 0:
-            detect_at(i, frame)
+            pending.append((i, frame))
+            if len(pending) >= batch:
+                flush()
         if progress:
             progress(i + 1, 2 * marks.total)
     if n and (n - 1) % cfg.detect_every and last is not None:
-        detect_at(n - 1, last)  # always key the last frame: no extrapolation
+        pending.append((n - 1, last))  # always key the last frame: no extrapolation
+    if pending:
+        flush()
     marks.n_frames = n
 
 

@@ -29,6 +29,8 @@ from talkcli.errors import ModelFileError
 from talkcli.weights import registry
 from talkcli.weights.safe_load import load_numpy_file
 
+PNET_PIXELS = 2**23  # input pixels per P-Net call in a batch (~8 Mpx: (b, 10, h, w) ~ 320 MB)
+
 
 class _FlattenWH(nn.Module):
     """Flatten (N, C, H, W) in (C, W, H) order, as the Caffe-converted FC weights expect."""
@@ -288,20 +290,15 @@ class MTCNN:
             count += 1
         return scales
 
-    @torch.no_grad()
-    def _first_stage(self, pil: Image.Image, scale: float) -> np.ndarray:
-        width, height = pil.size
-        sw, sh = math.ceil(width * scale), math.ceil(height * scale)
-        arr = np.asarray(pil.resize((sw, sh), Image.Resampling.BILINEAR), np.float32)
-        x = torch.from_numpy(_preprocess(arr)).to(self.device)
-        offsets, probs = self.pnet(x)  # (1, 4, h, w), (1, 2, h, w)
-        probs = probs.cpu().numpy()[0, 1]
-        offsets = offsets.cpu().numpy()
+    def _stage1_boxes(self, probs: np.ndarray, offsets: np.ndarray, scale: float) -> np.ndarray:
+        """P-Net maps of one image at one scale -> candidate boxes (n, 9) after NMS 0.5.
+
+        ``probs`` (h, w) face probability, ``offsets`` (4, h, w) box regression."""
         stride, cell = 2, 12
         iy, ix = np.where(probs > self.thresholds[0])
         if iy.size == 0:
             return np.zeros((0, 9))
-        tx = offsets[0, :, iy, ix]  # (n, 4)
+        tx = offsets[:, iy, ix].T  # (n, 4)
         score = probs[iy, ix]
         boxes = np.stack(
             [
@@ -317,31 +314,61 @@ class MTCNN:
         return boxes[nms(boxes[:, :5], 0.5)]
 
     @torch.no_grad()
-    def detect(self, img: np.ndarray) -> list[Detection]:
-        """Faces in an (H, W, 3) uint8 RGB image, highest score first."""
-        img = np.ascontiguousarray(img)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-        height, width = img.shape[:2]
-        pil = Image.fromarray(img, "RGB")
+    def _first_stage(self, pils: list[Image.Image], scale: float) -> list[np.ndarray]:
+        """P-Net on same-size images at one scale, in chunks of at most ``PNET_PIXELS`` input
+        pixels (memory stays bounded for any batch); candidate boxes (n, 9) per image."""
+        width, height = pils[0].size
+        sw, sh = math.ceil(width * scale), math.ceil(height * scale)
+        per_chunk = max(1, PNET_PIXELS // (sw * sh))
+        out: list[np.ndarray] = []
+        for start in range(0, len(pils), per_chunk):
+            chunk = pils[start : start + per_chunk]
+            arr = np.concatenate(
+                [
+                    _preprocess(
+                        np.asarray(p.resize((sw, sh), Image.Resampling.BILINEAR), np.float32)
+                    )
+                    for p in chunk
+                ]
+            )  # (b, 3, sh, sw)
+            offsets, probs = self.pnet(torch.from_numpy(arr).to(self.device))  # (b, 4|2, h, w)
+            probs, offsets = probs[:, 1].cpu().numpy(), offsets.cpu().numpy()
+            out.extend(self._stage1_boxes(probs[j], offsets[j], scale) for j in range(len(chunk)))
+        return out
 
-        # stage 1: P-Net over the pyramid
-        stages = [self._first_stage(pil, s) for s in self._scales(height, width)]
+    def _run_on_crops(
+        self, net: nn.Module, boxes: list[np.ndarray], imgs: list[np.ndarray], size: int
+    ) -> list[tuple[np.ndarray, ...]]:
+        """Run ``net`` once on the ``size`` crops of every image's boxes; outputs split back per
+        image (numpy arrays, one tuple per image; empty arrays where an image has no box)."""
+        crops = [get_image_boxes(b, img, size) for b, img in zip(boxes, imgs, strict=True)]
+        counts = [len(c) for c in crops]
+        if sum(counts) == 0:
+            return [() for _ in crops]
+        outs = net(torch.from_numpy(np.concatenate(crops)).to(self.device))
+        outs = [t.cpu().numpy() for t in outs]
+        bounds = np.cumsum([0, *counts])
+        return [tuple(t[bounds[k] : bounds[k + 1]] for t in outs) for k in range(len(crops))]
+
+    def _after_stage1(self, stages: list[np.ndarray]) -> np.ndarray:
+        """One image's P-Net boxes over all scales -> squared, calibrated boxes (n, 5)."""
         boxes = np.concatenate([b for b in stages if len(b)] or [np.zeros((0, 9))])
         if len(boxes) == 0:
-            return []
+            return np.zeros((0, 5))
         boxes = boxes[nms(boxes[:, :5], self.nms_thresholds[0])]
         boxes = calibrate_box(boxes[:, :5], boxes[:, 5:])
         boxes = convert_to_square(boxes)
         boxes[:, :4] = np.round(boxes[:, :4])
+        return boxes
 
-        # stage 2: R-Net
-        crops = get_image_boxes(boxes, img, 24)
-        offsets, probs = self.rnet(torch.from_numpy(crops).to(self.device))
-        offsets, probs = offsets.cpu().numpy(), probs.cpu().numpy()
+    def _after_stage2(self, boxes: np.ndarray, out: tuple[np.ndarray, ...]) -> np.ndarray:
+        """R-Net outputs (offsets (n, 4), probs (n, 2)) -> kept, squared boxes (m, 5)."""
+        if len(boxes) == 0:
+            return np.zeros((0, 5))
+        offsets, probs = out
         keep = np.where(probs[:, 1] > self.thresholds[1])[0]
         if len(keep) == 0:
-            return []
+            return np.zeros((0, 5))
         boxes = boxes[keep]
         boxes[:, 4] = probs[keep, 1]
         offsets = offsets[keep]
@@ -349,13 +376,13 @@ class MTCNN:
         boxes = calibrate_box(boxes[keep], offsets[keep])
         boxes = convert_to_square(boxes)
         boxes[:, :4] = np.round(boxes[:, :4])
+        return boxes
 
-        # stage 3: O-Net with landmarks
-        crops = get_image_boxes(boxes, img, 48)
-        if len(crops) == 0:
+    def _after_stage3(self, boxes: np.ndarray, out: tuple[np.ndarray, ...]) -> list[Detection]:
+        """O-Net outputs (landmarks (n, 10), offsets (n, 4), probs (n, 2)) -> detections."""
+        if len(boxes) == 0:
             return []
-        landmarks, offsets, probs = self.onet(torch.from_numpy(crops).to(self.device))
-        landmarks, offsets, probs = (t.cpu().numpy() for t in (landmarks, offsets, probs))
+        landmarks, offsets, probs = out
         keep = np.where(probs[:, 1] > self.thresholds[2])[0]
         if len(keep) == 0:
             return []
@@ -376,6 +403,44 @@ class MTCNN:
             )
             for i in keep
         ]
+
+    @torch.no_grad()
+    def detect(self, img: np.ndarray) -> list[Detection]:
+        """Faces in an (H, W, 3) uint8 RGB image, highest score first."""
+        return self.detect_batch([img])[0]
+
+    @torch.no_grad()
+    def detect_batch(self, imgs: list[np.ndarray]) -> list[list[Detection]]:
+        """Faces in each of several (H, W, 3) uint8 RGB images, as ``detect`` on each one.
+
+        Images of the same size share network calls: P-Net runs per pyramid scale on all of them
+        at once, R-Net and O-Net on the candidate crops of all of them at once. Images of other
+        sizes form their own groups."""
+        imgs = [np.ascontiguousarray(img) for img in imgs]
+        for img in imgs:
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"expected (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, img in enumerate(imgs):
+            groups.setdefault(img.shape, []).append(k)
+        result: list[list[Detection]] = [[] for _ in imgs]
+        for (height, width, _), members in groups.items():
+            group = [imgs[k] for k in members]
+            for k, dets in zip(members, self._detect_same_size(group, height, width), strict=True):
+                result[k] = dets
+        return result
+
+    def _detect_same_size(
+        self, imgs: list[np.ndarray], height: int, width: int
+    ) -> list[list[Detection]]:
+        """The three stages on images of one size (see ``detect_batch``)."""
+        pils = [Image.fromarray(img, "RGB") for img in imgs]
+        per_scale = [self._first_stage(pils, s) for s in self._scales(height, width)]
+        boxes = [self._after_stage1([st[k] for st in per_scale]) for k in range(len(imgs))]
+        outs = self._run_on_crops(self.rnet, boxes, imgs, 24)
+        boxes = [self._after_stage2(b, o) for b, o in zip(boxes, outs, strict=True)]
+        outs = self._run_on_crops(self.onet, boxes, imgs, 48)
+        return [self._after_stage3(b, o) for b, o in zip(boxes, outs, strict=True)]
 
 
 def mtcnn_paths(weights_dir: str | Path | None = None) -> tuple[Path, Path, Path]:

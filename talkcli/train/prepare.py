@@ -426,11 +426,13 @@ def _encode_to(
 def _align(item: VideoItem, work: Path, cfg: PrepareConfig, detectors, progress) -> Path:
     """FFHQ-align the video (``talkcli align``'s code) into ``work``; the aligned clip's path."""
     from talkcli.face.align import AlignConfig, align_video_file
+    from talkcli.ranges import ALIGN
 
     acfg = AlignConfig(
         size=cfg.align_size,
         detector=cfg.detector,
         fps=cfg.fps,
+        detect_batch=min(cfg.batch_size, int(ALIGN["detect_batch"].hi)),  # frames held
         smooth=cfg.smooth,
         weights_dir=cfg.weights_dir,
         device=cfg.device,
