@@ -388,17 +388,9 @@ def prepare(folder: Path) -> dict:
 
 def moving_face_frames(n: int, size: int = 256) -> np.ndarray:
     """skimage's astronaut shifted, rotated and scaled per frame: (n, size, size, 3) uint8."""
-    import cv2
-    import skimage.data
+    from talkcli.tiny.faces import moving_astronaut
 
-    astro = skimage.data.astronaut()
-    out = []
-    for t in range(n):
-        zoom = size / 512 * 1.3 * (1.0 + 0.15 * np.sin(t / 5))
-        m = cv2.getRotationMatrix2D((224, 122), 8 * np.sin(t / 6), zoom)
-        m[:, 2] += [25 * np.sin(t / 9) + size / 2 - 224, 12 * np.cos(t / 7) + size / 2 - 122]
-        out.append(cv2.warpAffine(astro, m, (size, size), borderMode=cv2.BORDER_REFLECT_101))
-    return np.stack(out)
+    return np.stack(moving_astronaut(n, size))
 
 
 def align_detect(folder: Path, size: int = 256, batches: tuple[int, ...] = (1, 8)) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -19,6 +18,7 @@ from talkcli.face import align as align_mod
 from talkcli.face import mtcnn as mtcnn_mod
 from talkcli.face.align import AlignConfig, Detectors, align_video_file
 from talkcli.face.landmarks import Face, MTCNNDetector, box_of, detect_frames
+from talkcli.tiny.faces import moving_astronaut
 from tests.test_align_cli import ASTRO, ASTRO_5, MTCNN_SRC, moving_face_clip
 
 
@@ -31,13 +31,7 @@ def mtcnn() -> MTCNNDetector:
 
 def astro_frames(n: int, size: int = 160) -> list[np.ndarray]:
     """The astronaut shifted, rotated and scaled per frame: (size, size, 3) uint8 each."""
-    out = []
-    for t in range(n):
-        zoom = size / 512 * 1.3 * (1.0 + 0.15 * np.sin(t / 2))
-        m = cv2.getRotationMatrix2D((224, 122), 10 * np.sin(t / 3), zoom)
-        m[:, 2] += [20 * np.sin(t / 4) + size / 2 - 224, 10 * np.cos(t / 3) + size / 2 - 122]
-        out.append(cv2.warpAffine(ASTRO, m, (size, size), borderMode=cv2.BORDER_REFLECT_101))
-    return out
+    return moving_astronaut(n, size, periods=(2, 3, 4, 3), rotate=10.0, shift=(20.0, 10.0))
 
 
 def assert_same_faces(one: list[list[Face]], many: list[list[Face]]) -> None:
